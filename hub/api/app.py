@@ -1,0 +1,38 @@
+"""`create_app(settings)`: the aiohttp application with its pools and routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from redis import Redis
+
+from hub.api import apps, ops, sessions, suppressions, transports
+from hub.api import state as st
+from hub.api.middleware import auth, errors
+from hub.config import Settings
+from hub.jobs.queueing import Kicker
+from hub.store.db import create_pool
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[errors, auth], client_max_size=settings.body_max_bytes)
+    app[st.SETTINGS] = settings
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        app[st.POOL] = await create_pool(settings.database_url, min_size=2, max_size=20)
+        redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        app[st.KICKER] = Kicker(redis)
+        yield
+        await app[st.POOL].close()
+        redis.close()
+
+    app.cleanup_ctx.append(resources)
+    for module in (ops, sessions, transports, apps, suppressions):
+        app.add_routes(module.routes)
+    return app
+
+
+def run(settings: Settings) -> None:
+    web.run_app(create_app(settings), host=settings.api_host, port=settings.api_port,
+                access_log=None, print=None)

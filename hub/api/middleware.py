@@ -1,0 +1,75 @@
+"""One middleware renders every error as `{error_id, message, details}`; one authenticates."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from hub.api import state as st
+from hub.api.ops import PUBLIC_PATHS
+from hub.errors import Forbidden, HubError, NotFound, TooLarge, Unauthorized
+from hub.store import apps
+
+log = logging.getLogger(__name__)
+
+
+def _json_error(err: HubError) -> web.Response:
+    return web.json_response(err.body(), status=err.status, headers=err.headers)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HubError as err:
+        return _json_error(err)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _json_error(TooLarge(
+            f"the body is larger than {exc.max_size} bytes (HUB_BODY_MAX_BYTES)",
+            error_id="body-too-large"))
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            error_id = {404: "not-found", 405: "method-not-allowed"}.get(exc.status, "http-error")
+            err = HubError(exc.reason, error_id=error_id)
+            err.status = exc.status
+            return _json_error(err)
+        raise
+    except Exception:
+        ref = uuid.uuid4().hex[:12]
+        log.exception("unhandled error %s on %s %s", ref, request.method, request.path)
+        err = HubError(f"internal error (reference {ref}); the request may be retried")
+        return _json_error(err)
+
+
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send 'Authorization: Bearer <api key>'", error_id="missing-api-key")
+    return token.strip()
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS or not request.path.startswith("/v1/"):
+        return await handler(request)
+    token = _bearer(request)
+    admin = st.settings(request).admin_key
+    is_admin = bool(admin) and hmac.compare_digest(token.encode(), admin.encode())
+    if request.path.startswith("/v1/apps"):
+        if is_admin:
+            return await handler(request)
+        if request.path == "/v1/apps":
+            raise Forbidden("creating apps needs the admin key (HUB_ADMIN_KEY)",
+                            error_id="admin-key-required")
+    app_id = await apps.app_for_key(st.pool(request), token)
+    if app_id is None:
+        raise Unauthorized("the API key is not valid", error_id="invalid-api-key")
+    if request.path.startswith("/v1/apps/") and request.match_info.get("id") != str(app_id):
+        raise NotFound("no such app", error_id="app-not-found")
+    request[st.APP_ID] = app_id
+    return await handler(request)

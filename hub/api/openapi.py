@@ -1,0 +1,96 @@
+"""OpenAPI 3.1, generated from the same pydantic models that validate requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from hub import __version__
+from hub.api.apps import AppIn
+from hub.api.suppressions import SuppressionIn
+from hub.api.transports import TransportIn, TransportPatch
+from hub.instruction import Instruction
+
+REF = "#/components/schemas/{model}"
+_INPUTS: list[type[BaseModel]] = [Instruction, TransportIn, TransportPatch, AppIn, SuppressionIn]
+
+_ERROR = {
+    "type": "object",
+    "required": ["error_id", "message"],
+    "properties": {"error_id": {"type": "string"}, "message": {"type": "string"},
+                   "details": {}},
+}
+_LIST = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "object"}},
+                                          "nextCursor": {"type": ["string", "null"]}}}
+
+
+def _op(summary: str, body: str | None = None, ok: str = "200", params: tuple[str, ...] = (),
+        auth: bool = True) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {ok: {"description": "success",
+                           "content": {"application/json": {"schema": {"type": "object"}}}},
+                      "default": {"description": "error", "content": {
+                          "application/json": {"schema": {"$ref": REF.format(model="Error")}}}}},
+        "parameters": [{"name": p, "in": "path" if p in ("id", "address") else "query",
+                        "required": p in ("id", "address"), "schema": {"type": "string"}}
+                       for p in params],
+    }
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": REF.format(model=body)}}}}
+    if not auth:
+        op["security"] = []
+    return op
+
+
+def build_spec() -> dict[str, Any]:
+    _, defs = models_json_schema([(m, "validation") for m in _INPUTS], by_alias=True,
+                                 ref_template=REF)
+    schemas = {**defs.get("$defs", {}), "Error": _ERROR, "List": _LIST}
+    s = "/v1/sessions/{id}"
+    paths: dict[str, Any] = {
+        "/v1/sessions": {
+            "post": _op("Submit an instruction (header Idempotency-Key optional)",
+                        "Instruction", "201"),
+            "get": _op("List sessions, newest first", params=(
+                "status", "transport", "xref", "createdFrom", "createdTo", "limit", "cursor")),
+        },
+        s: {"get": _op("One session with counts by delivery status", params=("id",))},
+        f"{s}/deliveries": {"get": _op("Per-recipient rows", params=(
+            "id", "status", "address", "limit", "cursor"))},
+        f"{s}/deliveries/{{address}}/attempts": {
+            "get": _op("Every attempt of one recipient", params=("id", "address"))},
+        f"{s}/trigger": {"post": _op("Start a manual session", ok="202",
+                                     params=("id", "includeFailed"))},
+        f"{s}/cancel": {"post": _op("Cancel a session", ok="202", params=("id",))},
+        f"{s}/pause": {"post": _op("Pause a session", ok="202", params=("id",))},
+        f"{s}/resume": {"post": _op("Resume a paused session", ok="202", params=("id",))},
+        "/v1/transports": {"post": _op("Register a transport", "TransportIn", "201"),
+                           "get": _op("List transports")},
+        "/v1/transports/{id}": {
+            "get": _op("One transport", params=("id",)),
+            "patch": _op("Change a transport", "TransportPatch", params=("id",)),
+            "delete": _op("Delete an unused transport", ok="204", params=("id",)),
+        },
+        "/v1/apps": {"post": _op("Create an app (admin key)", "AppIn", "201")},
+        "/v1/apps/{id}/keys": {"post": _op("Create an API key", ok="201", params=("id",))},
+        "/v1/suppressions": {
+            "post": _op("Add addresses to the do-not-contact list", "SuppressionIn", "201"),
+            "get": _op("List the do-not-contact list", params=("address", "limit", "cursor")),
+        },
+        "/v1/suppressions/{id}": {"delete": _op("Remove a suppression", ok="204", params=("id",))},
+        "/healthz": {"get": _op("Liveness", auth=False)},
+        "/readyz": {"get": _op("Readiness: PostgreSQL and Redis reachable", auth=False)},
+        "/metrics": {"get": _op("Prometheus metrics", auth=False)},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Connect Hub API", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+    }

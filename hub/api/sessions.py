@@ -1,0 +1,184 @@
+"""Sessions: submit an instruction, read it back, and steer it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+from aiohttp import web
+
+from hub import constants as c
+from hub.api import state as st
+from hub.constants import MAX_PARALLEL_JOBS_PER_SESSION
+from hub.errors import BadRequest, Conflict, HubError, NotFound, Unprocessable, detail
+from hub.instruction import parse_instruction
+from hub.store import deliveries, idempotency, sessions
+from hub.store import transports as transports_store
+
+routes = web.RouteTableDef()
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def _request_hash(raw: bytes) -> bytes:
+    try:
+        canonical = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, UnicodeDecodeError):
+        canonical = raw
+    return hashlib.sha256(canonical).digest()
+
+
+@routes.post("/v1/sessions")
+async def create_session(request: web.Request) -> web.Response:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        status, body = await _create(request)
+        return web.json_response(body, status=status)
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
+                         error_id="bad-idempotency-key")
+    pool, app_id = st.pool(request), st.app_id(request)
+    seen = await idempotency.begin(pool, app_id, key, _request_hash(await request.read()),
+                                   st.settings(request).idempotency_ttl_h)
+    if seen.state == "replay":
+        return web.json_response(seen.body, status=seen.status,
+                                 headers={"Idempotency-Replay": "true"})
+    if seen.state == "mismatch":
+        raise Unprocessable("this Idempotency-Key was used with another request body",
+                            error_id="idempotency-key-reused")
+    if seen.state == "running":
+        raise Conflict("the first request with this Idempotency-Key is still running",
+                       error_id="idempotency-in-progress", headers={"Retry-After": "1"})
+    try:
+        status, body = await _create(request)
+    except HubError as exc:
+        await idempotency.finish(pool, app_id, key, exc.status, exc.body())
+        raise
+    except BaseException:
+        await idempotency.forget(pool, app_id, key)
+        raise
+    await idempotency.finish(pool, app_id, key, status, body)
+    return web.json_response(body, status=status)
+
+
+async def _create(request: web.Request) -> tuple[int, dict[str, Any]]:
+    settings, pool, app_id = st.settings(request), st.pool(request), st.app_id(request)
+    body = await st.read_json(request)
+    transport = await _transport_for(request, body)
+    region = (transport or {}).get("config", {}).get("defaultRegion")
+    valid = parse_instruction(body, settings, default_region=region)
+    if transport is None:
+        type_ = valid.instruction.transport.type
+        raise Unprocessable(
+            f"no {type_} transport is registered for this app; register one with "
+            "POST /v1/transports", error_id="transport-not-configured",
+            details=[detail(["transport", "type"], f"no {type_} transport registered")],
+        )
+    row = await sessions.create(pool, app_id, transport, valid)
+    if row["status"] == c.S_QUEUED:
+        jobs = min(MAX_PARALLEL_JOBS_PER_SESSION, math.ceil(len(valid.addresses) / settings.batch_size))
+        await st.kick(request, row, parallel=jobs)
+    elif row["status"] == c.S_SCHEDULED:
+        await st.kick(request, row, at=row["scheduled_at"])
+    out = sessions.view(row)
+    if out["scheduledTimestamp"] is None:
+        del out["scheduledTimestamp"]
+    return 201, out
+
+
+async def _transport_for(request: web.Request, body: Any) -> dict[str, Any] | None:
+    part = body.get("transport") if isinstance(body, dict) else None
+    if not isinstance(part, dict) or part.get("type") not in c.TRANSPORT_TYPES:
+        return None
+    extras = part.get("extras") if isinstance(part.get("extras"), dict) else {}
+    name = extras.get("transport") if isinstance(extras.get("transport"), str) else None
+    found = await transports_store.resolve(st.pool(request), st.app_id(request), part["type"], name)
+    if found is None and name:
+        raise Unprocessable(f"no {part['type']} transport named {name!r}",
+                            error_id="transport-not-configured",
+                            details=[detail(["transport", "extras", "transport"], "not registered")])
+    return found
+
+
+@routes.get("/v1/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    rows, nxt = await sessions.list_(
+        st.pool(request), st.app_id(request), limit=st.query_limit(request),
+        cursor=request.query.get("cursor"),
+        status=st.query_choice(request, "status", c.SESSION_STATUSES),
+        transport=st.query_choice(request, "transport", c.TRANSPORT_TYPES),
+        xref=request.query.get("xref"),
+        created_from=st.query_time(request, "createdFrom"),
+        created_to=st.query_time(request, "createdTo"),
+    )
+    return st.page([sessions.view(r) for r in rows], nxt)
+
+
+async def _own_session(request: web.Request) -> Any:
+    session_id = st.path_uuid(request, "id", "session")
+    row = await sessions.get(st.pool(request), st.app_id(request), session_id)
+    if row is None:
+        raise NotFound(f"no session {session_id} in this app", error_id="session-not-found")
+    return row
+
+
+@routes.get("/v1/sessions/{id}")
+async def get_session(request: web.Request) -> web.Response:
+    row = await _own_session(request)
+    return web.json_response(sessions.view(row, await sessions.counts(st.pool(request), row["id"])))
+
+
+@routes.get("/v1/sessions/{id}/deliveries")
+async def list_deliveries(request: web.Request) -> web.Response:
+    row = await _own_session(request)
+    items, nxt = await deliveries.list_(
+        st.pool(request), row["id"], limit=st.query_limit(request),
+        cursor=request.query.get("cursor"),
+        status=st.query_choice(request, "status", c.DELIVERY_STATUSES),
+        address=request.query.get("address"),
+    )
+    return st.page(items, nxt)
+
+
+@routes.get("/v1/sessions/{id}/deliveries/{address}/attempts")
+async def list_attempts(request: web.Request) -> web.Response:
+    row = await _own_session(request)
+    address = request.match_info["address"]
+    found = await deliveries.attempts(st.pool(request), row["id"], address)
+    if found is None:
+        raise NotFound(f"{address!r} is not in session {row['id']}", error_id="delivery-not-found")
+    return st.page(found, None)
+
+
+def _action(name: str, allowed_from: str) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        row = await _own_session(request)
+        include_failed = request.query.get("includeFailed", "false").lower() == "true"
+        updated = await sessions.transition(
+            st.pool(request), st.app_id(request), row["id"], name,
+            include_failed=include_failed, report_base=st.settings(request).base_url,
+        )
+        if updated is None:
+            raise Conflict(f"cannot {name} session {row['id']}: it is {row['status']}"
+                           f" ({name} needs {allowed_from})", error_id=f"cannot-{name}",
+                           details={"status": row["status"]})
+        if updated["status"] in (c.S_QUEUED, c.S_RUNNING):
+            jobs = min(MAX_PARALLEL_JOBS_PER_SESSION,
+                       math.ceil(updated["audience_count"] / st.settings(request).batch_size))
+            await st.kick(request, updated, parallel=jobs)
+        elif updated["status"] == c.S_SCHEDULED:
+            await st.kick(request, updated, at=updated["scheduled_at"])
+        counts = await sessions.counts(st.pool(request), row["id"])
+        return web.json_response(sessions.view(updated, counts), status=202)
+
+    return handler
+
+
+for _name, _from in (
+    ("trigger", "awaiting_trigger, or a finished session with ?includeFailed=true"),
+    ("cancel", "a session that has not ended"),
+    ("pause", "scheduled, queued or running"),
+    ("resume", "paused"),
+):
+    routes.post(f"/v1/sessions/{{id}}/{_name}")(_action(_name, _from))

@@ -1,0 +1,102 @@
+"""Typed application state and request helpers shared by the route modules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from hub.config import Settings
+from hub.errors import BadRequest, NotFound, Unprocessable, detail
+from hub.jobs.queueing import Kicker
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+KICKER = web.AppKey("kicker", Kicker)
+APP_ID = "hub.app_id"
+M = TypeVar("M", bound=BaseModel)
+MAX_LIMIT = 1000
+
+
+def settings(request: web.Request) -> Settings:
+    return request.app[SETTINGS]
+
+
+def pool(request: web.Request) -> asyncpg.Pool:
+    return request.app[POOL]
+
+
+def app_id(request: web.Request) -> uuid.UUID:
+    found: uuid.UUID = request[APP_ID]
+    return found
+
+
+async def kick(request: web.Request, session: Any, *, parallel: int = 1,
+               at: datetime | None = None) -> None:
+    kicker = request.app[KICKER]
+    await asyncio.to_thread(kicker.session, str(session["id"]), session["transport_type"],
+                            parallel=parallel, at=at)
+
+
+async def read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", error_id="malformed-json") from None
+
+
+def parse_model(model: type[M], body: Any, error_id: str = "invalid-body") -> M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise Unprocessable(
+            "the request body is invalid", error_id=error_id,
+            details=[detail(list(e["loc"]), e["msg"]) for e in exc.errors(include_url=False)],
+        ) from None
+
+
+def path_uuid(request: web.Request, name: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError:
+        raise NotFound(f"no {what} with id {request.match_info[name]!r}",
+                       error_id=f"{what}-not-found") from None
+
+
+def query_limit(request: web.Request, default: int = 100) -> int:
+    raw = request.query.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}",
+                         error_id="bad-parameter", details=[detail(["query", "limit"], "invalid")])
+    return int(raw)
+
+
+def query_choice(request: web.Request, name: str, choices: tuple[str, ...]) -> str | None:
+    value = request.query.get(name)
+    if value is not None and value not in choices:
+        raise BadRequest(f"{name} must be one of {', '.join(choices)}", error_id="bad-parameter",
+                         details=[detail(["query", name], "invalid")])
+    return value
+
+
+def query_time(request: web.Request, name: str) -> datetime | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO-8601 timestamp", error_id="bad-parameter",
+                         details=[detail(["query", name], "invalid")]) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def page(items: list[Any], next_cursor: str | None) -> web.Response:
+    return web.json_response({"items": items, "nextCursor": next_cursor})

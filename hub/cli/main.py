@@ -1,0 +1,217 @@
+"""`hub`: run the processes and operate the hub. `hub --help` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hub.cli.client import ApiError, Client
+from hub.config import Settings, load_settings
+
+FINAL_SESSION = ("completed", "cancelled")
+
+
+def _client(settings: Settings, args: argparse.Namespace) -> Client:
+    key = args.api_key or settings.api_key
+    if not key:
+        raise SystemExit("hub: an API key is needed: --api-key KEY or HUB_API_KEY")
+    return Client(args.api_url or settings.client_api_url, key)
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.api.app import run
+
+    run(settings)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.jobs.worker import DEFAULT_QUEUES, run_worker
+
+    queues = tuple(args.queues.split(",")) if args.queues else DEFAULT_QUEUES
+    run_worker(settings, queues, burst=args.burst)
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.store.db import migrate
+
+    applied = asyncio.run(migrate(settings.database_url))
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    return 0
+
+
+def cmd_apps_create(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.store.apps import create_app
+    from hub.store.db import create_pool
+
+    async def go() -> Any:
+        pool = await create_pool(settings.database_url, max_size=1)
+        try:
+            return await create_app(pool, args.name)
+        finally:
+            await pool.close()
+
+    new = asyncio.run(go())
+    out = {"appId": str(new.app_id), "apiKey": new.api_key, "webhookSecret": new.webhook_secret}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"app {args.name}: {out['appId']}\nAPI key (shown once): {out['apiKey']}\n"
+              f"webhook secret: {out['webhookSecret']}")
+    return 0
+
+
+def cmd_transports_add(settings: Settings, args: argparse.Namespace) -> int:
+    body = {"name": args.name, "type": args.type, "config": json.loads(args.config)}
+    if args.default:
+        body["default"] = True
+    _print(_client(settings, args).call("POST", "/v1/transports", body))
+    return 0
+
+
+def cmd_transports_list(settings: Settings, args: argparse.Namespace) -> int:
+    items = _client(settings, args).call("GET", "/v1/transports")["items"]
+    if args.json:
+        _print(items)
+        return 0
+    for t in items:
+        mark = "*" if t["default"] else " "
+        print(f"{mark} {t['id']}  {t['type']:<8} {t['name']:<20} {t['provider']}")
+    return 0
+
+
+def _progress(session: dict[str, Any]) -> str:
+    counts = session.get("counts", {})
+    total = session["audienceCount"] or 1
+    done = sum(counts.get(s, 0) for s in ("delivered", "failed", "cancelled"))
+    width = 30
+    filled = int(width * done / total)
+    bar = "#" * filled + "-" * (width - filled)
+    parts = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    return f"[{bar}] {done}/{total} {session['status']} {parts}"
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    body = json.loads(Path(args.file).read_text())
+    client = _client(settings, args)
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    created = client.call("POST", "/v1/sessions", body, headers)
+    if args.json:
+        print(json.dumps(created))
+    else:
+        print(f"session {created['sessionId']} {created['status']}: "
+              f"{created['audienceCount']} recipients, {created['duplicatesRemoved']} duplicates removed")
+    if args.no_follow or created["status"] not in ("queued", "running"):
+        return 0
+    while True:
+        session = client.call("GET", f"/v1/sessions/{created['sessionId']}")
+        if not args.json:
+            print("\r" + _progress(session), end="", file=sys.stderr, flush=True)
+        if session["status"] in FINAL_SESSION:
+            if not args.json:
+                print(file=sys.stderr)
+            return 0
+        time.sleep(args.interval)
+
+
+def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings, args)
+    if args.action == "list":
+        items = client.call("GET", f"/v1/sessions?limit={args.limit}")["items"]
+        if args.json:
+            _print(items)
+        for s in [] if args.json else items:
+            print(f"{s['sessionId']}  {s['transport']:<8} {s['status']:<17} "
+                  f"{s['audienceCount']:>8}  {s['createdAt']}")
+        return 0
+    if not args.id:
+        raise SystemExit(f"hub: sessions {args.action} needs a SESSION id")
+    if args.action == "show":
+        _print(client.call("GET", f"/v1/sessions/{args.id}"))
+    else:
+        suffix = "?includeFailed=true" if getattr(args, "include_failed", False) else ""
+        _print(client.call("POST", f"/v1/sessions/{args.id}/{args.action}{suffix}"))
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.demo import run_demo
+
+    return run_demo(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hub", description="Connect Hub operator CLI")
+    p.add_argument("--api-url", help="the hub API (default HUB_API_URL or HUB_PUBLIC_URL)")
+    p.add_argument("--api-key", help="an app's API key (default HUB_API_KEY)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("api", help="run the HTTP API").set_defaults(func=cmd_api)
+    w = sub.add_parser("worker", help="run an RQ worker with the reconciler")
+    w.add_argument("--queues", help="comma-separated queues (default: all but voice)")
+    w.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    w.set_defaults(func=cmd_worker)
+    sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
+        func=cmd_migrate)
+    apps = sub.add_parser("apps").add_subparsers(dest="sub", required=True)
+    ac = apps.add_parser("create", help="create an app and its first API key")
+    ac.add_argument("name")
+    ac.add_argument("--json", action="store_true")
+    ac.set_defaults(func=cmd_apps_create)
+    tr = sub.add_parser("transports").add_subparsers(dest="sub", required=True)
+    ta = tr.add_parser("add", help="register a transport")
+    ta.add_argument("--name", required=True)
+    ta.add_argument("--type", required=True)
+    ta.add_argument("--config", required=True, help="JSON object")
+    ta.add_argument("--default", action="store_true")
+    ta.set_defaults(func=cmd_transports_add)
+    tl = tr.add_parser("list")
+    tl.add_argument("--json", action="store_true")
+    tl.set_defaults(func=cmd_transports_list)
+    s = sub.add_parser("send", help="submit an instruction file and follow its progress")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--no-follow", action="store_true")
+    s.add_argument("--idempotency-key")
+    s.add_argument("--interval", type=float, default=1.0)
+    s.set_defaults(func=cmd_send)
+    ss = sub.add_parser("sessions", help="list|show|cancel|trigger|pause|resume")
+    ss.add_argument("action", choices=["list", "show", "cancel", "trigger", "pause", "resume"])
+    ss.add_argument("id", nargs="?")
+    ss.add_argument("--limit", type=int, default=20)
+    ss.add_argument("--include-failed", action="store_true")
+    ss.add_argument("--json", action="store_true")
+    ss.set_defaults(func=cmd_sessions)
+    sub.add_parser("demo", help="run the demo broadcast end to end").set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(settings, args))
+    except ApiError as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        if isinstance(exc.body, dict) and exc.body.get("details"):
+            print(json.dumps(exc.body["details"], indent=2), file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

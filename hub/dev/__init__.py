@@ -1,0 +1,1 @@
+"""Embedded services for development, the demo and the tests (SMTP sink, fakes)."""

@@ -1,0 +1,195 @@
+"""The uniform instruction (DESIGN §2): pydantic models, wire names, and validation.
+
+`parse_instruction` turns a request body into a `ValidInstruction` or raises
+`Unprocessable` listing every problem with its wire location.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from hub.config import Settings
+from hub.errors import TooLarge, Unprocessable, detail
+
+TransportType = Literal["email", "sms", "whatsapp", "voice", "slack", "api"]
+Trigger = Literal["immediate", "scheduled", "manual"]
+MAX_DETAILS = 1000
+MAX_RETRIES = 100
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class TransportPart(WireModel):
+    type: TransportType
+    subject: str | None = None
+    message: str | None = None
+    file_url: str | None = None
+    extras: dict[str, Any] = Field(default_factory=dict)
+
+
+class Options(WireModel):
+    trigger: Trigger = "immediate"
+    scheduled_timestamp: datetime | None = None
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    retry_interval_minutes: str | float = "60"
+    webhook_url: str | None = None
+
+    @field_validator("scheduled_timestamp")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            return v.replace(tzinfo=UTC)
+        return v
+
+    @field_validator("retry_interval_minutes")
+    @classmethod
+    def _intervals(cls, v: str | float) -> str | float:
+        parse_intervals(v)
+        return v
+
+
+class Instruction(WireModel):
+    transport: TransportPart
+    audience: list[str] = Field(min_length=1)
+    options: Options = Field(default_factory=Options)
+    xref: str | None = Field(default=None, max_length=255)
+
+
+@dataclass(frozen=True)
+class ValidInstruction:
+    """A checked instruction with its audience normalised and de-duplicated."""
+
+    instruction: Instruction
+    addresses: list[str]
+    duplicates_removed: int
+    retry_intervals_s: list[float]
+
+
+def parse_intervals(value: str | float) -> list[float]:
+    """`"15,60,120"` (minutes, decimals allowed) → seconds `[900.0, 3600.0, 7200.0]`."""
+    parts = [p.strip() for p in str(value).split(",")]
+    try:
+        minutes = [float(p) for p in parts]
+    except ValueError as exc:
+        raise ValueError("comma-separated minutes expected, e.g. \"15,60,120\"") from exc
+    if not minutes or any(m < 0 or m != m or m > 525_600 for m in minutes):
+        raise ValueError("each interval must be between 0 and 525600 minutes")
+    return [m * 60.0 for m in minutes]
+
+
+def check_public_url(url: str, allow_private: bool) -> str | None:
+    """Why a caller-supplied URL is refused, or None. Hostnames are checked again at fetch."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http or https URL"
+    if allow_private:
+        return None
+    try:
+        ip = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        return None if parts.hostname != "localhost" else "private addresses are not allowed"
+    return None if ip.is_global else "private addresses are not allowed"
+
+
+def _wire_loc(loc: tuple[int | str, ...]) -> list[int | str]:
+    return [p for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+
+
+def parse_instruction(
+    body: Any, settings: Settings, *, default_region: str | None = None
+) -> ValidInstruction:
+    """Validate everything and report every problem at once (422), or size limits (413)."""
+    from hub.transports.registry import spec_for  # transports import this module
+
+    if isinstance(body, dict) and isinstance(body.get("audience"), list):
+        if len(body["audience"]) > settings.audience_max:
+            raise TooLarge(
+                f"the audience has {len(body['audience'])} addresses; the limit is "
+                f"{settings.audience_max}",
+                error_id="audience-too-large",
+                details=[detail(["audience"], f"at most {settings.audience_max} addresses")],
+            )
+    try:
+        ins = Instruction.model_validate(body)
+    except ValidationError as exc:
+        problems = [
+            detail(_wire_loc(e["loc"]), e["msg"]) for e in exc.errors(include_url=False)
+        ]
+        raise _invalid(problems) from None
+    problems = _check_options(ins.options, settings)
+    part = ins.transport
+    for field, limit in (("message", settings.message_max_chars),
+                         ("subject", settings.subject_max_chars)):
+        value = getattr(part, field)
+        if value is not None and len(value) > limit:
+            raise TooLarge(
+                f"transport.{field} has {len(value)} characters; the limit is {limit}",
+                error_id="message-too-long",
+                details=[detail(["transport", field], f"at most {limit} characters")],
+            )
+    if part.file_url is not None:
+        why = check_public_url(part.file_url, settings.allow_private_urls)
+        if why:
+            problems.append(detail(["transport", "fileUrl"], why))
+    spec = spec_for(part.type)
+    problems += spec.validate_content(part)
+    normalise = partial(spec.normalize_address, region=default_region)
+    addresses, dupes = _normalise_audience(ins.audience, normalise, problems)
+    if problems:
+        raise _invalid(problems)
+    return ValidInstruction(ins, addresses, dupes, parse_intervals(ins.options.retry_interval_minutes))
+
+
+def _check_options(opts: Options, settings: Settings) -> list[dict[str, Any]]:
+    problems = []
+    if opts.trigger == "scheduled" and opts.scheduled_timestamp is None:
+        problems.append(detail(["options", "scheduledTimestamp"], "required when trigger is scheduled"))
+    if opts.trigger != "scheduled" and opts.scheduled_timestamp is not None:
+        problems.append(detail(["options", "scheduledTimestamp"],
+                               "only allowed when trigger is scheduled"))
+    if opts.webhook_url is not None:
+        why = check_public_url(opts.webhook_url, settings.allow_private_urls)
+        if why:
+            problems.append(detail(["options", "webhookUrl"], why))
+    return problems
+
+
+def _normalise_audience(
+    audience: list[str], normalise: Any, problems: list[dict[str, Any]]
+) -> tuple[list[str], int]:
+    seen: dict[str, None] = {}
+    for i, raw in enumerate(audience):
+        try:
+            seen.setdefault(normalise(raw), None)
+        except ValueError as exc:
+            if len(problems) < MAX_DETAILS:
+                problems.append(detail(["audience", i], str(exc)))
+            else:
+                problems.append(detail(["audience"], "more invalid addresses not listed"))
+                break
+    return list(seen), len(audience) - len(seen)
+
+
+def _invalid(problems: list[dict[str, Any]]) -> Unprocessable:
+    shown = problems[: MAX_DETAILS + 1]
+    summary = "; ".join(
+        f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in shown[:5]
+    )
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return Unprocessable(
+        f"the instruction is invalid: {summary}{more}",
+        error_id="invalid-instruction",
+        details=shown,
+    )

@@ -1,0 +1,1 @@
+"""Background work: queueing, the delivery engine, retries, webhooks, the reconciler."""

@@ -1,0 +1,185 @@
+"""The delivery engine shared by every queued transport.
+
+One RQ job works on one session: it claims due deliveries in batches (lease, SKIP
+LOCKED), sends each batch concurrently through the transport's sender, and records
+results in small chunks as they arrive, so that a killed worker loses at most one chunk's
+knowledge (those recipients are attempted again after the lease, and their earlier
+attempt is marked `interrupted`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from redis import Redis
+
+from hub import constants as c
+from hub.config import Settings, load_settings
+from hub.jobs.queueing import Kicker
+from hub.jobs.retry import decide, when_cancelled
+from hub.net import BlockedURL, FetchError
+from hub.store import deliveries, sessions, suppressions
+from hub.store import transports as transports_store
+from hub.store.db import create_pool
+from hub.store.deliveries import Claimed, Outcome
+from hub.transports.base import Result, Sender
+from hub.transports.registry import sending_spec
+
+log = logging.getLogger(__name__)
+
+
+def deliver_session(session_id: str) -> dict[str, Any]:
+    """RQ entry point (runs in the worker; RQ gives each job a fresh event loop)."""
+    settings = load_settings()
+    return asyncio.run(_deliver(settings, uuid.UUID(session_id)))
+
+
+async def _deliver(settings: Settings, session_id: uuid.UUID) -> dict[str, Any]:
+    pool = await create_pool(settings.database_url, min_size=1, max_size=3)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        engine = Engine(settings, pool, Kicker(redis))
+        return await engine.run(session_id)
+    finally:
+        await pool.close()
+        redis.close()
+
+
+class Engine:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, kicker: Kicker) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.kicker = kicker
+
+    async def run(self, session_id: uuid.UUID) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            session = await _activate(conn, session_id)
+        if session is None:
+            return {"sent": 0, "reason": "session not active"}
+        sent = 0
+        try:
+            sent = await self._work(session)
+        except (FetchError, BlockedURL) as exc:
+            async with self.pool.acquire() as conn:
+                await deliveries.fail_all(conn, session_id, f"session content unusable: {exc}")
+        await self._follow_up(session)
+        return {"sent": sent}
+
+    async def _work(self, session: Any) -> int:
+        transport = await transports_store.get_full(self.pool, session["transport_id"])
+        if transport is None:
+            raise FetchError("the session's transport was deleted")
+        spec = sending_spec(transport["type"])
+        deadline = time.monotonic() + self.settings.job_max_s
+        sent = 0
+        async with spec.open(transport["full_config"], session["instruction"], self.settings) as sender:
+            while time.monotonic() < deadline:
+                async with self.pool.acquire() as conn:
+                    batch = await deliveries.claim(
+                        conn, session["id"], self.settings.batch_size, self.settings.lease_s
+                    )
+                if not batch:
+                    break
+                sent += await self._send_batch(session, sender, batch)
+        return sent
+
+    async def _send_batch(self, session: Any, sender: Sender, batch: list[Claimed]) -> int:
+        async with self.pool.acquire() as conn:
+            blocked = await suppressions.suppressed(
+                conn, session["app_id"], session["transport_type"],
+                [b.recipient.address for b in batch],
+            )
+        recorder = _Recorder(self.pool, session)
+        limit = asyncio.Semaphore(self.settings.send_concurrency)
+
+        async def one(item: Claimed) -> None:
+            if item.recipient.address in blocked:
+                result = Result(c.O_SUPPRESSED, error="address is on the do-not-contact list")
+            else:
+                async with limit:
+                    result = await sender.send(item.recipient)
+            await recorder.add(item, result)
+
+        flusher = asyncio.create_task(recorder.run())
+        try:
+            await asyncio.gather(*(one(item) for item in batch))
+        finally:
+            await recorder.close()
+            await flusher
+        return len(batch) - len(blocked)
+
+    async def _follow_up(self, session: Any) -> None:
+        """Schedule the next due work, close the session when done, and drain webhooks."""
+        async with self.pool.acquire() as conn:
+            due = await deliveries.next_due(conn, session["id"])
+            done = await sessions.finish_if_done(conn, session["id"],
+                                                 report_base=self.settings.base_url)
+            active = await conn.fetchval("SELECT status FROM sessions WHERE id = $1", session["id"])
+        if due is not None and active in c.ACTIVE_SESSION_STATUSES:
+            self.kicker.session(str(session["id"]), session["transport_type"], at=due)
+        if session["webhook_url"] or done:
+            self.kicker.webhooks()
+
+
+async def _activate(conn: asyncpg.Connection, session_id: uuid.UUID) -> Any:
+    """Due scheduled → queued; queued → running. None unless the session may send now."""
+    return await conn.fetchrow(
+        "UPDATE sessions SET status = 'running', started_at = coalesce(started_at, now())"
+        " WHERE id = $1 AND (status IN ('queued', 'running')"
+        "   OR (status = 'scheduled' AND scheduled_at <= now())) RETURNING *",
+        session_id,
+    )
+
+
+class _Recorder:
+    """Collects results and writes them every few dozen or every fraction of a second."""
+
+    def __init__(self, pool: asyncpg.Pool, session: Any) -> None:
+        self.pool = pool
+        self.session = session
+        self.pending: list[Outcome] = []
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    async def add(self, item: Claimed, result: Result) -> None:
+        decision = decide(result, tries=item.tries_before + 1, retries=self.session["retries"],
+                          intervals_s=list(self.session["retry_intervals_s"]))
+        self.pending.append(Outcome(item, result, decision, datetime.now(UTC)))
+        if len(self.pending) >= c.FLUSH_EVERY_RESULTS:
+            self.wake.set()
+
+    async def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), c.FLUSH_EVERY_S)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+            chunk, self.pending = self.pending, []
+            await self._flush(chunk)
+            if self.closed and not self.pending:
+                return
+
+    async def _flush(self, chunk: Sequence[Outcome]) -> None:
+        if not chunk:
+            return
+        async with self.pool.acquire() as conn:
+            status = await conn.fetchval(
+                "SELECT status FROM sessions WHERE id = $1", self.session["id"]
+            )
+            if status == c.S_CANCELLED:
+                chunk = [replace(o, decision=when_cancelled(o.decision)) for o in chunk]
+            await deliveries.record(conn, chunk)
+

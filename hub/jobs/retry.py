@@ -1,0 +1,35 @@
+"""Retry policy (DESIGN §4): what a finished attempt does to its delivery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hub import constants as c
+from hub.transports.base import Result
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: str
+    delay_s: float | None = None  # set when status is retry_scheduled
+
+
+def interval_s(intervals_s: list[float], retry_number: int) -> float:
+    """Seconds before retry N (1-based); the last interval repeats."""
+    return intervals_s[min(retry_number, len(intervals_s)) - 1]
+
+
+def decide(
+    result: Result, *, tries: int, retries: int, intervals_s: list[float]
+) -> Decision:
+    """`tries` counts this attempt; `retries` extra attempts are allowed after the first."""
+    if result.delivered:
+        return Decision(c.D_DELIVERED)
+    if result.retryable and tries <= retries:
+        return Decision(c.D_RETRY, interval_s(intervals_s, tries))
+    return Decision(c.D_FAILED)
+
+
+def when_cancelled(decision: Decision) -> Decision:
+    """A cancelled session starts no new attempt: a retry becomes `cancelled`."""
+    return Decision(c.D_CANCELLED) if decision.status == c.D_RETRY else decision

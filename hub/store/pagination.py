@@ -1,0 +1,24 @@
+"""Opaque cursors for keyset pagination."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from hub.errors import BadRequest, detail
+
+
+def encode(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def decode(cursor: str, size: int) -> list[Any]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(values, list) and len(values) == size:
+            return values
+    except (ValueError, TypeError):
+        pass
+    raise BadRequest("the cursor is not one this API returned; start again without it",
+                     error_id="bad-cursor", details=[detail(["query", "cursor"], "invalid")])

@@ -1,0 +1,223 @@
+"""Sessions: creation with their deliveries (COPY, one transaction), reads, and the
+status transitions of DESIGN §4 as conditional updates."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from hub import constants as c
+from hub.instruction import ValidInstruction
+from hub.store import outbox, pagination
+from hub.store.db import Pool
+
+FINAL = list(c.FINAL_DELIVERY_STATUSES)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def view(row: Any, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """A session as the API shows it."""
+    out = {
+        "id": str(row["id"]),
+        "sessionId": str(row["id"]),
+        "status": row["status"],
+        "transport": row["transport_type"],
+        "transportId": str(row["transport_id"]),
+        "trigger": row["trigger"],
+        "xref": row["xref"],
+        "audienceCount": row["audience_count"],
+        "duplicatesRemoved": row["duplicates_removed"],
+        "retries": row["retries"],
+        "retryIntervalMinutes": ",".join(f"{s / 60:g}" for s in row["retry_intervals_s"]),
+        "webhookUrl": row["webhook_url"],
+        "run": row["run"],
+        "createdAt": _iso(row["created_at"]),
+        "scheduledTimestamp": _iso(row["scheduled_at"]),
+        "startedAt": _iso(row["started_at"]),
+        "endedAt": _iso(row["ended_at"]),
+    }
+    if counts is not None:
+        out["counts"] = counts
+    return out
+
+
+async def create(
+    pool: Pool, app_id: uuid.UUID, transport: dict[str, Any], vi: ValidInstruction
+) -> asyncpg.Record:
+    """Store the session and one delivery per unique address, atomically."""
+    ins, opts = vi.instruction, vi.instruction.options
+    now = datetime.now(UTC)
+    status, due = {
+        "immediate": (c.S_QUEUED, now),
+        "scheduled": (c.S_SCHEDULED, opts.scheduled_timestamp),
+        "manual": (c.S_AWAITING, None),
+    }[opts.trigger]
+    content = ins.transport.model_dump(by_alias=True, exclude_none=True)
+    session_id = uuid.uuid4()
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "INSERT INTO sessions (id, app_id, transport_id, transport_type, xref, status, trigger,"
+            " instruction, scheduled_at, retries, retry_intervals_s, webhook_url, audience_count,"
+            " duplicates_removed, created_at)"
+            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) RETURNING *",
+            session_id, app_id, transport["id"], ins.transport.type, ins.xref, status,
+            opts.trigger, content, opts.scheduled_timestamp, opts.retries, vi.retry_intervals_s,
+            opts.webhook_url, len(vi.addresses), vi.duplicates_removed, now,
+        )
+        await conn.copy_records_to_table(
+            "deliveries",
+            records=((session_id, a, c.D_PENDING, due) for a in vi.addresses),
+            columns=["session_id", "address", "status", "next_attempt_at"],
+        )
+    return row
+
+
+async def get(pool: Pool | asyncpg.Connection, app_id: uuid.UUID | None,
+              session_id: uuid.UUID) -> asyncpg.Record | None:
+    if app_id is None:
+        return await pool.fetchrow("SELECT * FROM sessions WHERE id = $1", session_id)
+    return await pool.fetchrow(
+        "SELECT * FROM sessions WHERE id = $1 AND app_id = $2", session_id, app_id
+    )
+
+
+async def counts(pool: Pool | asyncpg.Connection, session_id: uuid.UUID) -> dict[str, int]:
+    rows = await pool.fetch(
+        "SELECT status, count(*) AS n FROM deliveries WHERE session_id = $1 GROUP BY status",
+        session_id,
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def list_(
+    pool: Pool, app_id: uuid.UUID, *, limit: int, cursor: str | None, status: str | None,
+    transport: str | None, xref: str | None, created_from: datetime | None,
+    created_to: datetime | None,
+) -> tuple[list[asyncpg.Record], str | None]:
+    where, args = ["app_id = $1"], [app_id]
+    for column, value in (("status", status), ("transport_type", transport), ("xref", xref)):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = ${len(args)}")
+    if created_from is not None:
+        args.append(created_from)
+        where.append(f"created_at >= ${len(args)}")
+    if created_to is not None:
+        args.append(created_to)
+        where.append(f"created_at < ${len(args)}")
+    if cursor:
+        at, last_id = pagination.decode(cursor, 2)
+        args += [datetime.fromisoformat(at), uuid.UUID(last_id)]
+        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
+    rows = await pool.fetch(
+        f"SELECT * FROM sessions WHERE {' AND '.join(where)}"
+        f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}", *args,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = pagination.encode([rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])]) if more else None
+    return rows, nxt
+
+
+async def transition(
+    pool: Pool, app_id: uuid.UUID, session_id: uuid.UUID, action: str, *,
+    include_failed: bool = False, report_base: str = "",
+) -> asyncpg.Record | None:
+    """Apply trigger/cancel/pause/resume; None when the session is not in a state that allows it."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT * FROM sessions WHERE id = $1 AND app_id = $2 FOR UPDATE", session_id, app_id
+        )
+        if row is None:
+            return None
+        handler = _ACTIONS[action]
+        return await handler(conn, row, include_failed, report_base)
+
+
+async def _trigger(conn: asyncpg.Connection, row: Any, include_failed: bool, report_base: str) -> Any:
+    if include_failed:
+        if row["ended_at"] is None:
+            return None
+        ids = await conn.fetch(
+            "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = now(),"
+            " error = NULL WHERE session_id = $1 AND status = 'failed' RETURNING id", row["id"]
+        )
+        if not ids:
+            return None
+        return await conn.fetchrow(
+            "UPDATE sessions SET status = 'queued', run = run + 1, ended_at = NULL"
+            " WHERE id = $1 RETURNING *", row["id"]
+        )
+    if row["status"] != c.S_AWAITING:
+        return None
+    await conn.execute(
+        "UPDATE deliveries SET next_attempt_at = now() WHERE session_id = $1 AND status = 'pending'",
+        row["id"],
+    )
+    return await conn.fetchrow(
+        "UPDATE sessions SET status = 'queued' WHERE id = $1 RETURNING *", row["id"]
+    )
+
+
+async def _cancel(conn: asyncpg.Connection, row: Any, include_failed: bool, report_base: str) -> Any:
+    if row["status"] in (c.S_COMPLETED, c.S_CANCELLED):
+        return None
+    ids = await conn.fetch(
+        "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL,"
+        " error = coalesce(error, 'session cancelled')"
+        " WHERE session_id = $1 AND status IN ('pending', 'retry_scheduled') RETURNING id",
+        row["id"],
+    )
+    await outbox.add_delivery_events(conn, [r["id"] for r in ids])
+    await conn.execute("UPDATE sessions SET status = 'cancelled' WHERE id = $1", row["id"])
+    await finish_if_done(conn, row["id"], report_base=report_base)
+    return await conn.fetchrow("SELECT * FROM sessions WHERE id = $1", row["id"])
+
+
+async def _pause(conn: asyncpg.Connection, row: Any, include_failed: bool, report_base: str) -> Any:
+    if row["status"] not in (c.S_SCHEDULED, c.S_QUEUED, c.S_RUNNING):
+        return None
+    return await conn.fetchrow(
+        "UPDATE sessions SET status = 'paused' WHERE id = $1 RETURNING *", row["id"]
+    )
+
+
+async def _resume(conn: asyncpg.Connection, row: Any, include_failed: bool, report_base: str) -> Any:
+    if row["status"] != c.S_PAUSED:
+        return None
+    return await conn.fetchrow(
+        "UPDATE sessions SET status = CASE"
+        " WHEN scheduled_at > now() AND started_at IS NULL THEN 'scheduled'"
+        " WHEN started_at IS NULL THEN 'queued' ELSE 'running' END"
+        " WHERE id = $1 RETURNING *", row["id"]
+    )
+
+
+_ACTIONS = {"trigger": _trigger, "cancel": _cancel, "pause": _pause, "resume": _resume}
+
+
+async def finish_if_done(
+    conn: asyncpg.Connection, session_id: uuid.UUID, *, report_base: str
+) -> bool:
+    """Close the session when no delivery has work left; emits `session.completed` once."""
+    row = await conn.fetchrow(
+        "UPDATE sessions SET ended_at = now(),"
+        " status = CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE 'completed' END"
+        " WHERE id = $1 AND ended_at IS NULL AND status IN ('queued', 'running', 'cancelled')"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE session_id = $1"
+        "   AND status <> ALL($2::text[])) RETURNING *",
+        session_id, FINAL,
+    )
+    if row is None:
+        return False
+    got = await counts(conn, session_id)
+    report_url = f"{report_base}/v1/sessions/{session_id}/report"
+    await outbox.add_session_event(conn, row, got, report_url)
+    return True

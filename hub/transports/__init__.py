@@ -1,0 +1,1 @@
+"""Transports: one module per channel/provider implementing `hub.transports.base`."""

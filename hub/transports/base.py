@@ -1,0 +1,59 @@
+"""The contract every transport implements, and the values it exchanges with the engine.
+
+A transport *spec* validates its part of the instruction, normalises addresses and checks
+its registration config; `open()` gives a *sender* for one job's batch (connections are
+reused across the batch). The delivery engine owns claiming, retries and recording.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from hub.config import Settings
+from hub.instruction import TransportPart
+
+
+@dataclass(frozen=True)
+class Recipient:
+    delivery_id: int
+    attempt_id: str
+    attempt: int
+    address: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one attempt did. `retryable` only matters when `delivered` is false."""
+
+    outcome: str
+    delivered: bool = False
+    retryable: bool = False
+    provider_ref: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@runtime_checkable
+class Sender(Protocol):
+    async def send(self, recipient: Recipient) -> Result: ...
+
+
+@runtime_checkable
+class TransportSpec(Protocol):
+    type: str
+    provider: str
+    config_model: type[BaseModel]
+    secret_fields: frozenset[str]
+
+    def validate_content(self, part: TransportPart) -> list[dict[str, Any]]: ...
+
+    def normalize_address(self, address: str, region: str | None = None) -> str: ...
+
+    def open(
+        self, config: Mapping[str, Any], content: Mapping[str, Any], settings: Settings
+    ) -> AbstractAsyncContextManager[Sender]: ...
