@@ -1,0 +1,181 @@
+"""Fixtures on real services: PostgreSQL database `hub_test`, Redis db 9, the hub's own
+processes started as a user starts them, an aiosmtpd sink and a webhook receiver."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from redis import Redis
+
+from hub.config import Settings
+from hub.dev import smtp
+from hub.store.apps import NewApp, create_app
+from hub.store.db import create_pool, migrate
+from tests.helpers import Api, WebhookReceiver, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DB_URL = os.environ.get("HUB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/hub_test")
+REDIS_URL = os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+TABLES = ("webhook_attempts", "webhook_events", "attempts", "deliveries", "sessions",
+          "idempotency_keys", "suppressions", "transports", "api_keys", "apps")
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update({
+        "HUB_DATABASE_URL": DB_URL,
+        "HUB_REDIS_URL": REDIS_URL,
+        "HUB_ALLOW_PRIVATE_URLS": "true",
+        "HUB_RECONCILE_INTERVAL_S": "1",
+        "HUB_WEBHOOK_RETRY_SCHEDULE": "0,1,2,3",
+        "HUB_LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings(database_url=DB_URL, redis_url=REDIS_URL, allow_private_urls=True,
+                    reconcile_interval_s=1, webhook_retry_schedule="0,1,2,3")
+
+
+@pytest.fixture(scope="session")
+async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    conn = await asyncpg.connect(DB_URL.rsplit("/", 1)[0] + "/postgres")
+    await conn.execute("DROP DATABASE IF EXISTS hub_test WITH (FORCE)")
+    await conn.close()
+    await migrate(DB_URL)
+    pool = await create_pool(DB_URL, max_size=5)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def db(database: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    """An empty schema and an empty Redis database for each test."""
+    await database.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+    redis = Redis.from_url(REDIS_URL)
+    redis.flushdb()
+    redis.close()
+    yield database
+
+
+@pytest.fixture
+def redis() -> Iterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+class Procs:
+    """The hub's processes, started with `hub ...` exactly as an operator would."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{args[0]}-{len(self.running)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "hub.cli.main", *args], cwd=ROOT,
+                                env=base_env(**env), stdout=log, stderr=subprocess.STDOUT)
+        self.running.append(proc)
+        return proc
+
+    def worker(self, **env: str) -> subprocess.Popen[bytes]:
+        return self.start("worker", **env)
+
+    def stop_all(self) -> None:
+        for proc in self.running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+        self.running.clear()
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    yield p
+    p.stop_all()
+
+
+@pytest.fixture(scope="session")
+def api_server(tmp_path_factory: pytest.TempPathFactory, database: asyncpg.Pool) -> Iterator[str]:
+    """One `hub api` process for the whole run (it keeps no state of its own)."""
+    port = free_port()
+    p = Procs(tmp_path_factory.mktemp("api"))
+    p.start("api", HUB_API_PORT=str(port))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            subprocess.run(["curl", "-sf", f"{url}/healthz"], check=True, capture_output=True)
+            break
+        except subprocess.CalledProcessError:
+            time.sleep(0.2)
+    else:
+        raise RuntimeError("hub api did not start:\n" + p.logs())
+    yield url
+    p.stop_all()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def make_app(db: asyncpg.Pool) -> Callable[[str], Any]:
+    async def make(name: str = "acme") -> NewApp:
+        return await create_app(db, name)
+
+    return make
+
+
+@pytest.fixture
+async def api(api_server: str, http: aiohttp.ClientSession, make_app: Any) -> Api:
+    """A client of the running API, authenticated as a fresh app."""
+    app = await make_app("acme")
+    return Api(http, api_server, app)
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[tuple[int, smtp.SmtpSink]]:
+    controller, sink = smtp.start()
+    yield controller.port, sink
+    controller.stop()
+
+
+@pytest.fixture
+async def email_transport(api: Api, smtp_sink: tuple[int, smtp.SmtpSink]) -> dict[str, Any]:
+    port, _ = smtp_sink
+    status, body = await api.post("/v1/transports", {
+        "name": "smtp", "type": "email",
+        "config": {"host": "127.0.0.1", "port": port, "from": "Hub <hub@example.com>"}})
+    assert status == 201, body
+    return body
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    rec = WebhookReceiver()
+    await rec.start()
+    yield rec
+    await rec.stop()
+

@@ -1,0 +1,250 @@
+"""End to end: `hub api` and `hub worker` processes, a real SMTP server, a webhook receiver."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from hub.dev.smtp import SmtpSink
+from tests.conftest import Procs
+from tests.helpers import Api, WebhookReceiver, eventually
+
+pytestmark = pytest.mark.e2e
+
+
+def email(audience: list[str], **options: Any) -> dict[str, Any]:
+    return {"transport": {"type": "email", "subject": "Hello", "message": "Body text"},
+            "audience": audience, "options": options}
+
+
+async def test_immediate_session_delivers_and_signs_webhooks(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink],
+    procs: Procs, receiver: WebhookReceiver,
+) -> None:
+    _, sink = smtp_sink
+    procs.worker()
+    created = await api.submit(email(["a@example.com", "b@example.com", "A@Example.com",
+                                      "bounce@example.com"], webhookUrl=receiver.url))
+    assert created["status"] == "queued"
+    assert created["audienceCount"] == 3 and created["duplicatesRemoved"] == 1
+    done = await api.wait_status(created["sessionId"])
+    assert done["counts"] == {"delivered": 2, "failed": 1}
+    assert done["startedAt"] and done["endedAt"]
+    got = {r.rcpt: r for r in sink.received}
+    assert set(got) == {"a@example.com", "b@example.com"}
+    assert got["a@example.com"].subject == "Hello"
+    rows = await api.deliveries(created["sessionId"])
+    assert rows["a@example.com"]["providerRef"] == got["a@example.com"].message_id
+    assert rows["bounce@example.com"]["error"].startswith("SMTP 550")
+    assert rows["bounce@example.com"]["attempts"] == 1
+
+    await eventually(lambda: _async(len(receiver.events()) >= 4), 15, "4 webhook events")
+    verifier = Webhook(api.app.webhook_secret)
+    for headers, body, _ in receiver.requests:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        verifier.verify(body, lowered)  # raises if the signature does not verify
+    by_addr = {e["data"]["address"]: e["data"] for e in receiver.events("delivery.completed")}
+    assert by_addr["bounce@example.com"]["status"] == "failed"
+    assert by_addr["a@example.com"] | {} == by_addr["a@example.com"]
+    assert by_addr["a@example.com"]["status"] == "delivered"
+    summary = receiver.events("session.completed")[0]["data"]
+    assert summary["counts"] == {"delivered": 2, "failed": 1}
+    assert summary["reportUrl"].endswith(f"/v1/sessions/{created['sessionId']}/report")
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def test_smtp_4xx_retried_on_schedule_then_delivered(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
+) -> None:
+    _, sink = smtp_sink
+    sink.scripts["late@example.com"] = ["451 4.3.0 try later", "451 4.3.0 try later"]
+    procs.worker()
+    created = await api.submit(email(["late@example.com"], retries=3,
+                                     retryIntervalMinutes="0.05,0.1"))
+    await api.wait_status(created["sessionId"], timeout_s=40)
+    row = (await api.deliveries(created["sessionId"]))["late@example.com"]
+    assert row["status"] == "delivered" and row["attempts"] == 3
+    status, attempts = await api.get(
+        f"/v1/sessions/{created['sessionId']}/deliveries/late@example.com/attempts")
+    assert [a["outcome"] for a in attempts["items"]] == [
+        "temporary_failure", "temporary_failure", "delivered"]
+    refused = sink.refused["late@example.com"]
+    accepted = sink.for_address("late@example.com")[0].at
+    gap1, gap2 = refused[1] - refused[0], accepted - refused[1]
+    assert 3.0 <= gap1 < 3.0 + 4, gap1   # 0.05 min = 3 s, plus scheduler latency
+    assert 6.0 <= gap2 < 6.0 + 4, gap2   # 0.1 min = 6 s
+
+
+async def test_smtp_5xx_is_not_retried(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
+) -> None:
+    _, sink = smtp_sink
+    sink.scripts["gone@example.com"] = ["550 5.1.1 mailbox unavailable"]
+    procs.worker()
+    created = await api.submit(email(["gone@example.com"], retries=3, retryIntervalMinutes="0.01"))
+    await api.wait_status(created["sessionId"])
+    row = (await api.deliveries(created["sessionId"]))["gone@example.com"]
+    assert row["status"] == "failed" and row["attempts"] == 1
+    assert row["detail"] == {"smtpCode": 550, "smtpReply": "5.1.1 mailbox unavailable"}
+    assert len(sink.refused["gone@example.com"]) == 1
+
+
+async def test_scheduled_session_waits_for_its_time(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
+) -> None:
+    import datetime as dt
+
+    _, sink = smtp_sink
+    procs.worker()
+    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=4)
+    created = await api.submit(email(["later@example.com"], trigger="scheduled",
+                                     scheduledTimestamp=at.replace(tzinfo=None).isoformat()))
+    assert created["status"] == "scheduled"
+    assert dt.datetime.fromisoformat(created["scheduledTimestamp"]) == at.replace(microsecond=at.microsecond)
+    await api.wait_status(created["sessionId"], timeout_s=30)
+    received = sink.for_address("later@example.com")
+    assert len(received) == 1 and received[0].at >= at.timestamp() - 0.05
+
+
+async def test_manual_session_waits_for_trigger(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
+) -> None:
+    import asyncio
+
+    _, sink = smtp_sink
+    procs.worker()
+    created = await api.submit(email(["m@example.com"], trigger="manual"))
+    assert created["status"] == "awaiting_trigger"
+    await asyncio.sleep(2.5)
+    assert sink.received == []
+    status, body = await api.post(f"/v1/sessions/{created['sessionId']}/trigger")
+    assert status == 202 and body["status"] == "queued"
+    await api.wait_status(created["sessionId"])
+    assert len(sink.for_address("m@example.com")) == 1
+    status, body = await api.post(f"/v1/sessions/{created['sessionId']}/trigger")
+    assert status == 409 and body["error_id"] == "cannot-trigger"
+
+
+async def test_include_failed_reruns_failed_recipients(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
+) -> None:
+    _, sink = smtp_sink
+    sink.scripts["flaky@example.com"] = ["554 5.7.1 rejected for now"]
+    procs.worker()
+    created = await api.submit(email(["ok@example.com", "flaky@example.com"]))
+    sid = created["sessionId"]
+    done = await api.wait_status(sid)
+    assert done["counts"] == {"delivered": 1, "failed": 1}
+    status, body = await api.post(f"/v1/sessions/{sid}/trigger?includeFailed=true")
+    assert status == 202 and body["run"] == 2
+    done = await api.wait_status(sid)
+    assert done["counts"] == {"delivered": 2}
+    assert len(sink.for_address("ok@example.com")) == 1  # delivered ones are not resent
+    assert (await api.deliveries(sid))["flaky@example.com"]["attempts"] == 2
+
+
+async def test_idempotent_resubmission(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], db: Any,
+) -> None:
+    body = email(["idem@example.com"])
+    headers = {"Idempotency-Key": "order-42"}
+    s1, first = await api.post("/v1/sessions", body, headers=headers)
+    s2, again = await api.post("/v1/sessions", body, headers=headers)
+    assert (s1, s2) == (201, 201)
+    assert again == first and api.last_headers.get("Idempotency-Replay") == "true"
+    s3, other = await api.post("/v1/sessions", email(["x@example.com"]), headers=headers)
+    assert s3 == 422 and other["error_id"] == "idempotency-key-reused"
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 1
+    bad = email(["not-an-address"])
+    s4, err = await api.post("/v1/sessions", bad, headers={"Idempotency-Key": "bad-1"})
+    s5, err2 = await api.post("/v1/sessions", bad, headers={"Idempotency-Key": "bad-1"})
+    assert (s4, s5) == (422, 422) and err == err2
+
+
+async def test_cancel_mid_session_stops_new_attempts(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
+    receiver: WebhookReceiver,
+) -> None:
+    _, sink = smtp_sink
+    audience = [f"c{i}@example.com" for i in range(300)]
+    for a in audience:
+        sink.scripts[a] = ["451 4.3.0 slow down"]  # every first try fails: retries pending
+    procs.worker()
+    created = await api.submit(email(audience, retries=2, retryIntervalMinutes="0.2",
+                                     webhookUrl=receiver.url))
+    sid = created["sessionId"]
+    await eventually(lambda: _async(len(sink.refused) >= 300), 30, "first attempts")
+    status, body = await api.post(f"/v1/sessions/{sid}/cancel")
+    assert status == 202 and body["status"] == "cancelled"
+    done = await api.wait_status(sid, ("cancelled",))
+    await eventually(lambda: _async(done.get("endedAt") or None), 1, "ended")
+    assert sink.received == []
+    rows = await api.deliveries(sid)
+    assert {r["status"] for r in rows.values()} == {"cancelled"}
+    summary = await eventually(lambda: _async(receiver.events("session.completed")), 15,
+                               "session.completed")
+    assert summary[0]["data"]["status"] == "cancelled"
+    status, body = await api.post(f"/v1/sessions/{sid}/cancel")
+    assert status == 409
+
+
+async def test_pause_and_resume(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
+) -> None:
+    import asyncio
+
+    _, sink = smtp_sink
+    created = await api.submit(email(["p@example.com"], trigger="manual"))
+    sid = created["sessionId"]
+    await api.post(f"/v1/sessions/{sid}/trigger")
+    status, body = await api.post(f"/v1/sessions/{sid}/pause")
+    assert status == 202 and body["status"] == "paused"
+    procs.worker()
+    await asyncio.sleep(2.5)
+    assert sink.received == []
+    status, body = await api.post(f"/v1/sessions/{sid}/resume")
+    assert status == 202 and body["status"] == "queued"
+    await api.wait_status(sid)
+    assert len(sink.for_address("p@example.com")) == 1
+
+
+async def test_suppressed_address_is_never_sent(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
+) -> None:
+    _, sink = smtp_sink
+    status, body = await api.post("/v1/suppressions", {"addresses": ["Stop@Example.com"]})
+    assert status == 201
+    procs.worker()
+    created = await api.submit(email(["stop@example.com", "go@example.com"], retries=2))
+    await api.wait_status(created["sessionId"])
+    rows = await api.deliveries(created["sessionId"])
+    assert rows["stop@example.com"]["status"] == "failed"
+    assert rows["stop@example.com"]["outcome"] == "suppressed"
+    assert [r.rcpt for r in sink.received] == ["go@example.com"]
+
+
+async def test_webhook_receiver_down_is_retried_with_same_id(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
+    receiver: WebhookReceiver, db: Any,
+) -> None:
+    receiver.fail_next = 4  # two events (delivery, session), each refused twice
+    procs.worker()
+    created = await api.submit(email(["w@example.com"], webhookUrl=receiver.url))
+    await api.wait_status(created["sessionId"])
+    await eventually(lambda: _async(
+        len([r for r in receiver.requests if json.loads(r[1])["type"] == "session.completed"]) >= 1
+        and len(receiver.requests) >= 6), 30, "webhooks retried")
+    ids: dict[str, list[float]] = {}
+    for headers, _, at in receiver.requests:
+        ids.setdefault(headers["webhook-id"], []).append(at)
+    assert len(ids) == 2 and all(len(times) == 3 for times in ids.values())  # 500, 500, 204
+    for times in ids.values():  # schedule "0,1,2,3" s in the tests: 1 s, then 2 s
+        assert times[1] - times[0] >= 0.9 and times[2] - times[1] >= 1.9
+    logged = await db.fetch("SELECT status_code FROM webhook_attempts ORDER BY id")
+    assert sorted(r["status_code"] for r in logged) == [204, 204, 500, 500, 500, 500]

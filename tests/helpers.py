@@ -1,0 +1,124 @@
+"""Test helpers: an API client, a webhook receiver, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+from aiohttp import web
+
+from hub.store.apps import NewApp
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+class Api:
+    def __init__(self, http: aiohttp.ClientSession, base: str, app: NewApp) -> None:
+        self.http = http
+        self.base = base
+        self.app = app
+        self.key = app.api_key
+
+    async def call(self, method: str, path: str, body: Any = None, *, key: str | None = None,
+                   headers: dict[str, str] | None = None, raw: bytes | None = None
+                   ) -> tuple[int, Any]:
+        hdrs = {"Authorization": f"Bearer {key or self.key}", **(headers or {})}
+        kwargs: dict[str, Any] = {"headers": hdrs}
+        if raw is not None:
+            kwargs["data"] = raw
+        elif body is not None:
+            kwargs["json"] = body
+        async with self.http.request(method, self.base + path, **kwargs) as resp:
+            self.last_headers = resp.headers
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, await resp.text()
+
+    async def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        return await self.call("POST", path, body, **kw)
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        return await self.call("GET", path, **kw)
+
+    async def submit(self, instruction: dict[str, Any], expect: int = 201) -> dict[str, Any]:
+        status, body = await self.post("/v1/sessions", instruction)
+        assert status == expect, body
+        return dict(body)
+
+    async def session(self, sid: str) -> dict[str, Any]:
+        status, body = await self.get(f"/v1/sessions/{sid}")
+        assert status == 200, body
+        return dict(body)
+
+    async def deliveries(self, sid: str) -> dict[str, dict[str, Any]]:
+        status, body = await self.get(f"/v1/sessions/{sid}/deliveries?limit=1000")
+        assert status == 200, body
+        return {d["address"]: d for d in body["items"]}
+
+    async def wait_status(self, sid: str, statuses: tuple[str, ...] = ("completed",),
+                          timeout_s: float = 30) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            s = await self.session(sid)
+            return s if s["status"] in statuses else None
+        return await eventually(check, timeout_s, f"session {sid} never reached {statuses}")
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout_s: float, what: str) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = await check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s: {what}")
+        await asyncio.sleep(0.1)
+
+
+class WebhookReceiver:
+    """A local HTTP endpoint that records every request; `fail_next` answers 500 first."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes, float]] = []
+        self.fail_next = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append((dict(request.headers), body, time.time()))
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return web.Response(status=500, text="receiver down")
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    def events(self, type_: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for _, body, _ in self.requests:
+            event = json.loads(body)
+            if type_ is None or event["type"] == type_:
+                out.append(event)
+        return out
