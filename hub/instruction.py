@@ -170,6 +170,7 @@ def _normalise_audience(
     audience: list[str], normalise: Any, problems: list[dict[str, Any]]
 ) -> tuple[list[str], int]:
     seen: dict[str, None] = {}
+    unlisted = 0
     for i, raw in enumerate(audience):
         try:
             seen.setdefault(normalise(raw), None)
@@ -177,19 +178,19 @@ def _normalise_audience(
             if len(problems) < MAX_DETAILS:
                 problems.append(detail(["audience", i], str(exc)))
             else:
-                problems.append(detail(["audience"], "more invalid addresses not listed"))
-                break
+                unlisted += 1
+    if unlisted:
+        problems.append(detail(["audience"], f"{unlisted} more invalid addresses not listed"))
     return list(seen), len(audience) - len(seen)
 
 
 def _invalid(problems: list[dict[str, Any]]) -> Unprocessable:
-    shown = problems[: MAX_DETAILS + 1]
     summary = "; ".join(
-        f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in shown[:5]
+        f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in problems[:5]
     )
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     return Unprocessable(
         f"the instruction is invalid: {summary}{more}",
         error_id="invalid-instruction",
-        details=shown,
+        details=problems,
     )

@@ -20,7 +20,7 @@ def create_app(settings: Settings) -> web.Application:
     app[st.SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        app[st.POOL] = await create_pool(settings.database_url, min_size=2, max_size=20)
+        app[st.POOL] = await create_pool(settings.database_url, min_size=0, max_size=20)
         redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         app[st.KICKER] = Kicker(redis)
         yield

@@ -27,9 +27,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except HubError as err:
         return _json_error(err)
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
         return _json_error(TooLarge(
-            f"the body is larger than {exc.max_size} bytes (HUB_BODY_MAX_BYTES)",
+            f"the body is larger than {request.app[st.SETTINGS].body_max_bytes} bytes"
+            " (HUB_BODY_MAX_BYTES)",
             error_id="body-too-large"))
     except web.HTTPException as exc:
         if exc.status >= 400:

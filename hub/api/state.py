@@ -19,7 +19,7 @@ from hub.jobs.queueing import Kicker
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 KICKER = web.AppKey("kicker", Kicker)
-APP_ID = "hub.app_id"
+APP_ID = web.RequestKey("app_id", uuid.UUID)
 M = TypeVar("M", bound=BaseModel)
 MAX_LIMIT = 1000
 

@@ -7,6 +7,7 @@ accepts. Addresses whose local part starts with `bounce` get `550 5.1.1 no such 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -33,6 +34,7 @@ class SmtpSink:
     received: list[Received] = field(default_factory=list)
     refused: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    delay_s: float = 0.0  # time taken to accept each message, to slow a test down
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -51,6 +53,8 @@ class SmtpSink:
     async def handle_DATA(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         msg = message_from_bytes(envelope.content or b"")
         with self.lock:
             for rcpt in envelope.rcpt_tos:

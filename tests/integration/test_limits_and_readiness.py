@@ -1,0 +1,86 @@
+"""The API built in-process with other settings: size limits, private URLs, readiness."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from hub.api.app import create_app
+from hub.config import Settings
+from hub.store.apps import create_app as create_hub_app
+
+Factory = Callable[..., Any]
+
+
+@pytest.fixture
+async def server(settings: Settings, db: Any) -> AsyncIterator[Factory]:
+    servers: list[TestServer] = []
+
+    async def start(**overrides: Any) -> tuple[str, str]:
+        srv = TestServer(create_app(settings.model_copy(update=overrides)), host="127.0.0.1")
+        await srv.start_server()
+        servers.append(srv)
+        app = await create_hub_app(db, "limits")
+        await db.execute(
+            "INSERT INTO transports (id, app_id, name, type, provider, config, secrets, is_default)"
+            " VALUES (gen_random_uuid(), $1, 'smtp', 'email', 'smtp', $2, '{}', true)",
+            app.app_id, {"host": "127.0.0.1", "port": 1, "from": "a@example.com"})
+        return str(srv.make_url("")).rstrip("/"), app.api_key
+
+    yield start
+    for srv in servers:
+        await srv.close()
+
+
+async def post(url: str, key: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.post(
+        url + "/v1/sessions", json=body if raw is None else None, data=raw,
+        headers={"Authorization": f"Bearer {key}"},
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+def email(audience: list[str], **options: Any) -> dict[str, Any]:
+    return {"transport": {"type": "email", "subject": "S", "message": "M"},
+            "audience": audience, "options": options}
+
+
+async def test_size_limits_answer_413(server: Factory, db: Any) -> None:
+    url, key = await server(audience_max=3, message_max_chars=10, body_max_bytes=2000)
+    status, err = await post(url, key, email([f"a{i}@example.com" for i in range(4)]))
+    assert status == 413 and err["error_id"] == "audience-too-large"
+    long = email(["a@example.com"])
+    long["transport"]["message"] = "x" * 11
+    status, err = await post(url, key, long)
+    assert status == 413 and err["error_id"] == "message-too-long"
+    assert err["details"][0]["loc"] == ["transport", "message"]
+    status, err = await post(url, key, raw=b'{"audience": ["' + b"a" * 3000 + b'"]}')
+    assert status == 413 and err["error_id"] == "body-too-large"
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 0
+
+
+async def test_private_webhook_urls_refused_unless_allowed(server: Factory) -> None:
+    url, key = await server(allow_private_urls=False)
+    for hook in ("http://127.0.0.1:9/x", "http://10.1.2.3/x", "http://[::1]/x",
+                 "http://localhost/x", "http://169.254.169.254/latest"):
+        status, err = await post(url, key, email(["a@example.com"], webhookUrl=hook))
+        assert status == 422, hook
+        assert err["details"][0]["loc"] == ["options", "webhookUrl"]
+    status, _ = await post(url, key, email(["a@example.com"], webhookUrl="https://example.com/h"))
+    assert status == 201
+
+
+async def test_readyz_reports_each_dependency(server: Factory) -> None:
+    url, _ = await server()
+    async with aiohttp.ClientSession() as http, http.get(url + "/readyz") as resp:
+        assert resp.status == 200
+    bad_url, _ = await server(redis_url="redis://127.0.0.1:1/0",
+                              database_url="postgresql://postgres@127.0.0.1:1/hub")
+    async with aiohttp.ClientSession() as http, http.get(bad_url + "/readyz") as resp:
+        body = await resp.json()
+        assert resp.status == 503 and body["error_id"] == "dependency-unavailable"
+        assert set(body["details"]) == {"postgres", "redis"}
