@@ -63,6 +63,7 @@ def build_spec() -> dict[str, Any]:
             "id", "status", "address", "limit", "cursor"))},
         f"{s}/deliveries/{{address}}/attempts": {
             "get": _op("Every attempt of one recipient", params=("id", "address"))},
+        f"{s}/report": {"get": _op("The session report (JSON or CSV)", params=("id", "format"))},
         f"{s}/trigger": {"post": _op("Start a manual session", ok="202",
                                      params=("id", "includeFailed"))},
         f"{s}/cancel": {"post": _op("Cancel a session", ok="202", params=("id",))},

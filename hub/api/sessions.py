@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from hub import constants as c
+from hub import reports
 from hub.api import state as st
 from hub.constants import MAX_PARALLEL_JOBS_PER_SESSION
 from hub.errors import BadRequest, Conflict, HubError, NotFound, Unprocessable, detail
@@ -182,3 +183,15 @@ for _name, _from in (
     ("resume", "paused"),
 ):
     routes.post(f"/v1/sessions/{{id}}/{_name}")(_action(_name, _from))
+
+
+@routes.get("/v1/sessions/{id}/report")
+async def report(request: web.Request) -> web.Response:
+    row = await _own_session(request)
+    fmt = st.query_choice(request, "format", ("json", "csv")) or "json"
+    built = await reports.build(st.pool(request), row)
+    if fmt == "csv":
+        return web.Response(text=reports.to_csv(built), content_type="text/csv",
+                            headers={"Content-Disposition":
+                                     f'attachment; filename="session-{row["id"]}.csv"'})
+    return web.json_response(built)

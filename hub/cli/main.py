@@ -145,6 +145,21 @@ def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings, args)
+    if args.csv:
+        print(client.call("GET", f"/v1/sessions/{args.id}/report?format=csv"), end="")
+        return 0
+    report = client.call("GET", f"/v1/sessions/{args.id}/report")
+    if args.json:
+        print(json.dumps(report))
+    else:
+        from hub.reports import to_text
+
+        print(to_text(report))
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from hub.demo import run_demo
 
@@ -192,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--include-failed", action="store_true")
     ss.add_argument("--json", action="store_true")
     ss.set_defaults(func=cmd_sessions)
+    r = sub.add_parser("report", help="a session's report")
+    r.add_argument("id")
+    fmt = r.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    r.set_defaults(func=cmd_report)
     sub.add_parser("demo", help="run the demo broadcast end to end").set_defaults(func=cmd_demo)
     return p
 

@@ -8,6 +8,7 @@ accepts. Addresses whose local part starts with `bounce` get `550 5.1.1 no such 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
+
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -77,6 +79,7 @@ class SmtpSink:
 
 def start(port: int = 0, host: str = "127.0.0.1") -> tuple[Controller, SmtpSink]:
     """Start the sink in a background thread; returns the controller (with `.port`)."""
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     sink = SmtpSink()
     controller = Controller(sink, hostname=host, port=port or free_port(host), ready_timeout=10)
     controller.start()

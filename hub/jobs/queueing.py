@@ -4,6 +4,7 @@ PostgreSQL by the reconciler, so a lost job delays work but never loses it."""
 from __future__ import annotations
 
 import logging
+import math
 from datetime import UTC, datetime
 
 from redis import Redis
@@ -40,9 +41,12 @@ class Kicker:
                 "failure_ttl": JOB_FAILURE_TTL_S}
         try:
             if at is not None and at > datetime.now(UTC):
-                job_id = f"deliver-{session_id}-{int(at.timestamp())}"
+                # RQ's scheduler keeps whole seconds and may fire up to 1 s early: round up.
+                second = math.ceil(at.timestamp())
+                job_id = f"deliver-{session_id}-{second}"
                 if not Job.exists(job_id, connection=self.redis):
-                    queue.enqueue_at(at, DELIVER_FUNC, session_id, job_id=job_id, **opts)
+                    queue.enqueue_at(datetime.fromtimestamp(second, UTC), DELIVER_FUNC,
+                                     session_id, job_id=job_id, **opts)
                 return True
             for _ in range(max(1, parallel)):
                 queue.enqueue(DELIVER_FUNC, session_id, **opts)
