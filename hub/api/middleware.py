@@ -35,15 +35,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status >= 400:
             error_id = {404: "not-found", 405: "method-not-allowed"}.get(exc.status, "http-error")
-            err = HubError(exc.reason, error_id=error_id)
-            err.status = exc.status
-            return _json_error(err)
+            http_err = HubError(exc.reason, error_id=error_id)
+            http_err.status = exc.status
+            return _json_error(http_err)
         raise
     except Exception:
         ref = uuid.uuid4().hex[:12]
         log.exception("unhandled error %s on %s %s", ref, request.method, request.path)
-        err = HubError(f"internal error (reference {ref}); the request may be retried")
-        return _json_error(err)
+        return _json_error(HubError(f"internal error (reference {ref}); the request may be retried"))
 
 
 def _bearer(request: web.Request) -> str:

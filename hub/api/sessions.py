@@ -43,7 +43,7 @@ async def create_session(request: web.Request) -> web.Response:
     seen = await idempotency.begin(pool, app_id, key, _request_hash(await request.read()),
                                    st.settings(request).idempotency_ttl_h)
     if seen.state == "replay":
-        return web.json_response(seen.body, status=seen.status,
+        return web.json_response(seen.body, status=seen.status or 200,
                                  headers={"Idempotency-Replay": "true"})
     if seen.state == "mismatch":
         raise Unprocessable("this Idempotency-Key was used with another request body",
@@ -67,7 +67,7 @@ async def _create(request: web.Request) -> tuple[int, dict[str, Any]]:
     settings, pool, app_id = st.settings(request), st.pool(request), st.app_id(request)
     body = await st.read_json(request)
     transport = await _transport_for(request, body)
-    region = (transport or {}).get("config", {}).get("defaultRegion")
+    region = transport["config"].get("defaultRegion") if transport else None
     valid = parse_instruction(body, settings, default_region=region)
     if transport is None:
         type_ = valid.instruction.transport.type
@@ -92,8 +92,9 @@ async def _transport_for(request: web.Request, body: Any) -> dict[str, Any] | No
     part = body.get("transport") if isinstance(body, dict) else None
     if not isinstance(part, dict) or part.get("type") not in c.TRANSPORT_TYPES:
         return None
-    extras = part.get("extras") if isinstance(part.get("extras"), dict) else {}
-    name = extras.get("transport") if isinstance(extras.get("transport"), str) else None
+    extras = part.get("extras")
+    name = extras.get("transport") if isinstance(extras, dict) else None
+    name = name if isinstance(name, str) else None
     found = await transports_store.resolve(st.pool(request), st.app_id(request), part["type"], name)
     if found is None and name:
         raise Unprocessable(f"no {part['type']} transport named {name!r}",

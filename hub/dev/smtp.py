@@ -57,7 +57,8 @@ class SmtpSink:
     ) -> str:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        msg = message_from_bytes(envelope.content or b"")
+        content = envelope.content or b""
+        msg = message_from_bytes(content.encode() if isinstance(content, str) else content)
         with self.lock:
             for rcpt in envelope.rcpt_tos:
                 self.received.append(Received(rcpt, msg.get("Message-ID", ""),

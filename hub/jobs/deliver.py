@@ -78,43 +78,66 @@ class Engine:
         if transport is None:
             raise FetchError("the session's transport was deleted")
         spec = sending_spec(transport["type"])
-        deadline = time.monotonic() + self.settings.job_max_s
-        sent = 0
         async with spec.open(transport["full_config"], session["instruction"], self.settings) as sender:
-            while time.monotonic() < deadline:
-                async with self.pool.acquire() as conn:
-                    batch = await deliveries.claim(
-                        conn, session["id"], self.settings.batch_size, self.settings.lease_s
-                    )
-                if not batch:
-                    break
-                sent += await self._send_batch(session, sender, batch)
+            return await self._pipeline(session, sender)
+
+    async def _pipeline(self, session: Any, sender: Sender) -> int:
+        """Claim in batches while `send_concurrency` senders stay busy; record as results come.
+
+        A claim is sized so that its recipients are all sent well within the lease: it
+        starts small and grows with the throughput measured so far.
+        """
+        settings = self.settings
+        workers = settings.send_concurrency
+        queue: asyncio.Queue[tuple[Claimed, bool] | None] = asyncio.Queue(maxsize=workers)
+        recorder = _Recorder(self.pool, session)
+        started = time.monotonic()
+        deadline = started + settings.job_max_s
+        sent = 0
+
+        async def produce() -> None:
+            try:
+                while time.monotonic() < deadline:
+                    rate = sent / max(time.monotonic() - started, 0.001)
+                    size = int(min(settings.batch_size, max(2 * workers, rate * settings.lease_s / 4)))
+                    batch, blocked = await self._claim(session, size)
+                    if not batch:
+                        return
+                    for item in batch:
+                        await queue.put((item, item.recipient.address in blocked))
+            finally:
+                for _ in range(workers):
+                    await queue.put(None)
+
+        async def consume() -> None:
+            nonlocal sent
+            while (job := await queue.get()) is not None:
+                item, is_blocked = job
+                if is_blocked:
+                    result = Result(c.O_SUPPRESSED, error="address is on the do-not-contact list")
+                else:
+                    result = await sender.send(item.recipient)
+                    sent += 1
+                await recorder.add(item, result)
+
+        flusher = asyncio.create_task(recorder.run())
+        try:
+            await asyncio.gather(produce(), *(consume() for _ in range(workers)))
+        finally:
+            await recorder.close()
+            await flusher
         return sent
 
-    async def _send_batch(self, session: Any, sender: Sender, batch: list[Claimed]) -> int:
+    async def _claim(self, session: Any, size: int) -> tuple[list[Claimed], set[str]]:
         async with self.pool.acquire() as conn:
+            batch = await deliveries.claim(conn, session["id"], size, self.settings.lease_s)
+            if not batch:
+                return [], set()
             blocked = await suppressions.suppressed(
                 conn, session["app_id"], session["transport_type"],
                 [b.recipient.address for b in batch],
             )
-        recorder = _Recorder(self.pool, session)
-        limit = asyncio.Semaphore(self.settings.send_concurrency)
-
-        async def one(item: Claimed) -> None:
-            if item.recipient.address in blocked:
-                result = Result(c.O_SUPPRESSED, error="address is on the do-not-contact list")
-            else:
-                async with limit:
-                    result = await sender.send(item.recipient)
-            await recorder.add(item, result)
-
-        flusher = asyncio.create_task(recorder.run())
-        try:
-            await asyncio.gather(*(one(item) for item in batch))
-        finally:
-            await recorder.close()
-            await flusher
-        return len(batch) - len(blocked)
+        return batch, blocked
 
     async def _follow_up(self, session: Any) -> None:
         """Schedule the next due work, close the session when done, and drain webhooks."""

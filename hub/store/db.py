@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from importlib import resources
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 log = logging.getLogger(__name__)
 
-Pool = asyncpg.Pool
+Pool: TypeAlias = asyncpg.Pool
 MIGRATIONS_LOCK_ID = 0x4855_42  # advisory lock held while migrating ("HUB")
 
 

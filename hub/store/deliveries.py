@@ -165,7 +165,7 @@ async def list_(
     pool: Pool, session_id: uuid.UUID, *, limit: int, cursor: str | None,
     status: str | None, address: str | None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    where, args = ["session_id = $1"], [session_id]
+    where, args = ["session_id = $1"], list[Any]([session_id])
     if status:
         args.append(status)
         where.append(f"status = ${len(args)}")

@@ -100,7 +100,7 @@ async def list_(
     transport: str | None, xref: str | None, created_from: datetime | None,
     created_to: datetime | None,
 ) -> tuple[list[asyncpg.Record], str | None]:
-    where, args = ["app_id = $1"], [app_id]
+    where, args = ["app_id = $1"], list[Any]([app_id])
     for column, value in (("status", status), ("transport_type", transport), ("xref", xref)):
         if value is not None:
             args.append(value)

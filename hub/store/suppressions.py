@@ -40,7 +40,7 @@ async def add(
 async def list_(
     pool: Pool, app_id: uuid.UUID, *, limit: int, cursor: str | None, address: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    where, args = ["app_id = $1"], [app_id]
+    where, args = ["app_id = $1"], list[Any]([app_id])
     if address:
         args.append(address)
         where.append(f"address = ${len(args)}")

@@ -7,6 +7,7 @@ reused across the batch). The delivery engine owns claiming, retries and recordi
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ class Sender(Protocol):
 class TransportSpec(Protocol):
     type: str
     provider: str
-    config_model: type[BaseModel]
+    config_model: builtins.type[BaseModel]
     secret_fields: frozenset[str]
 
     def validate_content(self, part: TransportPart) -> list[dict[str, Any]]: ...

@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Both are idempotent.
+SHELL := /bin/bash
+BIN := .venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench lint deps services clean
+
+deps:
+	@scripts/bootstrap.sh system
+	@scripts/bootstrap.sh python
+
+services:
+	@scripts/bootstrap.sh services
+
+demo: deps services
+	$(BIN)/hub demo
+
+# pytest exits 5 when it collects nothing: that is a failure here as everywhere else.
+test: deps services lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: deps services
+	$(BIN)/python bench/run_all.py
+
+lint:
+	$(BIN)/ruff check hub tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

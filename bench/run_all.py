@@ -1,0 +1,20 @@
+"""`make bench`: every benchmark, each printing its figures and ratios."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import api_bench, email_bench  # noqa: E402
+
+
+def main() -> None:
+    asyncio.run(api_bench.main())
+    asyncio.run(email_bench.main())
+
+
+if __name__ == "__main__":
+    main()
