@@ -18,7 +18,15 @@ import asyncpg
 from aiohttp import web
 
 from bench.common import (
-    DB_URL, fresh_database, free_port, median, new_app_key, pct, processes, rss_mb, spawn,
+    DB_URL,
+    free_port,
+    fresh_database,
+    median,
+    new_app_key,
+    pct,
+    processes,
+    rss_mb,
+    spawn,
     wait_http,
 )
 

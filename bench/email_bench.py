@@ -12,7 +12,7 @@ from email.message import EmailMessage
 import aiohttp
 import aiosmtplib
 
-from bench.common import fresh_database, free_port, new_app_key, processes, spawn, wait_http
+from bench.common import free_port, fresh_database, new_app_key, processes, spawn, wait_http
 
 MESSAGES = 10_000
 CONCURRENCY = 20
