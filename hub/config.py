@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     ami_user: str = "hub"
     ami_password: str = "hub"
 
+    media_dir: str = "/var/lib/connect-hub/media"
+    voice_id: str = ""
+    voice_lease_s: float = 90.0
+    voice_poll_s: float = 0.5
+
     log_level: str = "INFO"
 
     @field_validator("webhook_retry_schedule")

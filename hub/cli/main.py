@@ -43,6 +43,25 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_voice(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.voice.controller import serve
+
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    """Start or stop the embedded Asterisk test bed (scripts/asterisk.sh)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "asterisk.sh"
+    extra = ["--json"] if args.json and args.action == "up" else []
+    return subprocess.call(["bash", str(script), args.action, *extra])
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from hub.store.db import migrate
 
@@ -176,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--queues", help="comma-separated queues (default: all but voice)")
     w.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     w.set_defaults(func=cmd_worker)
+    sub.add_parser("voice", help="run the ARI voice controller").set_defaults(func=cmd_voice)
+    dev = sub.add_parser("dev", help="embedded Asterisk for development: up|down|status")
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("--json", action="store_true")
+    dev.set_defaults(func=cmd_dev)
     sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
         func=cmd_migrate)
     apps = sub.add_parser("apps").add_subparsers(dest="sub", required=True)

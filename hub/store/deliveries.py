@@ -53,14 +53,19 @@ async def claim(
     """Lease up to `limit` due deliveries and open an attempt row for each."""
     async with conn.transaction():
         rows = await conn.fetch(CLAIM_SQL, session_id, limit, lease_s, INTERRUPTED_ERROR)
-        if not rows:
-            return []
-        ids = [uuid.uuid4() for _ in rows]
-        await conn.execute(
-            "INSERT INTO attempts (id, delivery_id, attempt)"
-            " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::int[])",
-            ids, [r["id"] for r in rows], [r["attempts"] for r in rows],
-        )
+        return await open_attempts(conn, rows)
+
+
+async def open_attempts(conn: asyncpg.Connection, rows: Sequence[Any]) -> list[Claimed]:
+    """Insert one attempt row per freshly claimed delivery (inside the claim transaction)."""
+    if not rows:
+        return []
+    ids = [uuid.uuid4() for _ in rows]
+    await conn.execute(
+        "INSERT INTO attempts (id, delivery_id, attempt)"
+        " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::int[])",
+        ids, [r["id"] for r in rows], [r["attempts"] for r in rows],
+    )
     return [
         Claimed(Recipient(r["id"], str(aid), r["attempts"], r["address"]), r["tries"])
         for r, aid in zip(rows, ids, strict=True)

@@ -74,3 +74,11 @@ async def suppressed(
         " AND transport_type IN ($3, '*')", app_id, list(addresses), type_,
     )
     return {r["address"] for r in rows}
+
+
+async def add_one(conn: asyncpg.Connection, app_id: uuid.UUID, address: str, type_: str | None,
+                  reason: str) -> None:
+    await conn.execute(
+        "INSERT INTO suppressions (id, app_id, address, transport_type, reason)"
+        " VALUES (gen_random_uuid(), $1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        app_id, address, type_ or ALL_TYPES, reason)

@@ -9,6 +9,7 @@ from hub.errors import Unprocessable, detail
 from hub.instruction import TransportPart
 from hub.transports.base import TransportSpec
 from hub.transports.email import EMAIL
+from hub.transports.voice import VOICE
 
 
 class _NotYetAvailable:
@@ -21,9 +22,7 @@ class _NotYetAvailable:
         self.address_kind = address_kind
 
     def validate_content(self, part: TransportPart) -> list[dict[str, Any]]:
-        if self.type == "voice" and not (part.file_url or part.message):
-            return [detail(["transport", "message"], "voice needs fileUrl or message")]
-        if self.type != "voice" and not part.message and not part.extras.get("contentSid"):
+        if not part.message and not part.extras.get("contentSid"):
             return [detail(["transport", "message"], "field required")]
         return []
 
@@ -39,7 +38,7 @@ _SPECS: dict[str, Any] = {
     "email": EMAIL,
     "sms": _NotYetAvailable("sms", "phone"),
     "whatsapp": _NotYetAvailable("whatsapp", "phone"),
-    "voice": _NotYetAvailable("voice", "phone"),
+    "voice": VOICE,
     "slack": _NotYetAvailable("slack", "channel"),
     "api": _NotYetAvailable("api", "any"),
 }
@@ -56,6 +55,6 @@ def sending_spec(type_: str) -> TransportSpec:
         raise Unprocessable(
             f"transport type {type_!r} cannot be registered in this version of the hub",
             error_id="transport-type-unsupported",
-            details=[detail(["type"], "supported: email")],
+            details=[detail(["type"], "supported: email, voice")],
         )
     return spec

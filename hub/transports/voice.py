@@ -1,0 +1,43 @@
+"""Voice transports: one registered trunk each. Calls are placed by `hub voice`, the ARI
+controller, not by RQ workers; this module validates instructions and trunk configs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from hub.addresses import normalize_phone
+from hub.config import Settings
+from hub.errors import detail
+from hub.instruction import TransportPart
+from hub.transports.base import Sender
+from hub.voice.menu import menu_problems
+from hub.voice.trunks import VoiceConfig
+
+
+class VoiceSpec:
+    type = "voice"
+    provider = "asterisk"
+    config_model = VoiceConfig
+    secret_fields: frozenset[str] = frozenset()
+
+    def validate_content(self, part: TransportPart) -> list[dict[str, Any]]:
+        problems = []
+        if not (part.file_url or part.message):
+            problems.append(detail(["transport", "message"],
+                                   "voice needs fileUrl (audio to play) or message (spoken)"))
+        problems += menu_problems(part.extras)
+        return problems
+
+    def normalize_address(self, address: str, region: str | None = None) -> str:
+        return normalize_phone(address, region)
+
+    @asynccontextmanager
+    async def open(self, config: Mapping[str, Any], content: Mapping[str, Any],
+                   settings: Settings) -> AsyncIterator[Sender]:
+        raise NotImplementedError("voice calls are placed by `hub voice`, not by RQ workers")
+        yield  # pragma: no cover
+
+
+VOICE = VoiceSpec()

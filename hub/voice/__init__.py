@@ -1,0 +1,1 @@
+"""Voice: the ARI controller (`hub voice`), trunks, audio, call outcomes."""

@@ -1,0 +1,147 @@
+"""A thin asyncio ARI client on aiohttp: REST calls and one websocket reader that
+reconnects with backoff.
+
+Why our own: `ari-py` is Python 2 only, `py3ari` fails to import, and `aioari`,
+`asyncari` and `ari-client` neither reconnect nor survive Asterisk closing the
+websocket (ari-client spins in an error loop). What the hub needs is small: a handful of
+REST calls, events routed by channel id, and a reconnect after which the controller
+rebuilds its state from `GET /ari/channels`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class AriError(Exception):
+    """ARI answered with an error status, or could not be reached."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"ARI {status}: {message}")
+        self.status = status
+
+
+class Ari:
+    def __init__(self, url: str, user: str, password: str, app: str) -> None:
+        self.base = url.rstrip("/") + "/ari"
+        self.app = app
+        self._auth = aiohttp.BasicAuth(user, password)
+        self._http: aiohttp.ClientSession | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.on_event: EventHandler | None = None
+        self.on_connect: Hook | None = None
+        self.on_disconnect: Hook | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self._http = aiohttp.ClientSession(auth=self._auth,
+                                           timeout=aiohttp.ClientTimeout(total=10))
+        self._reader = asyncio.create_task(self._read_forever(), name="ari-events")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+        if self._http:
+            await self._http.close()
+
+    async def request(self, method: str, path: str, **params: Any) -> Any:
+        assert self._http is not None
+        body = params.pop("json", None)
+        clean = {k: (str(v).lower() if isinstance(v, bool) else v)
+                 for k, v in params.items() if v is not None}
+        try:
+            async with self._http.request(method, self.base + path, params=clean, json=body) as r:
+                text = await r.text()
+                if r.status >= 400:
+                    raise AriError(r.status, text.strip()[:300])
+                return json.loads(text) if text else None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise AriError(0, f"{type(exc).__name__}: {exc}") from exc
+
+    async def originate(self, *, endpoint: str, channel_id: str, caller_id: str | None,
+                        timeout_s: int, variables: dict[str, str], app_args: str = "",
+                        context: str | None = None) -> Any:
+        params: dict[str, Any] = {"endpoint": endpoint, "channelId": channel_id,
+                                  "callerId": caller_id, "timeout": timeout_s}
+        if context:
+            params.update(context=context, extension="s", priority=1)
+        else:
+            params.update(app=self.app, appArgs=app_args)
+        return await self.request("POST", "/channels", json={"variables": variables}, **params)
+
+    async def hangup(self, channel_id: str, reason: str = "normal") -> None:
+        try:
+            await self.request("DELETE", f"/channels/{channel_id}", reason=reason)
+        except AriError as exc:
+            if exc.status != 404:  # already gone
+                raise
+
+    async def play(self, channel_id: str, media: str, playback_id: str) -> Any:
+        return await self.request("POST", f"/channels/{channel_id}/play", media=media,
+                                  playbackId=playback_id)
+
+    async def channels(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = await self.request("GET", "/channels")
+        return found
+
+    async def _read_forever(self) -> None:
+        assert self._http is not None
+        ws_url = self.base.replace("http", "ws", 1) + "/events"
+        failures = 0
+        while not self._closing:
+            try:
+                async with self._http.ws_connect(
+                    ws_url, params={"app": self.app, "subscribeAll": "false"}, heartbeat=10,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5),
+                ) as ws:
+                    failures = 0
+                    self.connected.set()
+                    log.info("ARI connected, app %s registered", self.app)
+                    if self.on_connect:
+                        await self.on_connect()
+                    async for msg in ws:
+                        if msg.type == aiohttp.WSMsgType.TEXT and self.on_event:
+                            await self._dispatch(msg.data)
+                        elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
+                            break
+                log.warning("ARI websocket closed by Asterisk")
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if failures == 0:
+                    log.warning("ARI unreachable: %s", exc)
+            finally:
+                if self.connected.is_set():
+                    self.connected.clear()
+                    if self.on_disconnect:
+                        await self.on_disconnect()
+            await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+            failures += 1
+
+    async def _dispatch(self, raw: str) -> None:
+        assert self.on_event is not None
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            log.warning("ARI sent a message that is not JSON: %.200s", raw)
+            return
+        try:
+            await self.on_event(event)
+        except Exception:  # one bad event must not stop the reader
+            log.exception("handling ARI event %s failed", event.get("type"))

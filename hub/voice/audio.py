@@ -1,0 +1,132 @@
+"""Audio for voice sessions: `fileUrl` fetched once (guarded, size/time limits, content
+type checked) or `message` synthesised (espeak-ng by default, pluggable), converted to
+8 kHz mono 16-bit WAV with sox, cached by content hash in the media folder that Asterisk
+sees as /var/lib/asterisk/sounds/hub."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from hub.config import Settings
+from hub.net import FetchError, fetch, guarded_session
+
+ASTERISK_MEDIA_DIR = "/var/lib/asterisk/sounds/hub"
+AUDIO_TYPES = ("audio/", "application/ogg", "application/octet-stream")
+
+
+class AudioError(Exception):
+    """The session's audio cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Media:
+    name: str
+    duration_s: float
+
+    @property
+    def uri(self) -> str:
+        return f"sound:{ASTERISK_MEDIA_DIR}/{self.name}"
+
+
+class Tts(Protocol):
+    async def synthesise(self, text: str, out: Path, language: str | None) -> None: ...
+
+
+class EspeakTts:
+    """espeak-ng, the default engine; `language` is an espeak voice such as `en` or `ne`."""
+
+    async def synthesise(self, text: str, out: Path, language: str | None) -> None:
+        args = ["espeak-ng", "-w", str(out)]
+        if language:
+            args += ["-v", language]
+        await _run(*args, "--", text)
+
+
+async def _run(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise AudioError(f"{args[0]} failed: {err.decode(errors='replace').strip()[:300]}")
+
+
+class AudioStore:
+    def __init__(self, settings: Settings, tts: Tts | None = None) -> None:
+        self.settings = settings
+        self.folder = Path(settings.media_dir)
+        self.tts = tts or EspeakTts()
+
+    async def prepare(self, file_url: str | None, message: str | None,
+                      language: str | None = None) -> Media:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if file_url:
+            return await self._from_url(file_url)
+        if message:
+            return await self._from_text(message, language)
+        raise AudioError("voice needs fileUrl or message")
+
+    async def _from_url(self, url: str) -> Media:
+        s = self.settings
+        try:
+            async with guarded_session(s.allow_private_urls) as http:
+                got = await fetch(http, url, allow_private=s.allow_private_urls,
+                                  max_bytes=s.fetch_max_bytes, timeout_s=s.fetch_timeout_s,
+                                  accept=AUDIO_TYPES)
+        except FetchError as exc:
+            raise AudioError(f"fileUrl could not be fetched: {exc}") from exc
+        name = "f-" + hashlib.sha256(got.body).hexdigest()[:32]
+        return await self._convert(name, got.body, suffix=_suffix(url, got.content_type))
+
+    async def _from_text(self, text: str, language: str | None) -> Media:
+        name = "t-" + hashlib.sha256(f"{language}|{text}".encode()).hexdigest()[:32]
+        target = self.folder / f"{name}.wav"
+        if not target.exists():
+            with tempfile.TemporaryDirectory() as tmp:
+                raw = Path(tmp) / "tts.wav"
+                await self.tts.synthesise(text, raw, language)
+                return await self._convert(name, raw.read_bytes(), suffix=".wav")
+        return Media(name, _duration(target))
+
+    async def _convert(self, name: str, body: bytes, suffix: str) -> Media:
+        target = self.folder / f"{name}.wav"
+        if target.exists():
+            return Media(name, _duration(target))
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / f"in{suffix}"
+            src.write_bytes(body)
+            out = Path(tmp) / "out.wav"
+            try:
+                await _run("sox", str(src), "-r", "8000", "-c", "1", "-b", "16", "-e",
+                           "signed-integer", str(out))
+            except AudioError as exc:
+                raise AudioError(f"the audio could not be converted: {exc}") from exc
+            duration = _duration(out)
+            if duration < 0.2:
+                raise AudioError("the audio is shorter than 0.2 s")
+            os.chmod(out, 0o644)
+            os.replace(out, target)  # atomic: Asterisk never sees half a file
+        return Media(name, duration)
+
+
+def _duration(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        frames: int = w.getnframes()
+        rate: int = w.getframerate()
+    return frames / float(rate)
+
+
+def _suffix(url: str, content_type: str) -> str:
+    by_type = {"audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/wav": ".wav",
+               "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/ogg": ".ogg",
+               "application/ogg": ".ogg", "audio/flac": ".flac"}
+    if content_type in by_type:
+        return by_type[content_type]
+    tail = url.rsplit("?", 1)[0].rsplit(".", 1)
+    return "." + tail[1].lower() if len(tail) == 2 and len(tail[1]) <= 4 else ".mp3"

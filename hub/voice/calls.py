@@ -1,0 +1,103 @@
+"""One call's state, driven by ARI events. Handlers are short; each returns nothing and
+moves the call on (play, menu, hang up); the controller records the result when the
+channel is destroyed."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from hub.store.deliveries import Claimed
+from hub.transports.base import Result
+from hub.voice.audio import Media
+from hub.voice.menu import Menu
+from hub.voice.outcomes import cause_text, classify
+from hub.voice.trunks import VoiceConfig
+
+CHANNEL_PREFIX = "hub-"
+MAIN_PLAYBACK = "main"
+
+
+def channel_id(attempt_id: str) -> str:
+    return CHANNEL_PREFIX + attempt_id
+
+
+def attempt_of(channel: str) -> str | None:
+    if not channel.startswith(CHANNEL_PREFIX):
+        return None
+    try:
+        return str(uuid.UUID(channel[len(CHANNEL_PREFIX):]))
+    except ValueError:
+        return None
+
+
+@dataclass
+class SessionInfo:
+    """What a call needs of its session (loaded once per session by the controller)."""
+
+    id: uuid.UUID
+    app_id: uuid.UUID
+    retries: int
+    intervals_s: list[float]
+    media: Media
+    menu: Menu | None
+    prompts: dict[str, Media] = field(default_factory=dict)
+
+
+@dataclass
+class Call:
+    claimed: Claimed
+    session: SessionInfo
+    trunk_id: uuid.UUID
+    config: VoiceConfig
+    channel: str
+    started: float = field(default_factory=time.monotonic)
+    up: float | None = None
+    ended: float | None = None
+    played: bool = False
+    machine: bool = False
+    dtmf: str = ""
+    menu: Menu | None = None          # the menu waiting for a digit, if any
+    menu_deadline: float | None = None
+    playing: str | None = None        # id of the playback in progress
+    after_playback: str = "hangup"    # hangup | menu
+    note: str | None = None           # why the hub ended or lost the call
+
+    @property
+    def answered(self) -> bool:
+        return self.up is not None
+
+    def playback_id(self, what: str) -> str:
+        return f"{self.channel}.{what}.{len(self.dtmf)}"
+
+    def result(self, cause: int | None, sip_code: int | None) -> Result:
+        end = self.ended or time.monotonic()
+        ring = (self.up or end) - self.started
+        talk = end - self.up if self.up is not None else 0.0
+        verdict = classify(answered=self.answered, played=self.played, cause=cause,
+                           sip_code=sip_code, machine=self.machine,
+                           play_to_machines=self.config.amd.on_machine == "play")
+        info: dict[str, Any] = {
+            "cause": cause, "causeText": cause_text(cause), "sipCode": sip_code,
+            "ringS": round(ring, 2), "talkS": round(talk, 2), "dtmf": self.dtmf,
+            "played": self.played,
+        }
+        if self.machine:
+            info["amd"] = "MACHINE"
+        error = None if verdict.delivered else self.note or _why(verdict.outcome, cause, sip_code)
+        return Result(verdict.outcome, delivered=verdict.delivered, retryable=verdict.retryable,
+                      provider_ref=self.channel, detail=info, error=error)
+
+
+def _why(outcome: str, cause: int | None, sip_code: int | None) -> str:
+    if outcome == "answered":
+        return "the callee hung up before the audio ended"
+    sip = f", SIP {sip_code}" if sip_code else ""
+    return f"{outcome.replace('_', ' ')} (cause {cause} {cause_text(cause)}{sip})"
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,418 @@
+"""`hub voice`: the ARI controller, the only ARI client.
+
+It starts voice sessions, prepares their audio once, and per trunk claims due deliveries
+(lease, SKIP LOCKED), paces originations (exact calls per second, channel cap, calling
+window), follows each call through its ARI events (see `calls.py`), and records every
+attempt with the shared retry policy. After a lost ARI connection it reconciles: calls
+that ended while it was away are recorded, nothing stays `in_progress`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from redis import Redis
+
+from hub import constants as c
+from hub.config import Settings
+from hub.jobs.queueing import Kicker
+from hub.jobs.retry import decide, when_cancelled
+from hub.store import deliveries, sessions, suppressions
+from hub.store import voice as store
+from hub.store.db import create_pool
+from hub.store.deliveries import Claimed, Outcome
+from hub.transports.base import Recipient, Result
+from hub.voice.ari import Ari, AriError
+from hub.voice.audio import AudioError, AudioStore, Media
+from hub.voice.calls import MAIN_PLAYBACK, Call, SessionInfo, attempt_of, channel_id, now_utc
+from hub.voice.menu import parse_menu
+from hub.voice.trunks import Pacer, VoiceConfig, next_window_start
+
+log = logging.getLogger(__name__)
+STASIS_APP = "hub"
+LOST_NOTE = "the call ended while the controller was away from Asterisk; outcome unknown"
+
+
+@dataclass
+class Trunk:
+    id: uuid.UUID
+    name: str
+    config: VoiceConfig
+    pacer: Pacer
+    calls: set[str] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class Controller:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, ari: Ari, kicker: Kicker,
+                 audio: AudioStore) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.ari = ari
+        self.kicker = kicker
+        self.audio = audio
+        self.owner = settings.voice_id or f"voice-{socket.gethostname()}"
+        self.trunks: dict[uuid.UUID, Trunk] = {}
+        self.calls: dict[str, Call] = {}
+        self.sessions: dict[uuid.UUID, SessionInfo] = {}
+        self.stopping = asyncio.Event()
+        ari.on_event = self.on_event
+        ari.on_connect = self.reconcile
+
+    # ---- main loops -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.ari.start()
+        loops = [self._discover(), self._renew_leases(), self._menu_timeouts()]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for trunk in self.trunks.values():
+                if trunk.task:
+                    trunk.task.cancel()
+            await self.ari.close()
+
+    async def _discover(self) -> None:
+        """Start due sessions, prepare their audio, and run one dialler per busy trunk."""
+        while not self.stopping.is_set():
+            try:
+                async with self.pool.acquire() as conn:
+                    await store.activate_sessions(conn)
+                    for row in await store.sessions_needing_media(conn):
+                        await self._prepare_media(conn, row)
+                    rows = await store.trunks_with_work(conn)
+                for row in rows:
+                    trunk = self.trunks.get(row["id"])
+                    config = VoiceConfig.model_validate(row["config"])
+                    if trunk is None:
+                        trunk = self.trunks[row["id"]] = Trunk(row["id"], row["name"], config,
+                                                               Pacer(config.cps))
+                    trunk.config = config
+                    if trunk.task is None or trunk.task.done():
+                        trunk.task = asyncio.create_task(self._dial(trunk), name=f"trunk-{row['name']}")
+                    trunk.wake.set()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("voice: database unavailable: %s", exc)
+            await self._sleep(self.settings.voice_poll_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _dial(self, trunk: Trunk) -> None:
+        """Claim and originate for one trunk while it has capacity and work."""
+        while not self.stopping.is_set():
+            await self.ari.connected.wait()
+            free = trunk.config.max_channels - len(trunk.calls)
+            if free <= 0:
+                trunk.wake.clear()
+                await self._wait(trunk.wake, 1.0)
+                continue
+            want = min(free, max(1, int(trunk.config.cps * 2)))
+            async with self.pool.acquire() as conn:
+                claimed = await store.claim(conn, trunk.id, want, self.settings.voice_lease_s,
+                                            self.owner)
+            if not claimed:
+                trunk.wake.clear()
+                await self._wait(trunk.wake, self.settings.voice_poll_s)
+                continue
+            for item, session_id in claimed:
+                await self._start_call(trunk, item, session_id)
+
+    async def _wait(self, event: asyncio.Event, timeout_s: float) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            pass
+
+    async def _start_call(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID) -> None:
+        session = await self._session(session_id)
+        address = item.recipient.address
+        window = trunk.config.calling_window
+        if window is not None:
+            opens = next_window_start(address, window, datetime.now(UTC))
+            if opens is not None:
+                async with self.pool.acquire() as conn:
+                    await store.defer(conn, item, opens, "outside the calling window; "
+                                      f"next call at {opens.isoformat()}")
+                return
+        async with self.pool.acquire() as conn:
+            if await suppressions.suppressed(conn, session.app_id, "voice", [address]):
+                await self._record(Call(item, session, trunk.id, trunk.config, ""),
+                                   Result(c.O_SUPPRESSED,
+                                          error="address is on the do-not-contact list"))
+                return
+        await trunk.pacer.wait()
+        channel = channel_id(item.recipient.attempt_id)
+        call = Call(item, session, trunk.id, trunk.config, channel)
+        self.calls[channel] = call
+        trunk.calls.add(channel)
+        cfg = trunk.config
+        try:
+            await self.ari.originate(
+                endpoint=f"PJSIP/{cfg.dialled(address)}@{cfg.trunk}", channel_id=channel,
+                caller_id=cfg.caller_id, timeout_s=cfg.ring_timeout_s,
+                variables={"HUB_ATTEMPT": item.recipient.attempt_id, "HUB_SESSION": str(session.id)},
+                context="hub-amd" if cfg.amd.enabled else None,
+            )
+        except AriError as exc:
+            # The channel never existed: nothing was dialled, the attempt failed.
+            self._forget(call)
+            await self._record(call, Result("failed", retryable=True, provider_ref=channel,
+                                            error=f"originate refused: {exc}"))
+
+    async def _session(self, session_id: uuid.UUID) -> SessionInfo:
+        info = self.sessions.get(session_id)
+        if info is not None:
+            return info
+        async with self.pool.acquire() as conn:
+            row = await sessions.get(conn, None, session_id)
+        assert row is not None and row["media"] is not None
+        menu = parse_menu(row["instruction"].get("extras") or {})
+        language = (row["instruction"].get("extras") or {}).get("language")
+        prompts = {}
+        if menu is not None:
+            for text in menu.texts():
+                prompts[text] = await self.audio.prepare(None, text, language)
+        info = SessionInfo(row["id"], row["app_id"], row["retries"],
+                           list(row["retry_intervals_s"]),
+                           Media(row["media"]["name"], row["media"]["durationS"]), menu, prompts)
+        self.sessions[session_id] = info
+        return info
+
+    async def _prepare_media(self, conn: asyncpg.Connection, row: Any) -> None:
+        """Fetch or synthesise once per session; unusable audio fails the session's
+        deliveries before anyone is called."""
+        part = row["instruction"]
+        extras = part.get("extras") or {}
+        try:
+            media = await self.audio.prepare(part.get("fileUrl"), part.get("message"),
+                                             extras.get("language"))
+            menu = parse_menu(extras)
+            for text in (menu.texts() if menu else []):
+                await self.audio.prepare(None, text, extras.get("language"))
+        except AudioError as exc:
+            log.warning("session %s: %s", row["id"], exc)
+            await deliveries.fail_all(conn, row["id"], f"audio unusable: {exc}")
+            await store.set_media(conn, row["id"], {"error": str(exc)})
+            await sessions.finish_if_done(conn, row["id"], report_base=self.settings.base_url)
+            await asyncio.to_thread(self.kicker.webhooks)
+            return
+        await store.set_media(conn, row["id"], {"name": media.name, "durationS": media.duration_s})
+
+    async def _renew_leases(self) -> None:
+        while not self.stopping.is_set():
+            await self._sleep(self.settings.voice_lease_s / 3)
+            ids = [call.claimed.recipient.delivery_id for call in self.calls.values()]
+            try:
+                async with self.pool.acquire() as conn:
+                    await store.renew(conn, ids, self.settings.voice_lease_s)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("voice: could not renew leases: %s", exc)
+
+    async def _menu_timeouts(self) -> None:
+        while not self.stopping.is_set():
+            await self._sleep(0.2)
+            now = time.monotonic()
+            for call in list(self.calls.values()):
+                if call.menu_deadline is not None and now >= call.menu_deadline:
+                    call.menu_deadline = None
+                    call.menu = None
+                    await self._hangup(call)
+
+    # ---- events ----------------------------------------------------------------------
+
+    async def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "PlaybackFinished":
+            target = event["playback"].get("target_uri", "")
+            call = self.calls.get(target.removeprefix("channel:"))
+            if call is not None:
+                await self._playback_finished(call, event["playback"])
+            return
+        channel = event.get("channel") or {}
+        call = self.calls.get(channel.get("id", ""))
+        if kind == "StasisStart":
+            await self._stasis_start(call, channel, event.get("args") or [])
+        elif call is None:
+            return
+        elif kind == "ChannelStateChange" and channel.get("state") == "Up" and call.up is None:
+            call.up = time.monotonic()
+        elif kind == "ChannelDtmfReceived":
+            await self._dtmf(call, event.get("digit", ""))
+        elif kind == "ChannelDestroyed":
+            call.ended = time.monotonic()
+            self._forget(call)
+            sip = event.get("tech_cause")
+            await self._record(call, call.result(event.get("cause"), int(sip) if sip else None))
+
+    async def _stasis_start(self, call: Call | None, channel: dict[str, Any],
+                            args: list[str]) -> None:
+        if args[:1] == ["inbound"]:
+            log.info("inbound call to %s from %s", args[1] if len(args) > 1 else "?",
+                     (channel.get("caller") or {}).get("number"))
+            await self._quietly(self.ari.request("POST", f"/channels/{channel['id']}/continue"))
+            return
+        if call is None:
+            return  # not ours (or already recorded): leave it to its owner
+        if call.up is None:
+            call.up = time.monotonic()
+        if args[:1] == ["amd"] and len(args) > 1 and args[1] == "MACHINE":
+            call.machine = True
+            if call.config.amd.on_machine == "hangup":
+                call.note = "answering machine detected; hung up"
+                await self._hangup(call)
+                return
+        await self._play(call, call.session.media, MAIN_PLAYBACK)
+
+    async def _play(self, call: Call, media: Media, what: str) -> None:
+        call.playing = call.playback_id(what)
+        try:
+            await self.ari.play(call.channel, media.uri, call.playing)
+        except AriError as exc:
+            if exc.status != 404:
+                log.warning("playback on %s failed: %s", call.channel, exc)
+                await self._hangup(call)
+
+    async def _playback_finished(self, call: Call, playback: dict[str, Any]) -> None:
+        if playback.get("id") != call.playing:
+            return
+        call.playing = None
+        done = playback.get("state") == "done"
+        if ".main." in playback["id"]:
+            call.played = done
+            if done and call.session.menu is not None:
+                await self._enter_menu(call, call.session.menu)
+                return
+        if done and call.after_playback == "menu" and call.menu is not None:
+            call.menu_deadline = time.monotonic() + call.menu.timeout_s
+            return
+        if done:
+            await self._hangup(call)
+
+    async def _enter_menu(self, call: Call, menu: Any) -> None:
+        call.menu = menu
+        if menu.prompt:
+            call.after_playback = "menu"
+            await self._play(call, call.session.prompts[menu.prompt], "prompt")
+        else:
+            call.menu_deadline = time.monotonic() + menu.timeout_s
+
+    async def _dtmf(self, call: Call, digit: str) -> None:
+        call.dtmf += digit
+        menu = call.menu
+        if menu is None or digit not in menu.options:
+            return
+        option = menu.options[digit]
+        call.menu, call.menu_deadline = None, None
+        if option.opt_out:
+            async with self.pool.acquire() as conn:
+                await suppressions.add_one(conn, call.session.app_id, call.claimed.recipient.address,
+                                           "voice", "opted out by DTMF during a call")
+        if option.menu is not None:
+            call.menu = option.menu
+        call.after_playback = "menu" if option.menu is not None else "hangup"
+        if option.say:
+            await self._play(call, call.session.prompts[option.say], "say")
+        elif option.menu is not None:
+            await self._enter_menu(call, option.menu)
+        else:
+            await self._hangup(call)
+
+    async def _hangup(self, call: Call) -> None:
+        await self._quietly(self.ari.hangup(call.channel))
+
+    async def _quietly(self, coro: Any) -> None:
+        try:
+            await coro
+        except AriError as exc:
+            log.info("ARI: %s", exc)
+
+    # ---- recording -------------------------------------------------------------------
+
+    def _forget(self, call: Call) -> None:
+        self.calls.pop(call.channel, None)
+        trunk = self.trunks.get(call.trunk_id)
+        if trunk is not None:
+            trunk.calls.discard(call.channel)
+            trunk.wake.set()
+
+    async def _record(self, call: Call, result: Result) -> None:
+        item = call.claimed
+        decision = decide(result, tries=item.tries_before + 1, retries=call.session.retries,
+                          intervals_s=call.session.intervals_s)
+        async with self.pool.acquire() as conn:
+            status = await conn.fetchval("SELECT status FROM sessions WHERE id = $1",
+                                         call.session.id)
+            if status == c.S_CANCELLED:
+                decision = when_cancelled(decision)
+            await deliveries.record(conn, [Outcome(item, result, decision, now_utc())])
+            await sessions.finish_if_done(conn, call.session.id, report_base=self.settings.base_url)
+        await asyncio.to_thread(self.kicker.webhooks)
+
+    async def reconcile(self) -> None:
+        """After (re)connecting: record calls that vanished, adopt those still up."""
+        try:
+            live = {ch["id"]: ch for ch in await self.ari.channels()}
+        except AriError as exc:
+            log.warning("voice: cannot list channels to reconcile: %s", exc)
+            return
+        for channel, call in list(self.calls.items()):
+            if channel not in live:
+                call.ended = time.monotonic()
+                call.note = LOST_NOTE
+                self._forget(call)
+                await self._record(call, call.result(None, None))
+        async with self.pool.acquire() as conn:
+            orphans = await store.owned_open_calls(conn, self.owner)
+        for row in orphans:
+            attempt = str(row["attempt_id"])
+            channel = channel_id(attempt)
+            if channel in self.calls:
+                continue
+            await self._adopt_or_close(row, live.get(channel), attempt)
+        log.info("voice: reconciled with %d live channels", len(live))
+
+    async def _adopt_or_close(self, row: Any, live: dict[str, Any] | None, attempt: str) -> None:
+        session = await self._session(row["session_id"])
+        trunk_id = await self.pool.fetchval(
+            "SELECT transport_id FROM sessions WHERE id = $1", row["session_id"])
+        trunk = self.trunks.get(trunk_id)
+        config = trunk.config if trunk else VoiceConfig.model_validate(
+            await self.pool.fetchval("SELECT config FROM transports WHERE id = $1", trunk_id))
+        item = Claimed(Recipient(row["id"], attempt, row["attempts"], row["address"]), row["tries"])
+        call = Call(item, session, trunk_id, config, channel_id(attempt))
+        if live is not None and attempt_of(live["id"]) == attempt:
+            if live.get("state") == "Up":
+                call.up = time.monotonic()
+            self.calls[call.channel] = call
+            if trunk:
+                trunk.calls.add(call.channel)
+            log.info("voice: adopted live call %s", call.channel)
+            return
+        call.note = LOST_NOTE
+        await self._record(call, call.result(None, None))
+
+
+async def serve(settings: Settings) -> None:
+    """Run the controller until cancelled."""
+    pool = await create_pool(settings.database_url, min_size=1, max_size=10)
+    redis = Redis.from_url(settings.redis_url)
+    ari = Ari(settings.ari_url, settings.ari_user, settings.ari_password, STASIS_APP)
+    controller = Controller(settings, pool, ari, Kicker(redis), AudioStore(settings))
+    try:
+        await controller.run()
+    finally:
+        await pool.close()
+        redis.close()

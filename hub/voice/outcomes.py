@@ -1,0 +1,66 @@
+"""What a call's end means (DESIGN §4), from its events: whether it reached Up, the Q.850
+cause and the SIP status of `ChannelDestroyed`, and whether the audio played to its end.
+
+"Answered" comes from the channel reaching Up, never from the cause: a callee's own
+hang-up can end an answered call with cause 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Q850 = {
+    0: "Unknown", 1: "Unallocated number", 3: "No route to destination",
+    16: "Normal clearing", 17: "User busy", 18: "No user responding",
+    19: "No answer from user", 20: "Subscriber absent", 21: "Call rejected",
+    22: "Number changed", 27: "Destination out of order", 28: "Invalid number format",
+    31: "Normal, unspecified", 34: "No circuit/channel available",
+    38: "Network out of order", 41: "Temporary failure", 42: "Switching equipment congestion",
+    44: "Requested channel not available", 58: "Bearer capability not available",
+    102: "Recovery on timer expiry", 127: "Interworking, unspecified",
+}
+
+BUSY_CAUSES = {17}
+NO_ANSWER_CAUSES = {18, 19, 20}
+INVALID_CAUSES = {1, 3, 22, 28}
+REJECTED_CAUSES = {21}
+CONGESTION_CAUSES = {34, 38, 41, 42, 44}
+SIP_BUSY = {486, 600}
+SIP_NO_ANSWER = {408, 480}
+SIP_INVALID = {404, 410, 484, 485}
+SIP_REJECTED = {603}
+SIP_CONGESTION = {500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    outcome: str
+    delivered: bool
+    retryable: bool
+
+
+def cause_text(cause: int | None) -> str | None:
+    return None if cause is None else Q850.get(cause, f"Cause {cause}")
+
+
+def classify(*, answered: bool, played: bool, cause: int | None, sip_code: int | None,
+             machine: bool = False, play_to_machines: bool = False) -> CallOutcome:
+    """Map a finished call to its outcome and whether it is worth another attempt."""
+    if answered:
+        if machine:
+            return CallOutcome("machine", delivered=play_to_machines and played, retryable=False)
+        if played:
+            return CallOutcome("answered", delivered=True, retryable=False)
+        return CallOutcome("answered", delivered=False, retryable=True)  # hung up early
+    code, sip = cause or 0, sip_code or 0
+    if code in BUSY_CAUSES or sip in SIP_BUSY:
+        return CallOutcome("busy", False, True)
+    if code in NO_ANSWER_CAUSES or sip in SIP_NO_ANSWER:
+        return CallOutcome("no_answer", False, True)
+    if code in INVALID_CAUSES or sip in SIP_INVALID:
+        return CallOutcome("invalid_number", False, False)
+    if code in REJECTED_CAUSES or sip in SIP_REJECTED:
+        return CallOutcome("rejected", False, False)
+    if code in CONGESTION_CAUSES or sip in SIP_CONGESTION:
+        return CallOutcome("congestion", False, True)
+    return CallOutcome("failed", False, True)

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The embedded Asterisk test bed (DESIGN §10): a Debian-sid root folder with Asterisk,
+# cached between runs, configured from asterisk/ and dialplan/.
+#   scripts/asterisk.sh up [--json]   build (once), configure, start, wait for ARI
+#   scripts/asterisk.sh down          stop Asterisk and unmount everything
+#   scripts/asterisk.sh status        exit 0 if running
+# Fixed bed: ARI http://127.0.0.1:8088, AMI 127.0.0.1:5038, SIP 127.0.0.1:5060, PJSIP
+# trunk endpoint `trunk` whose contact is sip:127.0.0.1:5070 (the demo's and tests' SIPp).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROJECT=$(pwd)
+
+ROOT=${HUB_ASTERISK_ROOT:-/var/cache/connect-hub/asterisk-sid}
+MEDIA=${HUB_MEDIA_DIR:-/var/lib/connect-hub/media}
+export HUB_ARI_USER=${HUB_ARI_USER:-hub} HUB_ARI_PASSWORD=${HUB_ARI_PASSWORD:-hub}
+export HUB_AMI_USER=${HUB_AMI_USER:-hub} HUB_AMI_PASSWORD=${HUB_AMI_PASSWORD:-hub}
+export HUB_ASTERISK_HTTP_BIND=${HUB_ASTERISK_HTTP_BIND:-127.0.0.1}
+export HUB_ASTERISK_AMI_BIND=${HUB_ASTERISK_AMI_BIND:-127.0.0.1}
+export HUB_SIP_BIND=${HUB_SIP_BIND:-127.0.0.1:5060}
+export HUB_TRUNK_CONTACT=${HUB_TRUNK_CONTACT:-127.0.0.1:5070}
+export HUB_TRUNK_MATCH=${HUB_TRUNK_MATCH:-127.0.0.1}
+
+log() { echo "asterisk: $*" >&2; }
+
+mirror() {
+    local url
+    url=$(grep -rhoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
+        | grep -m1 -E 'debian(/)?$|debian ' | awk '{print $2}' || true)
+    echo "${url:-http://deb.debian.org/debian}"
+}
+
+build_root() {
+    [ -x "$ROOT/usr/sbin/asterisk" ] && return 0
+    command -v debootstrap >/dev/null || {
+        apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+    local tmp="$ROOT.tmp"
+    umount_all "$tmp"
+    rm -rf --one-file-system "$tmp"
+    mkdir -p "$(dirname "$ROOT")"
+    log "building the Debian sid root with Asterisk in $ROOT (about a minute, once)"
+    debootstrap --variant=minbase --include=asterisk,asterisk-core-sounds-en-gsm \
+        sid "$tmp" "$(mirror)" >/tmp/hub-debootstrap.log 2>&1 \
+        || { log "debootstrap failed, see /tmp/hub-debootstrap.log"; umount_all "$tmp"; exit 1; }
+    umount_all "$tmp"
+    mv "$tmp" "$ROOT"
+}
+
+render() {  # substitute ${HUB_*} from the environment
+    perl -pe 's/\$\{(HUB_\w+)\}/exists $ENV{$1} ? $ENV{$1} : die "unset $1\n"/ge' "$1"
+}
+
+configure() {
+    local etc="$ROOT/etc/asterisk"
+    rm -rf "$etc"
+    mkdir -p "$etc/dialplan"
+    for f in "$PROJECT"/asterisk/*.conf; do render "$f" > "$etc/$(basename "$f")"; done
+    cp "$PROJECT"/dialplan/*.conf "$etc/dialplan/"
+    cp /etc/hosts "$ROOT/etc/hosts"
+    [ -f /etc/hostname ] && cp /etc/hostname "$ROOT/etc/hostname"
+    mkdir -p "$MEDIA" "$ROOT/var/lib/asterisk/sounds/hub" "$ROOT/var/run/asterisk"
+}
+
+mounted() { mountpoint -q "$1" 2>/dev/null; }
+
+mount_all() {
+    mounted "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
+    mounted "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
+    mounted "$ROOT/var/lib/asterisk/sounds/hub" || mount --bind "$MEDIA" "$ROOT/var/lib/asterisk/sounds/hub"
+}
+
+umount_all() {
+    local dir=${1:-$ROOT}
+    for m in var/lib/asterisk/sounds/hub dev/pts dev proc; do
+        if mounted "$dir/$m"; then umount "$dir/$m" 2>/dev/null || umount -l "$dir/$m"; fi
+    done
+}
+
+running() { [ -d "$ROOT" ] && pgrep -f "^/usr/sbin/asterisk" >/dev/null 2>&1 && \
+    chroot "$ROOT" asterisk -rx "core show version" >/dev/null 2>&1; }
+
+wait_ari() {
+    for _ in $(seq 1 150); do
+        if curl -sf -u "$HUB_ARI_USER:$HUB_ARI_PASSWORD" http://127.0.0.1:8088/ari/asterisk/info >/dev/null; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    log "ARI did not answer on 127.0.0.1:8088; see $ROOT/var/log/asterisk/messages.log"
+    return 1
+}
+
+up() {
+    build_root
+    if running; then
+        log "already running; reloading configuration"
+        configure
+        chroot "$ROOT" asterisk -rx "core reload" >/dev/null
+    else
+        configure
+        mount_all
+        chroot "$ROOT" asterisk -F 2>/dev/null || { umount_all; exit 1; }
+    fi
+    wait_ari || { down; exit 1; }
+    if [ "${1:-}" = "--json" ]; then
+        printf '{"ari": {"url": "http://127.0.0.1:8088", "user": "%s", "password": "%s"}, "ami": {"host": "127.0.0.1", "port": 5038, "user": "%s", "password": "%s"}, "root": "%s", "media": "%s"}\n' \
+            "$HUB_ARI_USER" "$HUB_ARI_PASSWORD" "$HUB_AMI_USER" "$HUB_AMI_PASSWORD" "$ROOT" "$MEDIA"
+    else
+        log "up: ARI http://127.0.0.1:8088 (user $HUB_ARI_USER), AMI 127.0.0.1:5038, trunk -> sip:$HUB_TRUNK_CONTACT"
+    fi
+}
+
+down() {
+    if [ -d "$ROOT" ] && running; then
+        chroot "$ROOT" asterisk -rx "core stop now" >/dev/null 2>&1 || true
+    fi
+    for _ in $(seq 1 50); do pgrep -f "^/usr/sbin/asterisk" >/dev/null || break; sleep 0.1; done
+    pkill -9 -f "^/usr/sbin/asterisk" 2>/dev/null || true
+    umount_all
+}
+
+case "${1:-}" in
+    up) shift; up "$@" ;;
+    down) down ;;
+    status) running ;;
+    *) echo "usage: $0 up [--json] | down | status" >&2; exit 2 ;;
+esac
