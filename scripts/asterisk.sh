@@ -75,8 +75,15 @@ umount_all() {
     done
 }
 
-running() { [ -d "$ROOT" ] && pgrep -f "^/usr/sbin/asterisk" >/dev/null 2>&1 && \
-    chroot "$ROOT" asterisk -rx "core show version" >/dev/null 2>&1; }
+pids() {  # Asterisk processes running inside our root folder (and no other Asterisk)
+    local p
+    for p in $(pgrep -x asterisk 2>/dev/null); do
+        [ "$(readlink "/proc/$p/root" 2>/dev/null)" = "$ROOT" ] && echo "$p"
+    done
+    return 0
+}
+
+running() { [ -n "$(pids)" ] && chroot "$ROOT" asterisk -rx "core show version" >/dev/null 2>&1; }
 
 wait_ari() {
     for _ in $(seq 1 150); do
@@ -113,8 +120,10 @@ down() {
     if [ -d "$ROOT" ] && running; then
         chroot "$ROOT" asterisk -rx "core stop now" >/dev/null 2>&1 || true
     fi
-    for _ in $(seq 1 50); do pgrep -f "^/usr/sbin/asterisk" >/dev/null || break; sleep 0.1; done
-    pkill -9 -f "^/usr/sbin/asterisk" 2>/dev/null || true
+    for _ in $(seq 1 50); do [ -n "$(pids)" ] || break; sleep 0.1; done
+    local left
+    left=$(pids)
+    [ -z "$left" ] || kill -9 $left 2>/dev/null || true
     umount_all
 }
 
@@ -122,5 +131,7 @@ case "${1:-}" in
     up) shift; up "$@" ;;
     down) down ;;
     status) running ;;
-    *) echo "usage: $0 up [--json] | down | status" >&2; exit 2 ;;
+    hangup-all) chroot "$ROOT" asterisk -rx "channel request hangup all" >/dev/null 2>&1 || true ;;
+    restart) down; up ;;
+    *) echo "usage: $0 up [--json] | down | status | restart | hangup-all" >&2; exit 2 ;;
 esac

@@ -21,7 +21,7 @@ from hub.config import Settings
 from hub.dev import smtp
 from hub.store.apps import NewApp, create_app
 from hub.store.db import create_pool, migrate
-from tests.helpers import Api, WebhookReceiver, free_port
+from tests.helpers import Api, RtpCounter, WebhookReceiver, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_URL = os.environ.get("HUB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/hub_test")
@@ -179,3 +179,79 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
     yield rec
     await rec.stop()
 
+
+
+SIPP_TEMPLATE = ROOT / "tests" / "sipp" / "phones.xml"
+BEHAVIOURS = {"busy": "1", "noanswer": "2", "notfound": "3", "congested": "4",
+              "declined": "5", "early": "6", "press1": "7", "press9": "8"}
+
+
+@pytest.fixture(scope="session")
+def asterisk() -> Iterator[None]:
+    """The embedded Asterisk test bed, up for the whole run and always taken down."""
+    script = ROOT / "scripts" / "asterisk.sh"
+    up = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, timeout=900)
+    if up.returncode != 0:
+        raise RuntimeError(f"embedded Asterisk did not start:\n{up.stderr}")
+    yield
+    subprocess.run(["bash", str(script), "down"], capture_output=True, timeout=120)
+
+
+class Phones:
+    """SIPp playing the audience behind the test trunk (127.0.0.1:5070)."""
+
+    def __init__(self, workdir: Path, rtp: RtpCounter) -> None:
+        self.workdir = workdir
+        self.rtp = rtp
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, dtmf_delay_ms: int = 3000, **digits: str) -> None:
+        """Start SIPp; `busy="x"` etc. moves a behaviour to another last digit (x: none)."""
+        self.stop()
+        scenario = SIPP_TEMPLATE.read_text().replace("__RTP_PORT__", str(self.rtp.port))
+        scenario = scenario.replace("__DTMF_DELAY_MS__", str(dtmf_delay_ms))
+        for name, default in BEHAVIOURS.items():
+            digit = digits.get(name, default)
+            scenario = scenario.replace(f'[+0-9]*{default}@" search_in="msg" check_it="false" '
+                                        f'assign_to="{name}"',
+                                        f'[+0-9]*{digit}@" search_in="msg" check_it="false" '
+                                        f'assign_to="{name}"')
+        path = self.workdir / "phones.xml"
+        path.write_text(scenario)
+        self.proc = subprocess.Popen(
+            ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", "5070", "-nostdin",
+             "-trace_err", "-error_file", str(self.workdir / "sipp-errors.log"),
+             "-max_socket", "2000"],
+            cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        if self.proc.poll() is not None:
+            raise RuntimeError("sipp did not start: " + (self.workdir / "sipp-errors.log").read_text())
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+@pytest.fixture
+async def phones(asterisk: None, tmp_path: Path) -> AsyncIterator[Phones]:
+    rtp = RtpCounter()
+    await rtp.start()
+    p = Phones(tmp_path, rtp)
+    p.start()
+    yield p
+    p.stop()
+    rtp.stop()
+    subprocess.run(["bash", str(ROOT / "scripts" / "asterisk.sh"), "hangup-all"],
+                   capture_output=True, timeout=30)
+
+
+@pytest.fixture
+async def voice_transport(api: Api) -> dict[str, Any]:
+    status, body = await api.post("/v1/transports", {
+        "name": "test-trunk", "type": "voice",
+        "config": {"trunk": "trunk", "callerId": "+9771000000", "maxChannels": 20, "cps": 20,
+                   "ringTimeoutS": 5}})
+    assert status == 201, body
+    return body

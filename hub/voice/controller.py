@@ -276,6 +276,16 @@ class Controller:
                 return
         await self._play(call, call.session.media, MAIN_PLAYBACK)
 
+    async def _resume_playback(self, call: Call) -> None:
+        """An adopted call that is up: follow its playback, or play from the start if
+        none is running (what it heard while we were away is unknown)."""
+        playing = call.playback_id(MAIN_PLAYBACK)
+        try:
+            await self.ari.request("GET", f"/playbacks/{playing}")
+            call.playing = playing
+        except AriError:
+            await self._play(call, call.session.media, MAIN_PLAYBACK)
+
     async def _play(self, call: Call, media: Media, what: str) -> None:
         call.playing = call.playback_id(what)
         try:
@@ -394,12 +404,13 @@ class Controller:
         item = Claimed(Recipient(row["id"], attempt, row["attempts"], row["address"]), row["tries"])
         call = Call(item, session, trunk_id, config, channel_id(attempt))
         if live is not None and attempt_of(live["id"]) == attempt:
-            if live.get("state") == "Up":
-                call.up = time.monotonic()
             self.calls[call.channel] = call
             if trunk:
                 trunk.calls.add(call.channel)
             log.info("voice: adopted live call %s", call.channel)
+            if live.get("state") == "Up":
+                call.up = time.monotonic()
+                await self._resume_playback(call)
             return
         call.note = LOST_NOTE
         await self._record(call, call.result(None, None))
