@@ -24,6 +24,14 @@ system() {
     python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
     have gcc || apt_install gcc python3-dev
     have curl || apt_install curl ca-certificates
+    # Voice: SIPp phones, audio conversion and speech, the Asterisk root folder builder.
+    have sipp || apt_install sip-tester
+    have sox || apt_install sox
+    dpkg -s libsox-fmt-mp3 >/dev/null 2>&1 || apt_install libsox-fmt-mp3
+    have espeak-ng || apt_install espeak-ng
+    have debootstrap || apt_install debootstrap
+    have mountpoint || apt_install util-linux
+    have perl || apt_install perl
 }
 
 python_env() {

@@ -19,9 +19,10 @@ from redis import Redis
 
 from hub.config import Settings
 from hub.dev import smtp
+from hub.dev.phones import Phones, RtpCounter
 from hub.store.apps import NewApp, create_app
 from hub.store.db import create_pool, migrate
-from tests.helpers import Api, RtpCounter, WebhookReceiver, free_port
+from tests.helpers import Api, WebhookReceiver, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_URL = os.environ.get("HUB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/hub_test")
@@ -181,11 +182,6 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
 
 
 
-SIPP_TEMPLATE = ROOT / "tests" / "sipp" / "phones.xml"
-BEHAVIOURS = {"busy": "1", "noanswer": "2", "notfound": "3", "congested": "4",
-              "declined": "5", "early": "6", "press1": "7", "press9": "8"}
-
-
 @pytest.fixture(scope="session")
 def asterisk() -> Iterator[None]:
     """The embedded Asterisk test bed, up for the whole run and always taken down."""
@@ -197,50 +193,26 @@ def asterisk() -> Iterator[None]:
     subprocess.run(["bash", str(script), "down"], capture_output=True, timeout=120)
 
 
-class Phones:
-    """SIPp playing the audience behind the test trunk (127.0.0.1:5070)."""
+class TestPhones:
+    """SIPp phones plus what they heard."""
 
-    def __init__(self, workdir: Path, rtp: RtpCounter) -> None:
-        self.workdir = workdir
+    __test__ = False
+
+    def __init__(self, phones: Phones, rtp: RtpCounter) -> None:
+        self.phones = phones
         self.rtp = rtp
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, dtmf_delay_ms: int = 3000, **digits: str) -> None:
-        """Start SIPp; `busy="x"` etc. moves a behaviour to another last digit (x: none)."""
-        self.stop()
-        scenario = SIPP_TEMPLATE.read_text().replace("__RTP_PORT__", str(self.rtp.port))
-        scenario = scenario.replace("__DTMF_DELAY_MS__", str(dtmf_delay_ms))
-        for name, default in BEHAVIOURS.items():
-            digit = digits.get(name, default)
-            scenario = scenario.replace(f'[+0-9]*{default}@" search_in="msg" check_it="false" '
-                                        f'assign_to="{name}"',
-                                        f'[+0-9]*{digit}@" search_in="msg" check_it="false" '
-                                        f'assign_to="{name}"')
-        path = self.workdir / "phones.xml"
-        path.write_text(scenario)
-        self.proc = subprocess.Popen(
-            ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", "5070", "-nostdin",
-             "-trace_err", "-error_file", str(self.workdir / "sipp-errors.log"),
-             "-max_socket", "2000"],
-            cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
-        if self.proc.poll() is not None:
-            raise RuntimeError("sipp did not start: " + (self.workdir / "sipp-errors.log").read_text())
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
+    def start(self, **digits: str) -> None:
+        self.phones.start(**digits)
 
 
 @pytest.fixture
-async def phones(asterisk: None, tmp_path: Path) -> AsyncIterator[Phones]:
+async def phones(asterisk: None, tmp_path: Path) -> AsyncIterator[TestPhones]:
     rtp = RtpCounter()
     await rtp.start()
-    p = Phones(tmp_path, rtp)
+    p = Phones(tmp_path, rtp.port)
     p.start()
-    yield p
+    yield TestPhones(p, rtp)
     p.stop()
     rtp.stop()
     subprocess.run(["bash", str(ROOT / "scripts" / "asterisk.sh"), "hangup-all"],

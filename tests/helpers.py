@@ -122,38 +122,3 @@ class WebhookReceiver:
             if type_ is None or event["type"] == type_:
                 out.append(event)
         return out
-
-
-class RtpCounter(asyncio.DatagramProtocol):
-    """What the phones hear: RTP packets per stream (SSRC), with first and last arrival."""
-
-    def __init__(self) -> None:
-        self.streams: dict[int, list[float]] = {}
-        self.transport: asyncio.DatagramTransport | None = None
-        self.port = free_port_udp()
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if len(data) < 12 or data[1] & 0x7F != 0:  # PCMU audio only (not DTMF events)
-            return
-        ssrc = int.from_bytes(data[8:12], "big")
-        self.streams.setdefault(ssrc, []).append(time.monotonic())
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: self, local_addr=("127.0.0.1", self.port))
-
-    def stop(self) -> None:
-        if self.transport:
-            self.transport.close()
-
-    def summary(self) -> list[tuple[int, float]]:
-        """(packets, seconds from first to last) per stream."""
-        return [(len(t), t[-1] - t[0]) for t in self.streams.values() if t]
-
-
-def free_port_udp() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.conftest import ROOT, Phones, Procs
+from tests.conftest import ROOT, Procs, TestPhones
 from tests.helpers import Api, eventually, free_port
 
 pytestmark = pytest.mark.e2e
@@ -74,7 +74,7 @@ async def attempts(api: Api, sid: str, address: str) -> list[dict[str, Any]]:
 
 
 async def test_answered_call_hears_the_whole_file(
-    api: Api, voice_transport: dict[str, Any], phones: Phones, procs: Procs, media: str,
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,
 ) -> None:
     procs.start("voice")
     created = await api.submit(voice([num(10)], file_url=f"{media}/tone2.wav"))
@@ -93,7 +93,7 @@ async def test_answered_call_hears_the_whole_file(
 
 
 async def test_outcomes_follow_the_retry_policy(
-    api: Api, voice_transport: dict[str, Any], phones: Phones, procs: Procs,
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs,
 ) -> None:
     procs.start("voice")
     audience = [num(i) for i in (11, 12, 13, 14, 15, 16)]
@@ -121,7 +121,7 @@ async def test_outcomes_follow_the_retry_policy(
 
 
 async def test_busy_number_retried_on_schedule_then_delivered(
-    api: Api, voice_transport: dict[str, Any], phones: Phones, procs: Procs,
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs,
 ) -> None:
     procs.start("voice")
     created = await api.submit(voice([num(21)], message="Hello again.", retries=2,
@@ -144,7 +144,7 @@ async def test_busy_number_retried_on_schedule_then_delivered(
 
 
 async def test_dtmf_menu_answers_and_opt_out(
-    api: Api, voice_transport: dict[str, Any], phones: Phones, procs: Procs,
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs,
 ) -> None:
     procs.start("voice")
     menu = {"timeoutS": 8, "options": {"1": {"say": "Thank you."},
@@ -164,7 +164,7 @@ async def test_dtmf_menu_answers_and_opt_out(
 
 
 async def test_broken_file_url_fails_before_anyone_is_called(
-    api: Api, voice_transport: dict[str, Any], phones: Phones, procs: Procs, media: str,
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,
 ) -> None:
     procs.start("voice")
     for bad, why in ((f"{media}/missing.wav", "HTTP 404"), (f"{media}/notes.txt", "content type")):
@@ -177,7 +177,7 @@ async def test_broken_file_url_fails_before_anyone_is_called(
 
 
 async def test_cancel_mid_campaign_lets_calls_in_progress_finish(
-    api: Api, voice_transport: dict[str, Any], phones: Phones, procs: Procs,
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs,
 ) -> None:
     await api.call("PATCH", f"/v1/transports/{voice_transport['id']}",
                    {"config": {"maxChannels": 2, "cps": 2}})
@@ -207,7 +207,7 @@ async def _ended(api: Api, sid: str) -> bool:
 
 
 async def test_pause_and_resume_a_campaign(
-    api: Api, voice_transport: dict[str, Any], phones: Phones, procs: Procs,
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs,
 ) -> None:
     procs.start("voice")
     created = await api.submit(voice([num(60)], message="Paused.", trigger="manual"))
@@ -222,7 +222,7 @@ async def test_pause_and_resume_a_campaign(
 
 
 async def test_asterisk_restart_mid_campaign_loses_no_call(
-    api: Api, voice_transport: dict[str, Any], phones: Phones, procs: Procs, media: str,
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,
 ) -> None:
     procs.start("voice")
     audience = [num(70), num(80), num(90)]
@@ -245,7 +245,7 @@ async def test_asterisk_restart_mid_campaign_loses_no_call(
 
 
 async def test_controller_killed_mid_call_adopts_it_after_restart(
-    api: Api, voice_transport: dict[str, Any], phones: Phones, procs: Procs, media: str,
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,
 ) -> None:
     controller = procs.start("voice")
     created = await api.submit(voice([num(99)], file_url=f"{media}/tone6.wav", retries=1))
