@@ -90,7 +90,8 @@ class Procs:
     def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{args[0]}-{len(self.running)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen([sys.executable, "-m", "hub.cli.main", *args], cwd=ROOT,
-                                env=base_env(**env), stdout=log, stderr=subprocess.STDOUT)
+                                env=base_env(**env), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         self.running.append(proc)
         return proc
 
@@ -99,9 +100,11 @@ class Procs:
 
     def stop_all(self) -> None:
         for proc in self.running:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(10)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the process and anything it started
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
         self.running.clear()
 
     def logs(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from importlib import resources
+from typing import Any
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -12,6 +13,7 @@ from hub.api import state as st
 from hub.api.openapi import build_spec
 from hub.constants import QUEUES
 from hub.errors import Unavailable
+from hub.jobs.queueing import VOICE_ACTIVE_KEY, VOICE_SETUP_KEY
 
 routes = web.RouteTableDef()
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
@@ -60,6 +62,7 @@ async def metrics(request: web.Request) -> web.Response:
     try:
         depths = await asyncio.to_thread(lambda: [redis.llen(f"rq:queue:{q}") for q in QUEUES])
         lines += [f'hub_queue_depth{{queue="{q}"}} {n}' for q, n in zip(QUEUES, depths, strict=True)]
+        lines += await asyncio.to_thread(_voice_lines, redis)
     except (RedisError, OSError):
         pass
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
@@ -74,3 +77,18 @@ async def openapi(request: web.Request) -> web.Response:
 async def docs(request: web.Request) -> web.Response:
     page = (resources.files("hub.api") / "docs.html").read_text()
     return web.Response(text=page, content_type="text/html")
+
+
+def _voice_lines(redis: Any) -> list[str]:
+    active: dict[str, int] = {}
+    for key in redis.scan_iter(f"{VOICE_ACTIVE_KEY}:*"):
+        for trunk, n in redis.hgetall(key).items():
+            active[trunk.decode()] = active.get(trunk.decode(), 0) + int(n)
+    setup = {k.decode(): float(v) for k, v in redis.hgetall(VOICE_SETUP_KEY).items()}
+    lines = ["# HELP hub_calls_active Calls in progress per trunk.", "# TYPE hub_calls_active gauge"]
+    lines += [f'hub_calls_active{{trunk="{t}"}} {n}' for t, n in sorted(active.items())]
+    lines += ["# HELP hub_call_setup_seconds Time from originate to answer.",
+              "# TYPE hub_call_setup_seconds summary",
+              f"hub_call_setup_seconds_sum {setup.get('sum', 0.0)}",
+              f"hub_call_setup_seconds_count {int(setup.get('count', 0))}"]
+    return lines

@@ -62,6 +62,29 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     return subprocess.call(["bash", str(script), args.action, *extra])
 
 
+def cmd_calls(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.cli import asterisk
+
+    rows = asterisk.calls(settings)
+    if args.json:
+        _print(rows)
+    else:
+        asterisk.print_table(rows, ["id", "state", "number", "name", "createdAt"])
+        print(f"{len(rows)} active channel(s)")
+    return 0
+
+
+def cmd_trunks(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.cli import asterisk
+
+    rows = asterisk.trunks(settings)
+    if args.json:
+        _print(rows)
+    else:
+        asterisk.print_table(rows, ["endpoint", "state", "activeCalls"])
+    return 0
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from hub.store.db import migrate
 
@@ -200,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("action", choices=["up", "down", "status"])
     dev.add_argument("--json", action="store_true")
     dev.set_defaults(func=cmd_dev)
+    for name, func, text in (("calls", cmd_calls, "live channels on Asterisk (ARI)"),
+                             ("trunks", cmd_trunks, "PJSIP endpoints and their active calls")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--json", action="store_true")
+        sp.set_defaults(func=func)
     sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
         func=cmd_migrate)
     apps = sub.add_parser("apps").add_subparsers(dest="sub", required=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from datetime import UTC, datetime
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 DELIVER_FUNC = "hub.jobs.deliver.deliver_session"
 WEBHOOKS_FUNC = "hub.jobs.webhook_sender.send_due_webhooks"
 WEBHOOKS_KICK_KEY = REDIS_PREFIX + "kick:webhooks"
+VOICE_ACTIVE_KEY = REDIS_PREFIX + "voice:active"
+VOICE_SETUP_KEY = REDIS_PREFIX + "voice:setup"
 
 
 class Kicker:
@@ -67,3 +70,16 @@ class Kicker:
             log.warning("could not enqueue webhook delivery (the reconciler will): %s", exc)
             return False
         return True
+
+    def publish_voice(self, owner: str, active: dict[str, int], setup_s: list[float]) -> None:
+        """Live voice figures for /metrics (kept 10 s: a dead controller stops counting)."""
+        pipe = self.redis.pipeline()
+        key = f"{VOICE_ACTIVE_KEY}:{owner}"
+        pipe.delete(key)
+        if active:
+            pipe.hset(key, mapping=dict[Any, Any](active))
+        pipe.expire(key, 10)
+        if setup_s:
+            pipe.hincrbyfloat(VOICE_SETUP_KEY, "sum", sum(setup_s))
+            pipe.hincrby(VOICE_SETUP_KEY, "count", len(setup_s))
+        pipe.execute()

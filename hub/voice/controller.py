@@ -65,6 +65,7 @@ class Controller:
         self.calls: dict[str, Call] = {}
         self.sessions: dict[uuid.UUID, SessionInfo] = {}
         self.stopping = asyncio.Event()
+        self.setup_times: list[float] = []
         ari.on_event = self.on_event
         ari.on_connect = self.reconcile
 
@@ -72,7 +73,7 @@ class Controller:
 
     async def run(self) -> None:
         await self.ari.start()
-        loops = [self._discover(), self._renew_leases(), self._menu_timeouts()]
+        loops = [self._discover(), self._renew_leases(), self._menu_timeouts(), self._publish()]
         try:
             await asyncio.gather(*loops)
         finally:
@@ -221,6 +222,17 @@ class Controller:
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("voice: could not renew leases: %s", exc)
 
+    async def _publish(self) -> None:
+        """Live figures for /metrics: active calls per trunk, call setup time."""
+        while not self.stopping.is_set():
+            await self._sleep(1.0)
+            active = {t.name: len(t.calls) for t in self.trunks.values()}
+            setup, self.setup_times = self.setup_times, []
+            try:
+                await asyncio.to_thread(self.kicker.publish_voice, self.owner, active, setup)
+            except Exception as exc:  # metrics must never stop calls
+                log.debug("voice: metrics not published: %s", exc)
+
     async def _menu_timeouts(self) -> None:
         while not self.stopping.is_set():
             await self._sleep(0.2)
@@ -249,6 +261,7 @@ class Controller:
             return
         elif kind == "ChannelStateChange" and channel.get("state") == "Up" and call.up is None:
             call.up = time.monotonic()
+            self.setup_times.append(call.up - call.started)
         elif kind == "ChannelDtmfReceived":
             await self._dtmf(call, event.get("digit", ""))
         elif kind == "ChannelDestroyed":

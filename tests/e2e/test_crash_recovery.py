@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from typing import Any
@@ -39,6 +40,8 @@ async def test_worker_killed_mid_batch_loses_nobody(
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
     killed_at = time.monotonic()
+    with pytest.raises(ProcessLookupError):  # nothing of the worker lives on (no scheduler child)
+        os.killpg(victim.pid, 0)
     at_kill = len(sink.received)
     procs.worker()
     done = await api.wait_status(sid, timeout_s=120)

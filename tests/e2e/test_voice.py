@@ -264,3 +264,38 @@ async def test_controller_killed_mid_call_adopts_it_after_restart(
     assert len(tries) == 1 and tries[0]["detail"]["played"] is True  # called once, heard all
     assert len(phones.rtp.summary()) == 1
 
+
+
+async def test_operator_views_and_metrics(
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,
+) -> None:
+    procs.start("voice")
+    created = await api.submit(voice([num(9)], file_url=f"{media}/tone6.wav"))
+
+    async def up() -> bool:
+        return (await api.session(created["sessionId"]))["counts"].get("in_progress") == 1
+    await eventually(up, 20, "the call to be up")
+    await asyncio.sleep(1.5)
+    env = {"HUB_ARI_URL": "http://127.0.0.1:8088"}
+    trunks = _hub_json("trunks", **env)
+    assert [t["activeCalls"] for t in trunks if t["endpoint"] == "trunk"] == [1]
+    calls = _hub_json("calls", **env)
+    assert len(calls) == 1 and calls[0]["id"].startswith("hub-") and calls[0]["state"] == "Up"
+    async with api.http.get(api.base + "/metrics") as resp:
+        text = await resp.text()
+    assert 'hub_calls_active{trunk="test-trunk"} 1' in text
+    await api.wait_status(created["sessionId"], timeout_s=30)
+    [row] = (await api.deliveries(created["sessionId"])).values()
+    assert row["providerRef"] == calls[0]["id"]
+
+
+def _hub_json(*args: str, **env: str) -> Any:
+    import json
+    import sys
+
+    from tests.conftest import base_env
+
+    out = subprocess.run([sys.executable, "-m", "hub.cli.main", *args, "--json"], cwd=ROOT,
+                         env=base_env(**env), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
