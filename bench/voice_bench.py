@@ -14,6 +14,7 @@ answer and end, for the raw loop and the hub alike.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -30,8 +31,9 @@ from bench.common import ROOT, env, free_port, fresh_database, new_app_key, rss_
 from hub.dev.phones import Phones
 
 ARI = "http://127.0.0.1:8088/ari"
-AUTH = aiohttp.BasicAuth(os.environ.get("HUB_ARI_USER", "hub"),
-                         os.environ.get("HUB_ARI_PASSWORD", "hub"))
+AUTH = {"Authorization": "Basic " + base64.b64encode(
+    f"{os.environ.get('HUB_ARI_USER', 'hub')}:{os.environ.get('HUB_ARI_PASSWORD', 'hub')}".encode()
+).decode()}
 RATE_CPS = 50
 SETUP_CALLS = 200
 HOLD_CALLS = int(os.environ.get("HUB_BENCH_HOLD_CALLS", "320"))
@@ -213,7 +215,7 @@ async def main() -> dict[str, float]:
     results: dict[str, float] = {}
     try:
         await hub.start()
-        async with aiohttp.ClientSession(auth=AUTH) as ari_http, aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=AUTH) as ari_http, aiohttp.ClientSession() as http:
             obs = Observer()
             obs.start(ari_http)
             await obs.ready.wait()

@@ -11,6 +11,7 @@ rebuilds its state from `GET /ari/channels`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,8 @@ class Ari:
     def __init__(self, url: str, user: str, password: str, app: str) -> None:
         self.base = url.rstrip("/") + "/ari"
         self.app = app
-        self._auth = aiohttp.BasicAuth(user, password)
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {token}"}
         self._http: aiohttp.ClientSession | None = None
         self._reader: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
@@ -47,7 +49,7 @@ class Ari:
         self._closing = False
 
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession(auth=self._auth,
+        self._http = aiohttp.ClientSession(headers=self._headers,
                                            timeout=aiohttp.ClientTimeout(total=10))
         self._reader = asyncio.create_task(self._read_forever(), name="ari-events")
 
