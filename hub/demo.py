@@ -40,7 +40,7 @@ AUDIENCE = [  # the last digit decides how each phone behaves (hub/dev/phones.xm
     "+9779812345681",   # busy every time
     "+9779812345692",   # rings, never answered
     "+9779812345603",   # 404: not a number in service
-    "+9779812345619",   # answers and listens
+    "+9779812345610",   # answers and listens
     "+9779812345626",   # answers, hangs up after a second
     "+977 981-234-5640",  # answers and listens (written loosely; normalised to E.164)
 ]

@@ -11,8 +11,12 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from hub.dev.pcap import write_rtp_pcap
+
 BEHAVIOURS = {"busy": "1", "noanswer": "2", "notfound": "3", "congested": "4",
-              "declined": "5", "early": "6", "press1": "7", "press9": "8"}
+              "declined": "5", "early": "6", "press1": "7", "press9": "8", "machine": "9"}
+GREETING = ("Hello, you have reached the voicemail of Ram Bahadur. I cannot take your call "
+            "right now. Please leave your name and number after the tone and I will call back.")
 TRUNK_CONTACT_PORT = 5070
 
 
@@ -26,9 +30,21 @@ class Phones:
         self.rtp_port = rtp_port
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def greeting(self) -> Path:
+        """An answering machine's greeting as a PCMU RTP pcap (made once per folder)."""
+        path = self.workdir / "greeting.pcap"
+        if not path.exists():
+            wav, raw = self.workdir / "greeting.wav", self.workdir / "greeting.ul"
+            subprocess.run(["espeak-ng", "-w", str(wav), GREETING], check=True)
+            subprocess.run(["sox", str(wav), "-r", "8000", "-c", "1", "-t", "ul", str(raw)],
+                           check=True)
+            write_rtp_pcap(raw.read_bytes(), path)
+        return path
+
     def render(self, dtmf_delay_ms: int, digits: dict[str, str]) -> str:
         scenario = (resources.files("hub.dev") / "phones.xml").read_text()
         scenario = scenario.replace("__RTP_PORT__", str(self.rtp_port))
+        scenario = scenario.replace("__GREETING_PCAP__", str(self.greeting()))
         scenario = scenario.replace("__DTMF_DELAY_MS__", str(dtmf_delay_ms))
         for name, default in BEHAVIOURS.items():
             old = f'[+0-9]*{default}@" search_in="msg" check_it="false" assign_to="{name}"'

@@ -1,5 +1,7 @@
 """A thin asyncio ARI client on aiohttp: REST calls and one websocket reader that
-reconnects with backoff.
+reconnects with backoff. It subscribes to all channels' events (`subscribeAll`): a call
+originated into the dialplan (AMD) is not in Stasis until answered, and its end must still
+be seen; the controller keeps only the events of its own channels.
 
 Why our own: `ari-py` is Python 2 only, `py3ari` fails to import, and `aioari`,
 `asyncari` and `ari-client` neither reconnect nor survive Asterisk closing the
@@ -111,7 +113,7 @@ class Ari:
         while not self._closing:
             try:
                 async with self._http.ws_connect(
-                    ws_url, params={"app": self.app, "subscribeAll": "false"}, heartbeat=10,
+                    ws_url, params={"app": self.app, "subscribeAll": "true"}, heartbeat=10,
                     timeout=aiohttp.ClientWSTimeout(ws_close=5),
                 ) as ws:
                     failures = 0

@@ -39,6 +39,7 @@ from hub.voice.trunks import Pacer, VoiceConfig, next_window_start
 log = logging.getLogger(__name__)
 STASIS_APP = "hub"
 LOST_NOTE = "the call ended while the controller was away from Asterisk; outcome unknown"
+MAX_EXTRA_S = 300  # beyond ring timeout + audio: menus, slow hang-ups
 
 
 @dataclass
@@ -215,12 +216,31 @@ class Controller:
     async def _renew_leases(self) -> None:
         while not self.stopping.is_set():
             await self._sleep(self.settings.voice_lease_s / 3)
+            await self._sweep()
             ids = [call.claimed.recipient.delivery_id for call in self.calls.values()]
             try:
                 async with self.pool.acquire() as conn:
                     await store.renew(conn, ids, self.settings.voice_lease_s)
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("voice: could not renew leases: %s", exc)
+
+    async def _sweep(self) -> None:
+        """Calls far past any sensible length: hang up, or record if Asterisk lost them."""
+        now = time.monotonic()
+        for call in list(self.calls.values()):
+            limit = call.config.ring_timeout_s + call.session.media.duration_s + MAX_EXTRA_S
+            if now - call.started < limit:
+                continue
+            try:
+                await self.ari.request("GET", f"/channels/{call.channel}")
+            except AriError as exc:
+                if exc.status == 404 and call.channel in self.calls:
+                    call.ended, call.note = now, LOST_NOTE
+                    self._forget(call)
+                    await self._record(call, call.result(None, None))
+                continue
+            call.note = "the call lasted too long; hung up"
+            await self._hangup(call)
 
     async def _publish(self) -> None:
         """Live figures for /metrics: active calls per trunk, call setup time."""

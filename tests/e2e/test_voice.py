@@ -32,6 +32,9 @@ def tone(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         subprocess.run(["sox", "-n", "-r", "16000", "-c", "2", str(path), "synth", str(seconds),
                         "sine", "440", "vol", "0.5"], check=True)
         files[name] = path.read_bytes()
+    mp3 = folder / "tone2.mp3"
+    subprocess.run(["sox", str(folder / "tone2.wav"), "-C", "64", str(mp3)], check=True)
+    files["tone2.mp3"] = mp3.read_bytes()
     return files
 
 
@@ -40,7 +43,8 @@ async def media(tone: dict[str, bytes]) -> AsyncIterator[str]:
     async def serve(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name in tone:
-            return web.Response(body=tone[name], content_type="audio/wav")
+            kind = "audio/mpeg" if name.endswith(".mp3") else "audio/wav"
+            return web.Response(body=tone[name], content_type=kind)
         if name == "notes.txt":
             return web.Response(text="not audio", content_type="text/plain")
         return web.Response(status=404)
@@ -73,11 +77,13 @@ async def attempts(api: Api, sid: str, address: str) -> list[dict[str, Any]]:
     return list(body["items"])
 
 
+@pytest.mark.parametrize("audio", ["tone2.wav", "tone2.mp3"])
 async def test_answered_call_hears_the_whole_file(
     api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,
+    audio: str,
 ) -> None:
     procs.start("voice")
-    created = await api.submit(voice([num(10)], file_url=f"{media}/tone2.wav"))
+    created = await api.submit(voice([num(10)], file_url=f"{media}/{audio}"))
     done = await api.wait_status(created["sessionId"], timeout_s=40)
     assert done["counts"] == {"delivered": 1}
     [attempt] = await attempts(api, created["sessionId"], num(10))
@@ -248,7 +254,7 @@ async def test_controller_killed_mid_call_adopts_it_after_restart(
     api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,
 ) -> None:
     controller = procs.start("voice")
-    created = await api.submit(voice([num(99)], file_url=f"{media}/tone6.wav", retries=1))
+    created = await api.submit(voice([num(20)], file_url=f"{media}/tone6.wav", retries=1))
     sid = created["sessionId"]
 
     async def call_up() -> bool:
@@ -260,7 +266,7 @@ async def test_controller_killed_mid_call_adopts_it_after_restart(
     procs.start("voice")
     done = await api.wait_status(sid, timeout_s=40)
     assert done["counts"] == {"delivered": 1}
-    tries = await attempts(api, sid, num(99))
+    tries = await attempts(api, sid, num(20))
     assert len(tries) == 1 and tries[0]["detail"]["played"] is True  # called once, heard all
     assert len(phones.rtp.summary()) == 1
 
@@ -270,7 +276,7 @@ async def test_operator_views_and_metrics(
     api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,
 ) -> None:
     procs.start("voice")
-    created = await api.submit(voice([num(9)], file_url=f"{media}/tone6.wav"))
+    created = await api.submit(voice([num(30)], file_url=f"{media}/tone6.wav"))
 
     async def up() -> bool:
         return (await api.session(created["sessionId"]))["counts"].get("in_progress") == 1
@@ -299,3 +305,23 @@ def _hub_json(*args: str, **env: str) -> Any:
                          env=base_env(**env), capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize(("on_machine", "status"), [("hangup", "failed"), ("play", "delivered")])
+async def test_answering_machine_detected(
+    api: Api, phones: TestPhones, procs: Procs, on_machine: str, status: str,
+) -> None:
+    http_status, trunk = await api.post("/v1/transports", {
+        "name": "amd-trunk", "type": "voice", "config": {
+            "trunk": "trunk", "cps": 10, "ringTimeoutS": 5,
+            "amd": {"enabled": True, "onMachine": on_machine}}})
+    assert http_status == 201, trunk
+    procs.start("voice")
+    created = await api.submit(voice([num(19), num(10)], message="Hello.", retries=2,
+                                     retryIntervalMinutes="0.02"))
+    await api.wait_status(created["sessionId"], timeout_s=60)
+    rows = await api.deliveries(created["sessionId"])
+    machine = rows[num(19)]
+    assert (machine["outcome"], machine["status"], machine["attempts"]) == ("machine", status, 1)
+    assert machine["detail"]["amd"] == "MACHINE"
+    assert rows[num(10)]["outcome"] == "answered"  # a silent listener is not a machine
