@@ -16,6 +16,8 @@ from pathlib import Path
 
 import asyncpg
 
+from hub.dev.procs import stop_all
+
 ROOT = Path(__file__).resolve().parent.parent
 DB_URL = os.environ.get("HUB_BENCH_DATABASE_URL",
                         "postgresql://postgres:postgres@127.0.0.1:5432/hub_bench")
@@ -59,13 +61,7 @@ def processes(*procs: subprocess.Popen[bytes]) -> Iterator[None]:
     try:
         yield
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 def wait_http(url: str, timeout_s: float = 30) -> None:

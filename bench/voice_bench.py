@@ -29,6 +29,7 @@ import aiohttp
 
 from bench.common import ROOT, env, free_port, fresh_database, new_app_key, rss_mb, wait_http
 from hub.dev.phones import Phones
+from hub.dev.procs import stop_all
 
 ARI = "http://127.0.0.1:8088/ari"
 AUTH = {"Authorization": "Basic " + base64.b64encode(
@@ -153,9 +154,7 @@ class Hub:
         return self.procs[1].pid
 
     def stop(self) -> None:
-        for p in self.procs:
-            p.terminate()
-            p.wait(10)
+        stop_all(self.procs)
 
     async def call(self, http: aiohttp.ClientSession, method: str, path: str,
                    body: Any = None) -> Any:

@@ -28,6 +28,7 @@ from hub import reports
 from hub.cli.client import Client
 from hub.config import Settings
 from hub.dev.phones import Phones, RtpCounter
+from hub.dev.procs import stop_all
 from hub.dev.smtp import free_port
 from hub.store import sessions
 from hub.store.apps import create_app
@@ -119,13 +120,7 @@ def run_demo(settings: Settings) -> int:
         _wait_healthy(url)
         return _broadcast(Client(url, key), settings, sounds_url, rtp)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         phones.stop()
         sounds.shutdown()
         loop.call_soon_threadsafe(loop.stop)

@@ -18,16 +18,19 @@ from hub.transports.base import Recipient, Result
 
 INTERRUPTED_ERROR = "the worker stopped during this attempt; its outcome is unknown"
 
-CLAIM_SQL = """
+def claim_sql(scope: str) -> str:
+    """The claim statement for deliveries matching `scope` (SQL over `d` and `s`, with
+    $1 its parameter): lease up to $2 due ones for $3 seconds, owner $5; a delivery whose
+    lease expired has its open attempt closed as interrupted ($4)."""
+    return f"""
 WITH due AS (
-    SELECT d.id FROM deliveries d
-    WHERE d.session_id = $1
+    SELECT d.id FROM deliveries d JOIN sessions s ON s.id = d.session_id
+    WHERE {scope}
       AND ((d.status IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= now())
            OR (d.status = 'in_progress' AND d.lease_until < now()))
-      AND (SELECT s.status FROM sessions s WHERE s.id = $1) IN ('queued', 'running')
     ORDER BY d.next_attempt_at NULLS FIRST, d.id
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF d SKIP LOCKED
 ), lost AS (
     UPDATE attempts a SET ended_at = now(), outcome = 'interrupted', error = $4
     FROM due WHERE a.delivery_id = due.id AND a.ended_at IS NULL
@@ -35,10 +38,13 @@ WITH due AS (
 )
 UPDATE deliveries d
 SET status = 'in_progress', attempts = d.attempts + 1, last_attempt_at = now(),
-    next_attempt_at = NULL, lease_until = now() + make_interval(secs => $3)
+    next_attempt_at = NULL, lease_until = now() + make_interval(secs => $3), claimed_by = $5
 FROM due WHERE d.id = due.id
-RETURNING d.id, d.address, d.attempts, d.tries
+RETURNING d.id, d.address, d.attempts, d.tries, d.session_id
 """
+
+
+CLAIM_SQL = claim_sql("d.session_id = $1 AND s.status IN ('queued', 'running')")
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ async def claim(
 ) -> list[Claimed]:
     """Lease up to `limit` due deliveries and open an attempt row for each."""
     async with conn.transaction():
-        rows = await conn.fetch(CLAIM_SQL, session_id, limit, lease_s, INTERRUPTED_ERROR)
+        rows = await conn.fetch(CLAIM_SQL, session_id, limit, lease_s, INTERRUPTED_ERROR, None)
         return await open_attempts(conn, rows)
 
 
@@ -185,9 +191,8 @@ async def list_(
         f"SELECT * FROM deliveries WHERE {' AND '.join(where)} ORDER BY id LIMIT ${len(args)}",
         *args,
     )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return [view(r) for r in rows], (pagination.encode([rows[-1]["id"]]) if more else None)
+    page, nxt = pagination.page_of(list(rows), limit, lambda r: [r["id"]])
+    return [view(r) for r in page], nxt
 
 
 async def attempts(pool: Pool, session_id: uuid.UUID, address: str) -> list[dict[str, Any]] | None:

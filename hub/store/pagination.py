@@ -22,3 +22,11 @@ def decode(cursor: str, size: int) -> list[Any]:
         pass
     raise BadRequest("the cursor is not one this API returned; start again without it",
                      error_id="bad-cursor", details=[detail(["query", "cursor"], "invalid")])
+
+
+def page_of(rows: list[Any], limit: int, key: Any) -> tuple[list[Any], str | None]:
+    """Rows fetched with LIMIT limit + 1 → (the page, the cursor of the next page or None);
+    `key(row)` gives the values the next page starts after."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (encode(key(rows[-1])) if more else None)

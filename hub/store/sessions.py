@@ -120,10 +120,8 @@ async def list_(
         f"SELECT * FROM sessions WHERE {' AND '.join(where)}"
         f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}", *args,
     )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = pagination.encode([rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])]) if more else None
-    return rows, nxt
+    return pagination.page_of(list(rows), limit,
+                              lambda r: [r["created_at"].isoformat(), str(r["id"])])
 
 
 async def transition(

@@ -53,10 +53,9 @@ async def list_(
         f"SELECT * FROM suppressions WHERE {' AND '.join(where)}"
         f" ORDER BY created_at, id LIMIT ${len(args)}", *args,
     )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = pagination.encode([rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])]) if more else None
-    return [view(r) for r in rows], nxt
+    page, nxt = pagination.page_of(list(rows), limit,
+                                   lambda r: [r["created_at"].isoformat(), str(r["id"])])
+    return [view(r) for r in page], nxt
 
 
 async def remove(pool: Pool, app_id: uuid.UUID, suppression_id: uuid.UUID) -> bool:

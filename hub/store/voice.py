@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from hub.store.deliveries import INTERRUPTED_ERROR, Claimed, open_attempts
+from hub.store.deliveries import INTERRUPTED_ERROR, Claimed, claim_sql, open_attempts
 
 ACTIVATE_SQL = """
 UPDATE sessions SET status = 'running', started_at = coalesce(started_at, now())
@@ -25,26 +25,7 @@ JOIN sessions s ON s.transport_id = t.id
 WHERE s.transport_type = 'voice' AND s.status = 'running'
 """
 
-CLAIM_SQL = """
-WITH due AS (
-    SELECT d.id FROM deliveries d JOIN sessions s ON s.id = d.session_id
-    WHERE s.transport_id = $1 AND s.status = 'running' AND s.media IS NOT NULL
-      AND ((d.status IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= now())
-           OR (d.status = 'in_progress' AND d.lease_until < now()))
-    ORDER BY d.next_attempt_at NULLS FIRST, d.id
-    LIMIT $2
-    FOR UPDATE OF d SKIP LOCKED
-), lost AS (
-    UPDATE attempts a SET ended_at = now(), outcome = 'interrupted', error = $4
-    FROM due WHERE a.delivery_id = due.id AND a.ended_at IS NULL
-    RETURNING a.delivery_id
-)
-UPDATE deliveries d
-SET status = 'in_progress', attempts = d.attempts + 1, last_attempt_at = now(),
-    next_attempt_at = NULL, lease_until = now() + make_interval(secs => $3), claimed_by = $5
-FROM due WHERE d.id = due.id
-RETURNING d.id, d.address, d.attempts, d.tries, d.session_id
-"""
+CLAIM_SQL = claim_sql("s.transport_id = $1 AND s.status = 'running' AND s.media IS NOT NULL")
 
 
 async def activate_sessions(conn: asyncpg.Connection) -> list[uuid.UUID]:
