@@ -19,6 +19,7 @@ from redis import Redis
 
 from hub.config import Settings
 from hub.dev import smtp
+from hub.dev.fake_twilio import FakeTwilio
 from hub.dev.phones import Phones, RtpCounter
 from hub.store.apps import NewApp, create_app
 from hub.store.db import create_pool, migrate
@@ -83,12 +84,15 @@ def redis() -> Iterator[Redis]:
 class Procs:
     """The hub's processes, started with `hub ...` exactly as an operator would."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, public_url: str = "") -> None:
         self.log_dir = log_dir
+        self.public_url = public_url  # where providers' callbacks reach the API
         self.running: list[subprocess.Popen[bytes]] = []
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{args[0]}-{len(self.running)}.log", "wb")  # noqa: SIM115
+        if self.public_url:
+            env.setdefault("HUB_PUBLIC_URL", self.public_url)
         proc = subprocess.Popen([sys.executable, "-m", "hub.cli.main", *args], cwd=ROOT,
                                 env=base_env(**env), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -112,8 +116,8 @@ class Procs:
 
 
 @pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
+def procs(tmp_path: Path, api_server: str) -> Iterator[Procs]:
+    p = Procs(tmp_path, api_server)
     yield p
     p.stop_all()
 
@@ -230,3 +234,27 @@ async def voice_transport(api: Api) -> dict[str, Any]:
                    "ringTimeoutS": 5}})
     assert status == 201, body
     return body
+
+
+TWILIO_SID = "AC" + "0123456789abcdef" * 2
+TWILIO_TOKEN = "test-auth-token-0123456789"
+
+
+@pytest.fixture
+async def fake_twilio() -> AsyncIterator[FakeTwilio]:
+    fake = FakeTwilio(TWILIO_SID, TWILIO_TOKEN)
+    await fake.start(free_port())
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+def twilio_transport(api: Api, fake_twilio: FakeTwilio) -> Callable[..., Any]:
+    async def register(type_: str = "sms", name: str = "twilio", **config: Any) -> dict[str, Any]:
+        status, body = await api.post("/v1/transports", {"name": name, "type": type_, "config": {
+            "accountSid": TWILIO_SID, "authToken": TWILIO_TOKEN, "from": "+14155550100",
+            "baseUrl": fake_twilio.url, **config}})
+        assert status == 201, body
+        return dict(body)
+
+    return register

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis import Redis
 
-from hub.api import apps, ops, sessions, suppressions, transports
+from hub.api import apps, callbacks, ops, sessions, suppressions, transports
 from hub.api import state as st
 from hub.api.middleware import auth, errors
 from hub.config import Settings
@@ -28,7 +28,7 @@ def create_app(settings: Settings) -> web.Application:
         redis.close()
 
     app.cleanup_ctx.append(resources)
-    for module in (ops, sessions, transports, apps, suppressions):
+    for module in (ops, sessions, transports, apps, suppressions, callbacks):
         app.add_routes(module.routes)
     return app
 

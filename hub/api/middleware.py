@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from hub.api import state as st
+from hub.api.callbacks import PREFIX as CALLBACKS
 from hub.api.ops import PUBLIC_PATHS
 from hub.errors import Forbidden, HubError, NotFound, TooLarge, Unauthorized
 from hub.store import apps
@@ -55,7 +56,8 @@ def _bearer(request: web.Request) -> str:
 
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS or not request.path.startswith("/v1/"):
+    if (request.path in PUBLIC_PATHS or request.path.startswith(CALLBACKS)
+            or not request.path.startswith("/v1/")):
         return await handler(request)
     token = _bearer(request)
     admin = st.settings(request).admin_key

@@ -78,7 +78,8 @@ class Engine:
         if transport is None:
             raise FetchError("the session's transport was deleted")
         spec = sending_spec(transport["type"])
-        async with spec.open(transport["full_config"], session["instruction"], self.settings) as sender:
+        async with spec.open(transport["full_config"], session["instruction"], self.settings,
+                             str(transport["id"])) as sender:
             return await self._pipeline(session, sender)
 
     async def _pipeline(self, session: Any, sender: Sender) -> int:

@@ -16,7 +16,7 @@ import asyncpg
 from hub.config import Settings
 from hub.constants import RECONCILE_GRACE_S
 from hub.jobs.queueing import Kicker
-from hub.store import sessions
+from hub.store import receipts, sessions
 from hub.store.deliveries import INTERRUPTED_ERROR
 from hub.store.outbox import add_delivery_events
 
@@ -31,7 +31,8 @@ WHERE (s.status IN ('queued', 'running')
     SELECT 1 FROM deliveries d WHERE d.session_id = s.id AND (
       (d.status IN ('pending', 'retry_scheduled')
         AND d.next_attempt_at <= now() - make_interval(secs => $1))
-      OR (d.status = 'in_progress' AND d.lease_until < now())))
+      OR (d.status = 'in_progress' AND d.lease_until < now()
+          AND d.claimed_by IS DISTINCT FROM 'receipt')))
 """
 
 # Deliveries leased by a dead worker in a session that is paused or cancelled: the
@@ -41,6 +42,7 @@ WITH lost AS (
     SELECT d.id, s.status AS session_status FROM deliveries d
     JOIN sessions s ON s.id = d.session_id
     WHERE d.status = 'in_progress' AND d.lease_until < now()
+      AND d.claimed_by IS DISTINCT FROM 'receipt'
       AND s.status IN ('paused', 'cancelled')
     FOR UPDATE OF d SKIP LOCKED
 ), closed AS (
@@ -79,6 +81,7 @@ async def reconcile(conn: asyncpg.Connection, kicker: Kicker, settings: Settings
         released = await conn.fetch(RELEASE_SQL, INTERRUPTED_ERROR)
         await add_delivery_events(conn, [r["id"] for r in released if r["status"] == "cancelled"])
     done.released = len(released)
+    done.finished += await receipts.expire(conn, settings.base_url)
     for row in await conn.fetch(UNFINISHED_SQL):
         async with conn.transaction():
             if await sessions.finish_if_done(conn, row["id"], report_base=settings.base_url):

@@ -11,7 +11,8 @@ from hub.transports.base import Result
 @dataclass(frozen=True)
 class Decision:
     status: str
-    delay_s: float | None = None  # set when status is retry_scheduled
+    delay_s: float | None = None  # retry_scheduled: when; in_progress: receipt deadline
+    spends_try: bool = True       # false when the provider only asked us to wait
 
 
 def interval_s(intervals_s: list[float], retry_number: int) -> float:
@@ -23,6 +24,10 @@ def decide(
     result: Result, *, tries: int, retries: int, intervals_s: list[float]
 ) -> Decision:
     """`tries` counts this attempt; `retries` extra attempts are allowed after the first."""
+    if result.defer_s is not None:
+        return Decision(c.D_RETRY, result.defer_s, spends_try=False)
+    if result.receipt_s is not None:
+        return Decision(c.D_IN_PROGRESS, result.receipt_s)
     if result.delivered:
         return Decision(c.D_DELIVERED)
     if result.retryable and tries <= retries:

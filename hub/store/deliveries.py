@@ -17,6 +17,7 @@ from hub.store.db import Pool
 from hub.transports.base import Recipient, Result
 
 INTERRUPTED_ERROR = "the worker stopped during this attempt; its outcome is unknown"
+RECEIPT_OWNER = "receipt"  # claimed_by of deliveries waiting for a provider's status callback
 
 def claim_sql(scope: str) -> str:
     """The claim statement for deliveries matching `scope` (SQL over `d` and `s`, with
@@ -27,7 +28,8 @@ WITH due AS (
     SELECT d.id FROM deliveries d JOIN sessions s ON s.id = d.session_id
     WHERE {scope}
       AND ((d.status IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= now())
-           OR (d.status = 'in_progress' AND d.lease_until < now()))
+           OR (d.status = 'in_progress' AND d.lease_until < now()
+               AND d.claimed_by IS DISTINCT FROM 'receipt'))
     ORDER BY d.next_attempt_at NULLS FIRST, d.id
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
@@ -92,7 +94,7 @@ async def record(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> None:
         return
     cols: dict[str, list[Any]] = {k: [] for k in (
         "aid", "did", "att", "outcome", "detail", "ref", "error", "ended", "status", "next",
-        "duration")}
+        "duration", "spend")}
     for o in outcomes:
         r, res = o.claimed.recipient, o.result
         cols["aid"].append(uuid.UUID(r.attempt_id))
@@ -107,6 +109,7 @@ async def record(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> None:
         delay = o.decision.delay_s
         cols["next"].append(o.ended_at + timedelta(seconds=delay) if delay is not None else None)
         cols["duration"].append(res.detail.get("talkS") if res.outcome == "answered" else None)
+        cols["spend"].append(1 if o.decision.spends_try else 0)
     async with conn.transaction():
         await conn.execute(
             "UPDATE attempts a SET ended_at = u.ended, outcome = u.outcome, detail = u.detail,"
@@ -115,20 +118,38 @@ async def record(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> None:
             " $6::timestamptz[]) AS u(id, outcome, detail, ref, error, ended) WHERE a.id = u.id",
             cols["aid"], cols["outcome"], cols["detail"], cols["ref"], cols["error"], cols["ended"],
         )
+        # A delivery waiting for the provider's receipt stays in_progress, owned by
+        # RECEIPT_OWNER, with the receipt deadline as its lease.
         rows = await conn.fetch(
-            "UPDATE deliveries d SET status = u.status, tries = d.tries + 1, outcome = u.outcome,"
-            " detail = u.detail, provider_ref = u.ref, error = u.error, next_attempt_at = u.next,"
-            " lease_until = NULL, duration_s = coalesce(u.duration, d.duration_s)"
+            "UPDATE deliveries d SET status = u.status, tries = d.tries + u.spend,"
+            " outcome = u.outcome, detail = u.detail, provider_ref = u.ref, error = u.error,"
+            " next_attempt_at = CASE WHEN u.status = 'in_progress' THEN NULL ELSE u.next END,"
+            " lease_until = CASE WHEN u.status = 'in_progress' THEN u.next END,"
+            " claimed_by = CASE WHEN u.status = 'in_progress' THEN $11 END,"
+            " duration_s = coalesce(u.duration, d.duration_s)"
             " FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::jsonb[],"
-            " $6::text[], $7::text[], $8::timestamptz[], $9::float8[])"
-            " AS u(id, att, status, outcome, detail, ref, error, next, duration)"
+            " $6::text[], $7::text[], $8::timestamptz[], $9::float8[], $10::int[])"
+            " AS u(id, att, status, outcome, detail, ref, error, next, duration, spend)"
             " WHERE d.id = u.id AND d.attempts = u.att AND d.status = 'in_progress'"
             " RETURNING d.id, d.status",
             cols["did"], cols["att"], cols["status"], cols["outcome"], cols["detail"],
-            cols["ref"], cols["error"], cols["next"], cols["duration"],
+            cols["ref"], cols["error"], cols["next"], cols["duration"], cols["spend"],
+            RECEIPT_OWNER,
         )
         final = [r["id"] for r in rows if r["status"] in c.FINAL_DELIVERY_STATUSES]
         await outbox.add_delivery_events(conn, final)
+        await _undo_unattempted(conn, [o for o in outcomes if not o.result.attempted])
+
+
+async def _undo_unattempted(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> None:
+    """Nothing was sent (deferred before the provider call): no attempt to show."""
+    if not outcomes:
+        return
+    await conn.execute("DELETE FROM attempts WHERE id = ANY($1::uuid[])",
+                       [uuid.UUID(o.claimed.recipient.attempt_id) for o in outcomes])
+    await conn.execute(
+        "UPDATE deliveries SET attempts = attempts - 1, outcome = NULL"
+        " WHERE id = ANY($1::bigint[])", [o.claimed.recipient.delivery_id for o in outcomes])
 
 
 async def fail_all(conn: asyncpg.Connection, session_id: uuid.UUID, error: str) -> int:

@@ -29,7 +29,13 @@ class Recipient:
 
 @dataclass(frozen=True)
 class Result:
-    """What one attempt did. `retryable` only matters when `delivered` is false."""
+    """What one attempt did. `retryable` only matters when `delivered` is false.
+
+    `defer_s`: the provider asked us to come back later (rate limit, daily cap): the
+    delivery waits that long without spending a retry. `receipt_s`: the provider accepted
+    the message and will report its fate (status callback); the delivery stays
+    `in_progress` until then, or until this many seconds have passed.
+    """
 
     outcome: str
     delivered: bool = False
@@ -37,6 +43,9 @@ class Result:
     provider_ref: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    defer_s: float | None = None
+    receipt_s: float | None = None
+    attempted: bool = True  # false: nothing was sent (e.g. over the daily cap)
 
 
 @runtime_checkable
@@ -56,5 +65,6 @@ class TransportSpec(Protocol):
     def normalize_address(self, address: str, region: str | None = None) -> str: ...
 
     def open(
-        self, config: Mapping[str, Any], content: Mapping[str, Any], settings: Settings
+        self, config: Mapping[str, Any], content: Mapping[str, Any], settings: Settings,
+        transport_id: str,
     ) -> AbstractAsyncContextManager[Sender]: ...

@@ -76,7 +76,8 @@ class EmailSpec:
 
     @asynccontextmanager
     async def open(
-        self, config: Mapping[str, Any], content: Mapping[str, Any], settings: Settings
+        self, config: Mapping[str, Any], content: Mapping[str, Any], settings: Settings,
+        transport_id: str,
     ) -> AsyncIterator[SmtpSender]:
         cfg = EmailConfig.model_validate(config)
         attachments = await _fetch_attachments(content, settings)

@@ -9,6 +9,7 @@ from hub.errors import Unprocessable, detail
 from hub.instruction import TransportPart
 from hub.transports.base import TransportSpec
 from hub.transports.email import EMAIL
+from hub.transports.twilio import SMS, WHATSAPP
 from hub.transports.voice import VOICE
 
 
@@ -36,8 +37,8 @@ class _NotYetAvailable:
 
 _SPECS: dict[str, Any] = {
     "email": EMAIL,
-    "sms": _NotYetAvailable("sms", "phone"),
-    "whatsapp": _NotYetAvailable("whatsapp", "phone"),
+    "sms": SMS,
+    "whatsapp": WHATSAPP,
     "voice": VOICE,
     "slack": _NotYetAvailable("slack", "channel"),
     "api": _NotYetAvailable("api", "any"),
@@ -55,6 +56,6 @@ def sending_spec(type_: str) -> TransportSpec:
         raise Unprocessable(
             f"transport type {type_!r} cannot be registered in this version of the hub",
             error_id="transport-type-unsupported",
-            details=[detail(["type"], "supported: email, voice")],
+            details=[detail(["type"], "supported: email, voice, sms, whatsapp")],
         )
     return spec

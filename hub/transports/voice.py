@@ -35,7 +35,7 @@ class VoiceSpec:
 
     @asynccontextmanager
     async def open(self, config: Mapping[str, Any], content: Mapping[str, Any],
-                   settings: Settings) -> AsyncIterator[Sender]:
+                   settings: Settings, transport_id: str) -> AsyncIterator[Sender]:
         raise NotImplementedError("voice calls are placed by `hub voice`, not by RQ workers")
         yield  # pragma: no cover
 

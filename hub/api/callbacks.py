@@ -1,0 +1,65 @@
+"""Inbound provider callbacks. No API key: each request must carry the provider's
+signature, checked with the transport's own secret (a forged or unsigned one gets 403)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from aiohttp import web
+from twilio.request_validator import RequestValidator
+
+from hub.api import state as st
+from hub.errors import Forbidden, NotFound
+from hub.store import receipts, suppressions
+from hub.store import transports as transports_store
+from hub.transports.twilio import receipt_result
+
+routes = web.RouteTableDef()
+PREFIX = "/v1/callbacks/"
+STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"})
+
+
+async def _signed_twilio(request: web.Request) -> tuple[dict[str, str], dict[str, Any]]:
+    try:
+        tid = uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise NotFound("no such transport", error_id="transport-not-found") from None
+    transport = await transports_store.get_full(st.pool(request), tid)
+    if transport is None or transport["provider"] != "twilio":
+        raise NotFound("no such Twilio transport", error_id="transport-not-found")
+    params = {k: str(v) for k, v in (await request.post()).items()}
+    url = st.settings(request).base_url + request.path_qs  # the public URL Twilio called
+    signature = request.headers.get("X-Twilio-Signature", "")
+    validator = RequestValidator(transport["full_config"]["authToken"])
+    if not signature or not validator.validate(url, params, signature):
+        raise Forbidden("the X-Twilio-Signature does not match this request",
+                        error_id="invalid-signature")
+    return params, transport
+
+
+@routes.post("/v1/callbacks/twilio/{id}")
+async def twilio_status(request: web.Request) -> web.Response:
+    params, _ = await _signed_twilio(request)
+    result = receipt_result(params.get("MessageStatus", ""), params.get("ErrorCode"),
+                            params.get("ErrorMessage"))
+    if result is not None and params.get("MessageSid"):
+        async with st.pool(request).acquire() as conn:
+            applied = await receipts.apply(conn, params["MessageSid"], result,
+                                           st.settings(request).base_url)
+        if applied == "applied":
+            await asyncio.to_thread(request.app[st.KICKER].webhooks)
+    return web.Response(status=204)
+
+
+@routes.post("/v1/callbacks/twilio/{id}/inbound")
+async def twilio_inbound(request: web.Request) -> web.Response:
+    """An inbound message; STOP and its synonyms put the sender on the do-not-contact list."""
+    params, transport = await _signed_twilio(request)
+    if params.get("Body", "").strip().upper() in STOP_WORDS and params.get("From"):
+        sender = params["From"].removeprefix("whatsapp:")
+        async with st.pool(request).acquire() as conn:
+            await suppressions.add_one(conn, transport["app_id"], sender, transport["type"],
+                                       "replied STOP")
+    return web.Response(text="<Response/>", content_type="application/xml")
