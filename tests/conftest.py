@@ -19,6 +19,7 @@ from redis import Redis
 
 from hub.config import Settings
 from hub.dev import smtp
+from hub.dev.fake_http import FakeSlack, HttpSink
 from hub.dev.fake_twilio import FakeTwilio
 from hub.dev.phones import Phones, RtpCounter
 from hub.store.apps import NewApp, create_app
@@ -258,3 +259,22 @@ def twilio_transport(api: Api, fake_twilio: FakeTwilio) -> Callable[..., Any]:
         return dict(body)
 
     return register
+
+
+SLACK_TOKEN = "xoxb-test-token-0123456789"
+
+
+@pytest.fixture
+async def fake_slack() -> AsyncIterator[FakeSlack]:
+    fake = FakeSlack(SLACK_TOKEN)
+    await fake.start(free_port())
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[HttpSink]:
+    server = HttpSink()
+    await server.start(free_port())
+    yield server
+    await server.stop()

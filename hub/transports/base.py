@@ -55,10 +55,17 @@ class Sender(Protocol):
 
 @runtime_checkable
 class TransportSpec(Protocol):
-    type: str
-    provider: str
-    config_model: builtins.type[BaseModel]
-    secret_fields: frozenset[str]
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def config_model(self) -> builtins.type[BaseModel]: ...
+
+    @property
+    def secret_fields(self) -> frozenset[str]: ...
 
     def validate_content(self, part: TransportPart) -> list[dict[str, Any]]: ...
 

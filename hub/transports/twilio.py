@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from redis.asyncio import Redis
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
@@ -24,6 +23,7 @@ from hub.config import Settings
 from hub.errors import detail
 from hub.instruction import TransportPart
 from hub.transports.base import Recipient, Result
+from hub.transports.common import limiter_for, over_cap
 from hub.transports.limits import Limiter
 from hub.transports.segments import segments
 
@@ -102,16 +102,14 @@ class TwilioSpec:
                    settings: Settings, transport_id: str) -> AsyncIterator[TwilioSender]:
         cfg = TwilioConfig.model_validate(config)
         http = _LocalBaseUrl(cfg.base_url, cfg.timeout_s)
-        redis = Redis.from_url(settings.redis_url)
-        limiter = Limiter(redis, transport_id, cfg.mps, cfg.daily_cap)
         callback = f"{settings.base_url}/v1/callbacks/twilio/{transport_id}"
         try:
-            yield TwilioSender(cfg, content, Client(cfg.account_sid, cfg.auth_token,
-                                                    http_client=http),
-                               callback, limiter, self.whatsapp)
+            async with limiter_for(settings, transport_id, cfg.mps, cfg.daily_cap) as limiter:
+                yield TwilioSender(cfg, content, Client(cfg.account_sid, cfg.auth_token,
+                                                        http_client=http),
+                                   callback, limiter, self.whatsapp)
         finally:
             await http.close()
-            await redis.aclose()
 
 
 class TwilioSender:
@@ -141,8 +139,7 @@ class TwilioSender:
     async def send(self, recipient: Recipient) -> Result:
         wait_s = await self.limiter.acquire()
         if wait_s is not None:
-            return Result("deferred", defer_s=wait_s, attempted=False,
-                          error=f"daily cap of {self.cfg.daily_cap} reached; resumes at 00:00 UTC")
+            return over_cap(self.limiter, wait_s)
         try:
             msg = await self.client.messages.create_async(
                 to=self.prefix + recipient.address, **self.params)
