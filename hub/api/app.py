@@ -10,6 +10,7 @@ from redis import Redis
 from hub.api import apps, callbacks, ops, sessions, suppressions, transports
 from hub.api import state as st
 from hub.api.middleware import auth, errors
+from hub.api.receipts import ReceiptBatcher
 from hub.config import Settings
 from hub.jobs.queueing import Kicker
 from hub.store.db import create_pool
@@ -18,11 +19,13 @@ from hub.store.db import create_pool
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[errors, auth], client_max_size=settings.body_max_bytes)
     app[st.SETTINGS] = settings
+    app[callbacks.TRANSPORT_CACHE] = {}
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[st.POOL] = await create_pool(settings.database_url, min_size=0, max_size=20)
         redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         app[st.KICKER] = Kicker(redis)
+        app[callbacks.RECEIPTS] = ReceiptBatcher(app[st.POOL], settings.base_url)
         yield
         await app[st.POOL].close()
         redis.close()

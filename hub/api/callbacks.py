@@ -4,6 +4,7 @@ signature, checked with the transport's own secret (a forged or unsigned one get
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -11,14 +12,33 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from hub.api import state as st
+from hub.api.receipts import ReceiptBatcher
 from hub.errors import Forbidden, NotFound
-from hub.store import receipts, suppressions
+from hub.store import suppressions
 from hub.store import transports as transports_store
 from hub.transports.twilio import receipt_result
 
 routes = web.RouteTableDef()
 PREFIX = "/v1/callbacks/"
+CACHE_TTL_S = 5.0
+CACHE_MAX = 1000
+TRANSPORT_CACHE = web.AppKey("callback_transports", dict)
+RECEIPTS = web.AppKey("receipts", ReceiptBatcher)
 STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"})
+
+
+async def _transport(request: web.Request, tid: uuid.UUID) -> dict[str, Any] | None:
+    """Transports looked up for callbacks, kept a few seconds (callbacks come in floods)."""
+    cache = request.app[TRANSPORT_CACHE]
+    hit = cache.get(tid)
+    if hit is not None and hit[0] > time.monotonic():
+        cached: dict[str, Any] | None = hit[1]
+        return cached
+    found = await transports_store.get_full(st.pool(request), tid)
+    if len(cache) > CACHE_MAX:
+        cache.clear()
+    cache[tid] = (time.monotonic() + CACHE_TTL_S, found)
+    return found
 
 
 async def _signed_twilio(request: web.Request) -> tuple[dict[str, str], dict[str, Any]]:
@@ -26,7 +46,7 @@ async def _signed_twilio(request: web.Request) -> tuple[dict[str, str], dict[str
         tid = uuid.UUID(request.match_info["id"])
     except ValueError:
         raise NotFound("no such transport", error_id="transport-not-found") from None
-    transport = await transports_store.get_full(st.pool(request), tid)
+    transport = await _transport(request, tid)
     if transport is None or transport["provider"] != "twilio":
         raise NotFound("no such Twilio transport", error_id="transport-not-found")
     params = {k: str(v) for k, v in (await request.post()).items()}
@@ -45,9 +65,7 @@ async def twilio_status(request: web.Request) -> web.Response:
     result = receipt_result(params.get("MessageStatus", ""), params.get("ErrorCode"),
                             params.get("ErrorMessage"))
     if result is not None and params.get("MessageSid"):
-        async with st.pool(request).acquire() as conn:
-            applied = await receipts.apply(conn, params["MessageSid"], result,
-                                           st.settings(request).base_url)
+        applied = await request.app[RECEIPTS].submit(params["MessageSid"], result)
         if applied == "applied":
             await asyncio.to_thread(request.app[st.KICKER].webhooks)
     return web.Response(status=204)

@@ -57,7 +57,11 @@ class FakeTwilio:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.create)
+        app.router.add_get("/_stats", self.stats)
         return app
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"messages": len(self.messages), "requests": self.requests})
 
     async def start(self, port: int, host: str = "127.0.0.1") -> None:
         self._http = aiohttp.ClientSession()
@@ -145,12 +149,13 @@ def _error(code: int, status: int, message: str) -> web.Response:
                              status=status)
 
 
-async def _serve(port: int, account_sid: str, auth_token: str) -> None:
-    fake = FakeTwilio(account_sid, auth_token)
+async def _serve(port: int, account_sid: str, auth_token: str, delay_s: float) -> None:
+    fake = FakeTwilio(account_sid, auth_token, callback_delay_s=delay_s)
     await fake.start(port)
     print(f"fake Twilio on {fake.url}", flush=True)
     await asyncio.Event().wait()
 
 
-if __name__ == "__main__":  # python -m hub.dev.fake_twilio PORT ACCOUNT_SID AUTH_TOKEN
-    asyncio.run(_serve(int(sys.argv[1]), sys.argv[2], sys.argv[3]))
+if __name__ == "__main__":  # python -m hub.dev.fake_twilio PORT SID TOKEN [CALLBACK_DELAY_S]
+    asyncio.run(_serve(int(sys.argv[1]), sys.argv[2], sys.argv[3],
+                       float(sys.argv[4]) if len(sys.argv) > 4 else 0.05))

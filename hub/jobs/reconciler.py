@@ -60,7 +60,7 @@ UNFINISHED_SQL = """
 SELECT s.id FROM sessions s
 WHERE s.ended_at IS NULL AND s.status IN ('queued', 'running', 'cancelled')
   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.session_id = s.id
-                  AND d.status NOT IN ('delivered', 'failed', 'cancelled'))
+                  AND d.status IN ('pending', 'in_progress', 'retry_scheduled'))
 """
 
 

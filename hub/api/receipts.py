@@ -1,0 +1,49 @@
+"""Group commit for provider callbacks: receipts that arrive together are applied in one
+transaction; each callback is answered only after its batch has committed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from hub.store import receipts
+from hub.transports.base import Result
+
+log = logging.getLogger(__name__)
+BATCH_MAX = 200
+BATCH_WAIT_S = 0.02
+
+
+class ReceiptBatcher:
+    def __init__(self, pool: asyncpg.Pool, report_base: str) -> None:
+        self.pool = pool
+        self.report_base = report_base
+        self.pending: list[tuple[str, Result, asyncio.Future[str]]] = []
+        self.flushing: asyncio.Task[None] | None = None
+
+    async def submit(self, provider_ref: str, result: Result) -> str:
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.pending.append((provider_ref, result, future))
+        if self.flushing is None or self.flushing.done():
+            self.flushing = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self.pending:
+            if len(self.pending) < BATCH_MAX:
+                await asyncio.sleep(BATCH_WAIT_S)
+            batch, self.pending = self.pending[:BATCH_MAX], self.pending[BATCH_MAX:]
+            try:
+                async with self.pool.acquire() as conn:
+                    done = await receipts.apply_many(
+                        conn, [(ref, result) for ref, result, _ in batch], self.report_base)
+            except (OSError, asyncpg.PostgresError) as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for ref, _, future in batch:
+                if not future.done():
+                    future.set_result(done.get(ref, "unknown"))
