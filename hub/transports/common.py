@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import aiohttp
 from redis.asyncio import Redis
 
 from hub.config import Settings
@@ -46,3 +47,13 @@ async def limiter_for(settings: Settings, transport_id: str, mps: float | None,
         yield Limiter(redis, transport_id, mps, daily_cap)
     finally:
         await redis.aclose()
+
+
+@asynccontextmanager
+async def http_with_limits(settings: Settings, transport_id: str, timeout_s: float,
+                           mps: float | None, daily_cap: int | None
+                           ) -> AsyncIterator[tuple[aiohttp.ClientSession, Limiter]]:
+    """An HTTP session with the transport's time limit, and its shared limiter."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http, \
+            limiter_for(settings, transport_id, mps, daily_cap) as limiter:
+        yield http, limiter

@@ -18,7 +18,7 @@ from hub.addresses import normalize_phone
 from hub.config import Settings
 from hub.instruction import TransportPart
 from hub.transports.base import Recipient, Result
-from hub.transports.common import http_failure, limiter_for, over_cap
+from hub.transports.common import http_failure, http_with_limits, over_cap
 from hub.transports.limits import Limiter
 from hub.transports.templating import json_path, render, render_each, valid_path
 
@@ -83,9 +83,8 @@ class ApiSpec:
     async def open(self, config: Mapping[str, Any], content: Mapping[str, Any],
                    settings: Settings, transport_id: str) -> AsyncIterator[ApiSender]:
         cfg = ApiConfig.model_validate(config)
-        timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as http, \
-                limiter_for(settings, transport_id, cfg.mps, cfg.daily_cap) as limiter:
+        async with http_with_limits(settings, transport_id, cfg.timeout_s, cfg.mps,
+                                    cfg.daily_cap) as (http, limiter):
             sender = ApiSender(cfg, content, http, limiter)
             try:
                 yield sender

@@ -16,7 +16,7 @@ from hub.config import Settings
 from hub.errors import detail
 from hub.instruction import TransportPart
 from hub.transports.base import Recipient, Result
-from hub.transports.common import http_failure, limiter_for, over_cap, retry_after_s
+from hub.transports.common import http_failure, http_with_limits, over_cap, retry_after_s
 from hub.transports.limits import Limiter
 
 CHANNEL = re.compile(r"^[#@]?[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -62,9 +62,8 @@ class SlackSpec:
     async def open(self, config: Mapping[str, Any], content: Mapping[str, Any],
                    settings: Settings, transport_id: str) -> AsyncIterator[SlackSender]:
         cfg = SlackConfig.model_validate(config)
-        timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as http, \
-                limiter_for(settings, transport_id, cfg.mps, cfg.daily_cap) as limiter:
+        async with http_with_limits(settings, transport_id, cfg.timeout_s, cfg.mps,
+                                    cfg.daily_cap) as (http, limiter):
             yield SlackSender(cfg, content, http, limiter)
 
 

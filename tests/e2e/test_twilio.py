@@ -61,8 +61,14 @@ async def test_invalid_number_not_retried_transient_errors_retried(
     assert (rows["+14155550104"]["status"], rows["+14155550104"]["attempts"]) == ("delivered", 3)
     status, body = await api.get(
         f"/v1/sessions/{created['sessionId']}/deliveries/%2B14155550104/attempts")
-    assert [a["outcome"] for a in body["items"]] == [
-        "temporary_failure", "temporary_failure", "delivered"]
+    tries = body["items"]
+    assert [a["outcome"] for a in tries] == ["temporary_failure", "temporary_failure", "delivered"]
+    from datetime import datetime
+
+    for before, after in zip(tries, tries[1:], strict=False):  # 0.02 min = 1.2 s apart
+        gap = (datetime.fromisoformat(after["startedAt"])
+               - datetime.fromisoformat(before["endedAt"])).total_seconds()
+        assert 1.2 <= gap <= 4.0, gap
 
 
 async def test_unicode_message_counts_ucs2_segments(
