@@ -248,3 +248,43 @@ async def test_webhook_receiver_down_is_retried_with_same_id(
         assert times[1] - times[0] >= 0.9 and times[2] - times[1] >= 1.9
     logged = await db.fetch("SELECT status_code FROM webhook_attempts ORDER BY id")
     assert sorted(r["status_code"] for r in logged) == [204, 204, 500, 500, 500, 500]
+
+
+async def test_html_cc_reply_to_and_attachment_by_url(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
+) -> None:
+    from aiohttp import web
+
+    from tests.helpers import free_port
+
+    async def pdf(request: web.Request) -> web.Response:
+        return web.Response(body=b"%PDF-1.4 agenda", content_type="application/pdf")
+
+    app = web.Application()
+    app.router.add_get("/agenda.pdf", pdf)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        _, sink = smtp_sink
+        procs.worker()
+        body = email(["rich@example.com"])
+        body["transport"]["extras"] = {
+            "html": "<p>Hello <b>there</b></p>", "cc": ["boss@example.com"],
+            "replyTo": "office@example.com",
+            "attachments": [{"url": f"http://127.0.0.1:{port}/agenda.pdf"}]}
+        created = await api.submit(body)
+        await api.wait_status(created["sessionId"])
+    finally:
+        await runner.cleanup()
+    got = {r.rcpt: r for r in sink.received}
+    assert set(got) == {"rich@example.com", "boss@example.com"}  # cc is on the envelope too
+    msg = got["rich@example.com"].message
+    assert msg["Cc"] == "boss@example.com" and msg["Reply-To"] == "office@example.com"
+    parts = {p.get_content_type(): p for p in msg.walk()}
+    assert "<b>there</b>" in parts["text/html"].get_payload(decode=True).decode()
+    assert parts["text/plain"].get_payload(decode=True).decode().strip() == "Body text"
+    attachment = parts["application/pdf"]
+    assert attachment.get_filename() == "agenda.pdf"
+    assert attachment.get_payload(decode=True) == b"%PDF-1.4 agenda"
