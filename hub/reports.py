@@ -99,6 +99,7 @@ def to_text(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"  {'address':<28} {'status':<16} {'att':>3}  {'outcome':<18} detail")
     for r in report["rows"]:
+        note = r["error"] or (f"listened {r['durationS']:.1f} s" if r["durationS"] else "")
         lines.append(f"  {r['address']:<28} {r['status']:<16} {r['attempts']:>3}  "
-                     f"{(r['outcome'] or '-'):<18} {r['error'] or ''}")
+                     f"{(r['outcome'] or '-'):<18} {note}")
     return "\n".join(lines)

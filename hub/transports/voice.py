@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+from pydantic import ValidationError
+
 from hub.addresses import normalize_phone
 from hub.config import Settings
 from hub.errors import detail
 from hub.instruction import TransportPart
 from hub.transports.base import Sender
 from hub.voice.menu import menu_problems
-from hub.voice.trunks import VoiceConfig
+from hub.voice.trunks import VoiceConfig, amd_override
 
 
 class VoiceSpec:
@@ -28,6 +30,11 @@ class VoiceSpec:
             problems.append(detail(["transport", "message"],
                                    "voice needs fileUrl (audio to play) or message (spoken)"))
         problems += menu_problems(part.extras)
+        try:
+            amd_override(part.extras)
+        except (ValidationError, TypeError):
+            problems.append(detail(["transport", "extras", "amd"],
+                                   'true, false or {"enabled": bool, "onMachine": "hangup" | "play"}'))
         return problems
 
     def normalize_address(self, address: str, region: str | None = None) -> str:

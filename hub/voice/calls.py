@@ -15,7 +15,7 @@ from hub.transports.base import Result
 from hub.voice.audio import Media
 from hub.voice.menu import Menu
 from hub.voice.outcomes import cause_text, classify
-from hub.voice.trunks import VoiceConfig
+from hub.voice.trunks import Amd, VoiceConfig
 
 CHANNEL_PREFIX = "hub-"
 MAIN_PLAYBACK = "main"
@@ -45,6 +45,7 @@ class SessionInfo:
     media: Media
     menu: Menu | None
     prompts: dict[str, Media] = field(default_factory=dict)
+    amd: Amd | None = None  # the session's override of the trunk's AMD setting
 
 
 @dataclass
@@ -70,6 +71,10 @@ class Call:
     def answered(self) -> bool:
         return self.up is not None
 
+    @property
+    def amd(self) -> Amd:
+        return self.session.amd or self.config.amd
+
     def playback_id(self, what: str) -> str:
         return f"{self.channel}.{what}.{len(self.dtmf)}"
 
@@ -79,7 +84,7 @@ class Call:
         talk = end - self.up if self.up is not None else 0.0
         verdict = classify(answered=self.answered, played=self.played, cause=cause,
                            sip_code=sip_code, machine=self.machine,
-                           play_to_machines=self.config.amd.on_machine == "play")
+                           play_to_machines=self.amd.on_machine == "play")
         info: dict[str, Any] = {
             "cause": cause, "causeText": cause_text(cause), "sipCode": sip_code,
             "ringS": round(ring, 2), "talkS": round(talk, 2), "dtmf": self.dtmf,

@@ -34,7 +34,7 @@ from hub.voice.ari import Ari, AriError
 from hub.voice.audio import AudioError, AudioStore, Media
 from hub.voice.calls import MAIN_PLAYBACK, Call, SessionInfo, attempt_of, channel_id, now_utc
 from hub.voice.menu import parse_menu
-from hub.voice.trunks import Pacer, VoiceConfig, next_window_start
+from hub.voice.trunks import Pacer, VoiceConfig, amd_override, next_window_start
 
 log = logging.getLogger(__name__)
 STASIS_APP = "hub"
@@ -166,7 +166,7 @@ class Controller:
                 endpoint=f"PJSIP/{cfg.dialled(address)}@{cfg.trunk}", channel_id=channel,
                 caller_id=cfg.caller_id, timeout_s=cfg.ring_timeout_s,
                 variables={"HUB_ATTEMPT": item.recipient.attempt_id, "HUB_SESSION": str(session.id)},
-                context="hub-amd" if cfg.amd.enabled else None,
+                context="hub-amd" if call.amd.enabled else "hub-outbound",
             )
         except AriError as exc:
             # The channel never existed: nothing was dialled, the attempt failed.
@@ -189,7 +189,8 @@ class Controller:
                 prompts[text] = await self.audio.prepare(None, text, language)
         info = SessionInfo(row["id"], row["app_id"], row["retries"],
                            list(row["retry_intervals_s"]),
-                           Media(row["media"]["name"], row["media"]["durationS"]), menu, prompts)
+                           Media(row["media"]["name"], row["media"]["durationS"]), menu, prompts,
+                           amd_override(row["instruction"].get("extras") or {}))
         self.sessions[session_id] = info
         return info
 
@@ -303,7 +304,7 @@ class Controller:
             call.up = time.monotonic()
         if args[:1] == ["amd"] and len(args) > 1 and args[1] == "MACHINE":
             call.machine = True
-            if call.config.amd.on_machine == "hangup":
+            if call.amd.on_machine == "hangup":
                 call.note = "answering machine detected; hung up"
                 await self._hangup(call)
                 return

@@ -109,3 +109,14 @@ def next_window_start(e164: str, window: CallingWindow, now: datetime) -> dateti
     if local.time() >= end:
         opens += timedelta(days=1)  # wall-clock arithmetic in the recipient's zone
     return opens
+
+
+def amd_override(extras: dict[str, object]) -> Amd | None:
+    """A session's `extras.amd`: true/false, or {"enabled", "onMachine"}; None to keep the
+    trunk's setting."""
+    raw = extras.get("amd")
+    if raw is None:
+        return None
+    if isinstance(raw, bool):
+        return Amd(enabled=raw)
+    return Amd.model_validate(raw)

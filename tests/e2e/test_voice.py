@@ -307,18 +307,20 @@ def _hub_json(*args: str, **env: str) -> Any:
     return json.loads(out.stdout)
 
 
-@pytest.mark.parametrize(("on_machine", "status"), [("hangup", "failed"), ("play", "delivered")])
+@pytest.mark.parametrize(("on_machine", "status", "per_session"),
+                         [("hangup", "failed", False), ("play", "delivered", True)])
 async def test_answering_machine_detected(
-    api: Api, phones: TestPhones, procs: Procs, on_machine: str, status: str,
+    api: Api, phones: TestPhones, procs: Procs, on_machine: str, status: str, per_session: bool,
 ) -> None:
+    amd = {"enabled": True, "onMachine": on_machine}
     http_status, trunk = await api.post("/v1/transports", {
         "name": "amd-trunk", "type": "voice", "config": {
-            "trunk": "trunk", "cps": 10, "ringTimeoutS": 5,
-            "amd": {"enabled": True, "onMachine": on_machine}}})
+            "trunk": "trunk", "cps": 10, "ringTimeoutS": 5, "amd": {} if per_session else amd}})
     assert http_status == 201, trunk
     procs.start("voice")
     created = await api.submit(voice([num(19), num(10)], message="Hello.", retries=2,
-                                     retryIntervalMinutes="0.02"))
+                                     retryIntervalMinutes="0.02",
+                                     extras={"amd": amd} if per_session else None))
     await api.wait_status(created["sessionId"], timeout_s=60)
     rows = await api.deliveries(created["sessionId"])
     machine = rows[num(19)]
