@@ -83,6 +83,11 @@ def build_spec() -> dict[str, Any]:
             "get": _op("List the do-not-contact list", params=("address", "limit", "cursor")),
         },
         "/v1/suppressions/{id}": {"delete": _op("Remove a suppression", ok="204", params=("id",))},
+        "/v1/callbacks/twilio/{id}": {"post": _op(
+            "Twilio status callback (X-Twilio-Signature checked)", ok="204", params=("id",),
+            auth=False)},
+        "/v1/callbacks/twilio/{id}/inbound": {"post": _op(
+            "Twilio inbound message; STOP opts out", params=("id",), auth=False)},
         "/healthz": {"get": _op("Liveness", auth=False)},
         "/readyz": {"get": _op("Readiness: PostgreSQL and Redis reachable", auth=False)},
         "/metrics": {"get": _op("Prometheus metrics", auth=False)},
