@@ -193,7 +193,9 @@ def tone(folder: Path, seconds: int) -> Path:
 
 
 async def main() -> dict[str, float]:
-    subprocess.run(["bash", str(ROOT / "scripts" / "asterisk.sh"), "up"], check=True)
+    script = str(ROOT / "scripts" / "asterisk.sh")
+    was_running = subprocess.call(["bash", script, "status"]) == 0
+    subprocess.run(["bash", script, "up"], check=True)
     work = Path(tempfile.mkdtemp(prefix="hub-bench-voice-"))
     for seconds in (1, 2, 40):
         tone(work, seconds)
@@ -264,7 +266,7 @@ async def main() -> dict[str, float]:
         hub.stop()
         phones.stop()
         server.shutdown()
-        subprocess.run(["bash", str(ROOT / "scripts" / "asterisk.sh"), "hangup-all"])
+        subprocess.run(["bash", script, "down" if not was_running else "hangup-all"])
     return results
 
 

@@ -288,3 +288,36 @@ async def test_html_cc_reply_to_and_attachment_by_url(
     attachment = parts["application/pdf"]
     assert attachment.get_filename() == "agenda.pdf"
     assert attachment.get_payload(decode=True) == b"%PDF-1.4 agenda"
+
+
+async def test_smtp_auth_from_the_transport_config(api: Api, procs: Procs) -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    from hub.dev.smtp import SmtpSink, free_port
+
+    logins: list[tuple[str, str]] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
+                      auth_data: Any) -> AuthResult:
+        logins.append((auth_data.login.decode(), auth_data.password.decode()))
+        return AuthResult(success=auth_data.password == b"s3cret-pw")
+
+    sink = SmtpSink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port, authenticator=authenticator,
+                            auth_require_tls=False)
+    controller.start()
+    try:
+        status, body = await api.post("/v1/transports", {"name": "auth", "type": "email",
+            "config": {"host": "127.0.0.1", "port": port, "from": "a@example.com",
+                       "username": "hub", "password": "s3cret-pw"}})
+        assert status == 201, body
+        procs.worker()
+        created = await api.submit(email(["auth@example.com"]))
+        done = await api.wait_status(created["sessionId"])
+    finally:
+        controller.stop()
+    assert done["counts"] == {"delivered": 1}
+    assert logins == [("hub", "s3cret-pw")]  # the write-only password reached the server
+    assert [r.rcpt for r in sink.received] == ["auth@example.com"]

@@ -63,3 +63,21 @@ def test_ip_literals_checked_before_connecting() -> None:
     with pytest.raises(BlockedURL):
         check_url(URL("file:///etc/passwd"), allow_private=True)
     check_url(URL("http://example.com/x"), allow_private=False)
+
+
+async def test_resolver_drops_private_addresses_of_names() -> None:
+    from hub.net import GuardedResolver
+
+    with pytest.raises(OSError, match="private"):
+        await GuardedResolver(allow_private=False).resolve("localhost", 80)
+    found = await GuardedResolver(allow_private=True).resolve("localhost", 80)
+    assert found and all(r["host"] in ("127.0.0.1", "::1") for r in found)
+
+
+async def test_guarded_fetch_refuses_loopback_by_name_and_literal() -> None:
+    from hub.net import FetchError, fetch, guarded_session
+
+    async with guarded_session(allow_private=False) as http:
+        for url in ("http://localhost:9/x", "http://127.0.0.1:9/x", "http://[::1]:9/x"):
+            with pytest.raises((FetchError, BlockedURL)):
+                await fetch(http, url, allow_private=False, max_bytes=100, timeout_s=2)
