@@ -327,3 +327,30 @@ async def test_answering_machine_detected(
     assert (machine["outcome"], machine["status"], machine["attempts"]) == ("machine", status, 1)
     assert machine["detail"]["amd"] == "MACHINE"
     assert rows[num(10)]["outcome"] == "answered"  # a silent listener is not a machine
+
+
+async def test_calling_window_defers_without_spending_an_attempt(
+    api: Api, phones: TestPhones, procs: Procs,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    local = datetime.now(UTC).astimezone(ZoneInfo("Asia/Kathmandu"))
+    start, end = local + timedelta(hours=2), local + timedelta(hours=3)
+    if end.date() != start.date():  # keep the window inside one local day
+        start, end = local - timedelta(hours=3), local - timedelta(hours=2)
+    window = {"start": start.strftime("%H:%M"), "end": end.strftime("%H:%M")}
+    status, body = await api.post("/v1/transports", {"name": "windowed", "type": "voice",
+        "config": {"trunk": "trunk", "callingWindow": window}})
+    assert status == 201, body
+    procs.start("voice")
+    created = await api.submit(voice([num(10)], message="Not now."))
+
+    async def deferred() -> dict[str, Any] | None:
+        row = (await api.deliveries(created["sessionId"]))[num(10)]
+        return row if row["status"] == "retry_scheduled" else None
+    row = await eventually(deferred, 20, "the delivery to wait for the window")
+    assert row["attempts"] == 0 and "outside the calling window" in row["error"]
+    opens = datetime.fromisoformat(row["nextAttemptAt"]).astimezone(ZoneInfo("Asia/Kathmandu"))
+    assert opens.strftime("%H:%M") == window["start"] and opens > datetime.now(UTC)
+    assert phones.rtp.summary() == []

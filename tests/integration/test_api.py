@@ -185,3 +185,24 @@ async def test_unknown_route_is_json_404(api: Api) -> None:
     assert status == 404 and err["error_id"] == "not-found"
     status, err = await api.get("/v1/sessions/not-a-uuid")
     assert status == 404 and err["error_id"] == "session-not-found"
+
+
+async def test_idempotency_key_while_the_first_request_runs_is_409(
+    api: Api, email_transport: dict[str, Any], db: Any,
+) -> None:
+    import asyncio
+
+    big = {**GOOD, "audience": [f"user{i}@example.com" for i in range(60_000)],
+           "options": {"trigger": "manual"}}
+    headers = {"Idempotency-Key": "slow-1"}
+    first = asyncio.create_task(api.post("/v1/sessions", big, headers=headers))
+    await asyncio.sleep(0.15)
+    second = await api.call("POST", "/v1/sessions", big, headers=headers)
+    status, body = second
+    assert status == 409 and body["error_id"] == "idempotency-in-progress"
+    assert api.last_headers.get("Retry-After") == "1"
+    status, created = await first
+    assert status == 201
+    status, replay = await api.post("/v1/sessions", big, headers=headers)
+    assert status == 201 and replay == created
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 1
