@@ -32,6 +32,7 @@ system() {
     have debootstrap || apt_install debootstrap
     have mountpoint || apt_install util-linux
     have perl || apt_install perl
+    have pgrep || apt_install procps
 }
 
 python_env() {
