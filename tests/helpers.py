@@ -86,14 +86,22 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout_s: float,
         await asyncio.sleep(0.1)
 
 
+async def local_server(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve `app` on a free loopback port: (runner to clean up, base URL)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
 class WebhookReceiver:
     """A local HTTP endpoint that records every request; `fail_next` answers 500 first."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[dict[str, str], bytes, float]] = []
         self.fail_next = 0
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.url = ""
         self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -107,9 +115,8 @@ class WebhookReceiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._runner, base = await local_server(app)
+        self.url = f"{base}/hook"
 
     async def stop(self) -> None:
         if self._runner:

@@ -255,17 +255,14 @@ async def test_html_cc_reply_to_and_attachment_by_url(
 ) -> None:
     from aiohttp import web
 
-    from tests.helpers import free_port
+    from tests.helpers import local_server
 
     async def pdf(request: web.Request) -> web.Response:
         return web.Response(body=b"%PDF-1.4 agenda", content_type="application/pdf")
 
     app = web.Application()
     app.router.add_get("/agenda.pdf", pdf)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, base = await local_server(app)
     try:
         _, sink = smtp_sink
         procs.worker()
@@ -273,7 +270,7 @@ async def test_html_cc_reply_to_and_attachment_by_url(
         body["transport"]["extras"] = {
             "html": "<p>Hello <b>there</b></p>", "cc": ["boss@example.com"],
             "replyTo": "office@example.com",
-            "attachments": [{"url": f"http://127.0.0.1:{port}/agenda.pdf"}]}
+            "attachments": [{"url": f"{base}/agenda.pdf"}]}
         created = await api.submit(body)
         await api.wait_status(created["sessionId"])
     finally:

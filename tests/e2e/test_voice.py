@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import ROOT, Procs, TestPhones
-from tests.helpers import Api, eventually, free_port
+from tests.helpers import Api, eventually, local_server
 
 pytestmark = pytest.mark.e2e
 NUMBER = "+97798123456{:02d}"  # Nepali mobiles; the last digit picks the phone's behaviour
@@ -51,11 +51,8 @@ async def media(tone: dict[str, bytes]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/{name}", serve)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
+    runner, base = await local_server(app)
+    yield base
     await runner.cleanup()
 
 
