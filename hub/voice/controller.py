@@ -32,7 +32,8 @@ from hub.store.deliveries import Claimed, Outcome
 from hub.transports.base import Recipient, Result
 from hub.voice.ari import Ari, AriError
 from hub.voice.audio import AudioError, AudioStore, Media
-from hub.voice.calls import MAIN_PLAYBACK, Call, SessionInfo, attempt_of, channel_id, now_utc
+from hub.voice.calls import Call, SessionInfo, attempt_of, channel_id, now_utc
+from hub.voice.flow import CallFlow
 from hub.voice.menu import parse_menu
 from hub.voice.trunks import Pacer, VoiceConfig, amd_override, next_window_start
 
@@ -67,6 +68,7 @@ class Controller:
         self.sessions: dict[uuid.UUID, SessionInfo] = {}
         self.stopping = asyncio.Event()
         self.setup_times: list[float] = []
+        self.flow = CallFlow(ari, pool)
         ari.on_event = self.on_event
         ari.on_connect = self.reconcile
 
@@ -241,7 +243,7 @@ class Controller:
                     await self._record(call, call.result(None, None))
                 continue
             call.note = "the call lasted too long; hung up"
-            await self._hangup(call)
+            await self.flow.hangup(call)
 
     async def _publish(self) -> None:
         """Live figures for /metrics: active calls per trunk, call setup time."""
@@ -262,7 +264,7 @@ class Controller:
                 if call.menu_deadline is not None and now >= call.menu_deadline:
                     call.menu_deadline = None
                     call.menu = None
-                    await self._hangup(call)
+                    await self.flow.hangup(call)
 
     # ---- events ----------------------------------------------------------------------
 
@@ -272,116 +274,24 @@ class Controller:
             target = event["playback"].get("target_uri", "")
             call = self.calls.get(target.removeprefix("channel:"))
             if call is not None:
-                await self._playback_finished(call, event["playback"])
+                await self.flow.playback_finished(call, event["playback"])
             return
         channel = event.get("channel") or {}
         call = self.calls.get(channel.get("id", ""))
         if kind == "StasisStart":
-            await self._stasis_start(call, channel, event.get("args") or [])
+            await self.flow.stasis_start(call, channel, event.get("args") or [])
         elif call is None:
             return
         elif kind == "ChannelStateChange" and channel.get("state") == "Up" and call.up is None:
             call.up = time.monotonic()
             self.setup_times.append(call.up - call.started)
         elif kind == "ChannelDtmfReceived":
-            await self._dtmf(call, event.get("digit", ""))
+            await self.flow.dtmf(call, event.get("digit", ""))
         elif kind == "ChannelDestroyed":
             call.ended = time.monotonic()
             self._forget(call)
             sip = event.get("tech_cause")
             await self._record(call, call.result(event.get("cause"), int(sip) if sip else None))
-
-    async def _stasis_start(self, call: Call | None, channel: dict[str, Any],
-                            args: list[str]) -> None:
-        if args[:1] == ["inbound"]:
-            log.info("inbound call to %s from %s", args[1] if len(args) > 1 else "?",
-                     (channel.get("caller") or {}).get("number"))
-            await self._quietly(self.ari.request("POST", f"/channels/{channel['id']}/continue"))
-            return
-        if call is None:
-            return  # not ours (or already recorded): leave it to its owner
-        if call.up is None:
-            call.up = time.monotonic()
-        if args[:1] == ["amd"] and len(args) > 1 and args[1] == "MACHINE":
-            call.machine = True
-            if call.amd.on_machine == "hangup":
-                call.note = "answering machine detected; hung up"
-                await self._hangup(call)
-                return
-        await self._play(call, call.session.media, MAIN_PLAYBACK)
-
-    async def _resume_playback(self, call: Call) -> None:
-        """An adopted call that is up: follow its playback, or play from the start if
-        none is running (what it heard while we were away is unknown)."""
-        playing = call.playback_id(MAIN_PLAYBACK)
-        try:
-            await self.ari.request("GET", f"/playbacks/{playing}")
-            call.playing = playing
-        except AriError:
-            await self._play(call, call.session.media, MAIN_PLAYBACK)
-
-    async def _play(self, call: Call, media: Media, what: str) -> None:
-        call.playing = call.playback_id(what)
-        try:
-            await self.ari.play(call.channel, media.uri, call.playing)
-        except AriError as exc:
-            if exc.status != 404:
-                log.warning("playback on %s failed: %s", call.channel, exc)
-                await self._hangup(call)
-
-    async def _playback_finished(self, call: Call, playback: dict[str, Any]) -> None:
-        if playback.get("id") != call.playing:
-            return
-        call.playing = None
-        done = playback.get("state") == "done"
-        if ".main." in playback["id"]:
-            call.played = done
-            if done and call.session.menu is not None:
-                await self._enter_menu(call, call.session.menu)
-                return
-        if done and call.after_playback == "menu" and call.menu is not None:
-            call.menu_deadline = time.monotonic() + call.menu.timeout_s
-            return
-        if done:
-            await self._hangup(call)
-
-    async def _enter_menu(self, call: Call, menu: Any) -> None:
-        call.menu = menu
-        if menu.prompt:
-            call.after_playback = "menu"
-            await self._play(call, call.session.prompts[menu.prompt], "prompt")
-        else:
-            call.menu_deadline = time.monotonic() + menu.timeout_s
-
-    async def _dtmf(self, call: Call, digit: str) -> None:
-        call.dtmf += digit
-        menu = call.menu
-        if menu is None or digit not in menu.options:
-            return
-        option = menu.options[digit]
-        call.menu, call.menu_deadline = None, None
-        if option.opt_out:
-            async with self.pool.acquire() as conn:
-                await suppressions.add_one(conn, call.session.app_id, call.claimed.recipient.address,
-                                           "voice", "opted out by DTMF during a call")
-        if option.menu is not None:
-            call.menu = option.menu
-        call.after_playback = "menu" if option.menu is not None else "hangup"
-        if option.say:
-            await self._play(call, call.session.prompts[option.say], "say")
-        elif option.menu is not None:
-            await self._enter_menu(call, option.menu)
-        else:
-            await self._hangup(call)
-
-    async def _hangup(self, call: Call) -> None:
-        await self._quietly(self.ari.hangup(call.channel))
-
-    async def _quietly(self, coro: Any) -> None:
-        try:
-            await coro
-        except AriError as exc:
-            log.info("ARI: %s", exc)
 
     # ---- recording -------------------------------------------------------------------
 
@@ -444,7 +354,7 @@ class Controller:
             log.info("voice: adopted live call %s", call.channel)
             if live.get("state") == "Up":
                 call.up = time.monotonic()
-                await self._resume_playback(call)
+                await self.flow.resume_playback(call)
             return
         call.note = LOST_NOTE
         await self._record(call, call.result(None, None))

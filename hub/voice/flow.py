@@ -1,0 +1,116 @@
+"""What happens on an answered call, driven by its ARI events: play the message (or not,
+for a machine), run the DTMF menu, opt the callee out, hang up. The controller records
+the call when it ends; this module only moves it along."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import asyncpg
+
+from hub.store import suppressions
+from hub.voice.ari import Ari, AriError
+from hub.voice.audio import Media
+from hub.voice.calls import MAIN_PLAYBACK, Call
+
+log = logging.getLogger(__name__)
+
+
+class CallFlow:
+    def __init__(self, ari: Ari, pool: asyncpg.Pool) -> None:
+        self.ari = ari
+        self.pool = pool
+
+    async def stasis_start(self, call: Call | None, channel: dict[str, Any],
+                            args: list[str]) -> None:
+        if args[:1] == ["inbound"]:
+            log.info("inbound call to %s from %s", args[1] if len(args) > 1 else "?",
+                     (channel.get("caller") or {}).get("number"))
+            await self.quietly(self.ari.request("POST", f"/channels/{channel['id']}/continue"))
+            return
+        if call is None:
+            return  # not ours (or already recorded): leave it to its owner
+        if call.up is None:
+            call.up = time.monotonic()
+        if args[:1] == ["amd"] and len(args) > 1 and args[1] == "MACHINE":
+            call.machine = True
+            if call.amd.on_machine == "hangup":
+                call.note = "answering machine detected; hung up"
+                await self.hangup(call)
+                return
+        await self._play(call, call.session.media, MAIN_PLAYBACK)
+
+    async def resume_playback(self, call: Call) -> None:
+        """An adopted call that is up: follow its playback, or play from the start if
+        none is running (what it heard while we were away is unknown)."""
+        playing = call.playback_id(MAIN_PLAYBACK)
+        try:
+            await self.ari.request("GET", f"/playbacks/{playing}")
+            call.playing = playing
+        except AriError:
+            await self._play(call, call.session.media, MAIN_PLAYBACK)
+
+    async def _play(self, call: Call, media: Media, what: str) -> None:
+        call.playing = call.playback_id(what)
+        try:
+            await self.ari.play(call.channel, media.uri, call.playing)
+        except AriError as exc:
+            if exc.status != 404:
+                log.warning("playback on %s failed: %s", call.channel, exc)
+                await self.hangup(call)
+
+    async def playback_finished(self, call: Call, playback: dict[str, Any]) -> None:
+        if playback.get("id") != call.playing:
+            return
+        call.playing = None
+        done = playback.get("state") == "done"
+        if ".main." in playback["id"]:
+            call.played = done
+            if done and call.session.menu is not None:
+                await self._enter_menu(call, call.session.menu)
+                return
+        if done and call.after_playback == "menu" and call.menu is not None:
+            call.menu_deadline = time.monotonic() + call.menu.timeout_s
+            return
+        if done:
+            await self.hangup(call)
+
+    async def _enter_menu(self, call: Call, menu: Any) -> None:
+        call.menu = menu
+        if menu.prompt:
+            call.after_playback = "menu"
+            await self._play(call, call.session.prompts[menu.prompt], "prompt")
+        else:
+            call.menu_deadline = time.monotonic() + menu.timeout_s
+
+    async def dtmf(self, call: Call, digit: str) -> None:
+        call.dtmf += digit
+        menu = call.menu
+        if menu is None or digit not in menu.options:
+            return
+        option = menu.options[digit]
+        call.menu, call.menu_deadline = None, None
+        if option.opt_out:
+            async with self.pool.acquire() as conn:
+                await suppressions.add_one(conn, call.session.app_id, call.claimed.recipient.address,
+                                           "voice", "opted out by DTMF during a call")
+        if option.menu is not None:
+            call.menu = option.menu
+        call.after_playback = "menu" if option.menu is not None else "hangup"
+        if option.say:
+            await self._play(call, call.session.prompts[option.say], "say")
+        elif option.menu is not None:
+            await self._enter_menu(call, option.menu)
+        else:
+            await self.hangup(call)
+
+    async def hangup(self, call: Call) -> None:
+        await self.quietly(self.ari.hangup(call.channel))
+
+    async def quietly(self, coro: Any) -> None:
+        try:
+            await coro
+        except AriError as exc:
+            log.info("ARI: %s", exc)
