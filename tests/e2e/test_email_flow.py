@@ -182,8 +182,11 @@ async def test_cancel_mid_session_stops_new_attempts(
     await eventually(lambda: _async(len(sink.refused) >= 300), 30, "first attempts")
     status, body = await api.post(f"/v1/sessions/{sid}/cancel")
     assert status == 202 and body["status"] == "cancelled"
-    done = await api.wait_status(sid, ("cancelled",))
-    await eventually(lambda: _async(done.get("endedAt") or None), 1, "ended")
+    await api.wait_status(sid, ("cancelled",))
+
+    async def ended() -> bool:  # in-flight attempts finish, then the session closes
+        return bool((await api.session(sid))["endedAt"])
+    await eventually(ended, 20, "the cancelled session to end")
     assert sink.received == []
     rows = await api.deliveries(sid)
     assert {r["status"] for r in rows.values()} == {"cancelled"}

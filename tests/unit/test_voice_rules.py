@@ -57,7 +57,7 @@ async def test_pacer_spaces_calls_exactly() -> None:
     for _ in range(26):
         await pacer.wait()
         stamps.append(time.monotonic() - start)
-    assert 0.48 <= stamps[-1] <= 0.6  # 25 gaps of 20 ms
+    assert 0.48 <= stamps[-1] <= 0.8  # 25 gaps of 20 ms (upper bound: a loaded machine)
     assert min(b - a for a, b in zip(stamps, stamps[1:], strict=False)) >= 0.015
 
 
@@ -65,7 +65,7 @@ async def test_pacer_is_shared_fairly_by_concurrent_callers() -> None:
     pacer = Pacer(cps=100)
     start = time.monotonic()
     await asyncio.gather(*(pacer.wait() for _ in range(51)))
-    assert 0.45 <= time.monotonic() - start <= 0.65
+    assert 0.45 <= time.monotonic() - start <= 0.8
 
 
 def test_calling_window_in_the_recipients_zone() -> None:
