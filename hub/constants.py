@@ -33,7 +33,6 @@ O_DELIVERED: Final = "delivered"
 O_TEMPORARY: Final = "temporary_failure"
 O_PERMANENT: Final = "permanent_failure"
 O_SUPPRESSED: Final = "suppressed"
-O_INTERRUPTED: Final = "interrupted"
 
 API_KEY_PREFIX: Final = "hub_"
 WEBHOOK_SECRET_PREFIX: Final = "whsec_"

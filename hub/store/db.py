@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from importlib import resources
-from typing import Any, TypeAlias
+from typing import TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -92,6 +92,3 @@ async def migrate(dsn: str) -> list[str]:
         await conn.close()
     return applied
 
-
-def record(row: asyncpg.Record | None) -> dict[str, Any] | None:
-    return dict(row) if row is not None else None

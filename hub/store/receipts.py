@@ -87,11 +87,6 @@ async def _settle(conn: asyncpg.Connection, items: list[tuple[Any, Result]]) -> 
     await outbox.add_delivery_events(conn, final)
 
 
-async def apply(conn: asyncpg.Connection, provider_ref: str, result: Result,
-                report_base: str) -> str:
-    return (await apply_many(conn, [(provider_ref, result)], report_base))[provider_ref]
-
-
 async def expire(conn: asyncpg.Connection, report_base: str) -> int:
     """Deliveries whose receipt deadline passed: the timeout says delivered (unconfirmed)."""
     refs = await conn.fetch(

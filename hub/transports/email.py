@@ -38,7 +38,7 @@ class EmailConfig(BaseModel):
     password: str | None = None
     from_: str = Field(alias="from")
     security: Literal["none", "starttls", "tls"] = "none"
-    timeout_s: float = Field(default=30.0, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)  # None: HUB_SMTP_TIMEOUT_S
     max_connections: int = Field(default=10, ge=1, le=200)
 
 
@@ -80,6 +80,8 @@ class EmailSpec:
         transport_id: str,
     ) -> AsyncIterator[SmtpSender]:
         cfg = EmailConfig.model_validate(config)
+        if cfg.timeout_s is None:
+            cfg = cfg.model_copy(update={"timeout_s": settings.smtp_timeout_s})
         attachments = await _fetch_attachments(content, settings)
         sender = SmtpSender(cfg, content, attachments, settings.send_concurrency)
         try:

@@ -47,7 +47,6 @@ class Ari:
         self.connected = asyncio.Event()
         self.on_event: EventHandler | None = None
         self.on_connect: Hook | None = None
-        self.on_disconnect: Hook | None = None
         self._closing = False
 
     async def start(self) -> None:
@@ -81,15 +80,12 @@ class Ari:
             raise AriError(0, f"{type(exc).__name__}: {exc}") from exc
 
     async def originate(self, *, endpoint: str, channel_id: str, caller_id: str | None,
-                        timeout_s: int, variables: dict[str, str], app_args: str = "",
-                        context: str | None = None) -> Any:
-        params: dict[str, Any] = {"endpoint": endpoint, "channelId": channel_id,
-                                  "callerId": caller_id, "timeout": timeout_s}
-        if context:
-            params.update(context=context, extension="s", priority=1)
-        else:
-            params.update(app=self.app, appArgs=app_args)
-        return await self.request("POST", "/channels", json={"variables": variables}, **params)
+                        timeout_s: int, variables: dict[str, str], context: str) -> Any:
+        """Dial into a dialplan context (extension `s`); the call reaches Stasis there."""
+        return await self.request(
+            "POST", "/channels", json={"variables": variables}, endpoint=endpoint,
+            channelId=channel_id, callerId=caller_id, timeout=timeout_s, context=context,
+            extension="s", priority=1)
 
     async def hangup(self, channel_id: str, reason: str = "normal") -> None:
         try:
@@ -131,10 +127,7 @@ class Ari:
                 if failures == 0:
                     log.warning("ARI unreachable: %s", exc)
             finally:
-                if self.connected.is_set():
-                    self.connected.clear()
-                    if self.on_disconnect:
-                        await self.on_disconnect()
+                self.connected.clear()
             await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
             failures += 1
 
