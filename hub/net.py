@@ -27,7 +27,15 @@ class BlockedURL(Exception):
 
 
 class FetchError(Exception):
-    """A fetch failed: status, size, type or time limit. The message says which."""
+    """A fetch failed: status, size, type or time limit. The message says which.
+
+    `transient`: another try later may succeed (timeout, connection trouble, HTTP 5xx,
+    408, 429); otherwise the content is unusable as given (4xx, type, size, redirects).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def address_allowed(host: str, allow_private: bool) -> bool:
@@ -102,7 +110,8 @@ async def fetch(
                     target = target.join(URL(resp.headers["Location"]))
                     continue
                 if resp.status != 200:
-                    raise FetchError(f"{url}: HTTP {resp.status}")
+                    raise FetchError(f"{url}: HTTP {resp.status}",
+                                     transient=resp.status >= 500 or resp.status in (408, 429))
                 ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 if accept and not any(ctype.startswith(a) for a in accept):
                     raise FetchError(f"{url}: content type {ctype or 'missing'} not accepted")
@@ -115,5 +124,5 @@ async def fetch(
                         raise FetchError(f"{url}: larger than {max_bytes} bytes")
                 return Fetched(bytes(body), ctype, str(target))
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise FetchError(f"{url}: {exc or type(exc).__name__}") from exc
+            raise FetchError(f"{url}: {exc or type(exc).__name__}", transient=True) from exc
     raise FetchError(f"{url}: more than {MAX_REDIRECTS} redirects")

@@ -29,6 +29,7 @@ from tests.helpers import Api, WebhookReceiver, free_port
 ROOT = Path(__file__).resolve().parent.parent
 DB_URL = os.environ.get("HUB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/hub_test")
 REDIS_URL = os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+DB_NAME = DB_URL.rsplit("/", 1)[1]
 TABLES = ("webhook_attempts", "webhook_events", "attempts", "deliveries", "sessions",
           "idempotency_keys", "suppressions", "transports", "api_keys", "apps")
 
@@ -57,7 +58,7 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     conn = await asyncpg.connect(DB_URL.rsplit("/", 1)[0] + "/postgres")
-    await conn.execute("DROP DATABASE IF EXISTS hub_test WITH (FORCE)")
+    await conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
     await conn.close()
     await migrate(DB_URL)
     pool = await create_pool(DB_URL, max_size=5)
