@@ -42,7 +42,7 @@ UPDATE deliveries d
 SET status = 'in_progress', attempts = d.attempts + 1, last_attempt_at = now(),
     next_attempt_at = NULL, lease_until = now() + make_interval(secs => $3), claimed_by = $5
 FROM due WHERE d.id = due.id
-RETURNING d.id, d.address, d.attempts, d.tries, d.session_id
+RETURNING d.id, d.address, d.attempts, d.tries, d.session_id, d.role
 """
 
 
@@ -75,7 +75,7 @@ async def open_attempts(conn: asyncpg.Connection, rows: Sequence[Any]) -> list[C
         ids, [r["id"] for r in rows], [r["attempts"] for r in rows],
     )
     return [
-        Claimed(Recipient(r["id"], str(aid), r["attempts"], r["address"]), r["tries"])
+        Claimed(Recipient(r["id"], str(aid), r["attempts"], r["address"], r["role"]), r["tries"])
         for r, aid in zip(rows, ids, strict=True)
     ]
 

@@ -25,6 +25,7 @@ class Recipient:
     attempt_id: str
     attempt: int
     address: str
+    role: str = "to"  # "to": one of the audience; "cc"/"bcc": the session's single copy
 
 
 @dataclass(frozen=True)
