@@ -1,156 +1,146 @@
-"""The delivery engine shared by every queued transport.
+"""The delivery job shared by every queued transport: one RQ job serves one session.
 
-One RQ job works on one session: it claims due deliveries in batches (lease, SKIP
-LOCKED), sends each batch concurrently through the transport's sender, and records
-results in small chunks as they arrive, so that a killed worker loses at most one chunk's
-knowledge (those recipients are attempted again after the lease, and their earlier
-attempt is marked `interrupted`).
+It marks its job slot, opens the transport's sender (preparing the session's content,
+e.g. its attachments), runs the send pipeline (`pipeline.py`) until nothing is due, its
+turn is over or its time is up, then releases the slot and schedules the session's next
+due work. A session whose content cannot be prepared for now (a transient fetch error) is
+postponed with a growing delay, without spending any recipient's tries; content that can
+never be used fails the session's remaining deliveries with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import replace
-from datetime import UTC, datetime
+from contextlib import AsyncExitStack
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from hub import constants as c
 from hub.config import Settings, load_settings
+from hub.jobs.pipeline import Pipeline
 from hub.jobs.queueing import Kicker
-from hub.jobs.retry import decide, when_cancelled
+from hub.jobs.slots import Slot, Turn
 from hub.net import BlockedURL, FetchError
-from hub.store import deliveries, sessions, suppressions
+from hub.store import deliveries, sessions
 from hub.store import transports as transports_store
 from hub.store.db import create_pool
-from hub.store.deliveries import Claimed, Outcome
-from hub.transports.base import Result, Sender
 from hub.transports.registry import sending_spec
 
 log = logging.getLogger(__name__)
 
 
-def deliver_session(session_id: str) -> dict[str, Any]:
+def deliver_session(session_id: str, slot: int | None = None) -> dict[str, Any]:
     """RQ entry point (runs in the worker; RQ gives each job a fresh event loop)."""
     settings = load_settings()
-    return asyncio.run(_deliver(settings, uuid.UUID(session_id)))
+    return asyncio.run(_deliver(settings, uuid.UUID(session_id), slot))
 
 
-async def _deliver(settings: Settings, session_id: uuid.UUID) -> dict[str, Any]:
-    pool = await create_pool(settings.database_url, min_size=1, max_size=3)
+async def _deliver(settings: Settings, session_id: uuid.UUID, slot_no: int | None) -> dict[str, Any]:
     redis = Redis.from_url(settings.redis_url)
+    aredis = AsyncRedis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    slot = Slot(aredis, str(session_id), slot_no)
     try:
-        engine = Engine(settings, pool, Kicker(redis))
-        return await engine.run(session_id)
+        if not await slot.take():
+            return {"sent": 0, "reason": "other jobs serve this session"}
+        pool = await create_pool(settings.database_url, min_size=1, max_size=3)
+        try:
+            engine = Engine(settings, pool, Kicker(redis), aredis)
+            return await engine.run(session_id, slot)
+        finally:
+            await pool.close()
     finally:
-        await pool.close()
+        await slot.release()
+        await aredis.aclose()
         redis.close()
 
 
 class Engine:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, kicker: Kicker) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, kicker: Kicker,
+                 redis: AsyncRedis) -> None:
         self.settings = settings
         self.pool = pool
         self.kicker = kicker
+        self.redis = redis
+        self.owner = f"job:{uuid.uuid4().hex}"
 
-    async def run(self, session_id: uuid.UUID) -> dict[str, Any]:
+    async def run(self, session_id: uuid.UUID, slot: Slot) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             session = await _activate(conn, session_id)
         if session is None:
             return {"sent": 0, "reason": "session not active"}
-        sent = 0
+        turn = Turn(self.redis, session["transport_type"], str(session["id"]))
         try:
-            sent = await self._work(session)
-        except (FetchError, BlockedURL) as exc:
-            async with self.pool.acquire() as conn:
-                await deliveries.fail_all(conn, session_id, f"session content unusable: {exc}")
-        await self._follow_up(session)
+            sent = await self._work(session, turn)
+        finally:
+            await slot.release()  # before the follow-up, so that it can start the next job
+        parallel = 1
+        if turn.yielded:  # other sessions wait: this one's waiting jobs go behind them
+            parallel += await asyncio.to_thread(self.kicker.to_back, str(session["id"]),
+                                                session["transport_type"])
+        await self._follow_up(session, parallel)
         return {"sent": sent}
 
-    async def _work(self, session: Any) -> int:
+    async def _work(self, session: Any, turn: Turn) -> int:
         transport = await transports_store.get_full(self.pool, session["transport_id"])
         if transport is None:
-            raise FetchError("the session's transport was deleted")
+            await self._unusable(session, "the session's transport was deleted", transient=False)
+            return 0
         spec = sending_spec(transport["type"])
-        async with spec.open(transport["full_config"], session["instruction"], self.settings,
-                             str(transport["id"])) as sender:
-            return await self._pipeline(session, sender)
-
-    async def _pipeline(self, session: Any, sender: Sender) -> int:
-        """Claim in batches while `send_concurrency` senders stay busy; record as results come.
-
-        A claim is sized so that its recipients are all sent well within the lease: it
-        starts small and grows with the throughput measured so far.
-        """
-        settings = self.settings
-        workers = settings.send_concurrency
-        queue: asyncio.Queue[tuple[Claimed, bool] | None] = asyncio.Queue(maxsize=workers)
-        recorder = _Recorder(self.pool, session)
-        started = time.monotonic()
-        deadline = started + settings.job_max_s
-        sent = 0
-
-        async def produce() -> None:
+        async with AsyncExitStack() as stack:
             try:
-                while time.monotonic() < deadline:
-                    rate = sent / max(time.monotonic() - started, 0.001)
-                    size = int(min(settings.batch_size, max(2 * workers, rate * settings.lease_s / 4)))
-                    batch, blocked = await self._claim(session, size)
-                    if not batch:
-                        return
-                    for item in batch:
-                        await queue.put((item, item.recipient.address in blocked))
-            finally:
-                for _ in range(workers):
-                    await queue.put(None)
+                sender = await stack.enter_async_context(spec.open(
+                    transport["full_config"], session["instruction"], self.settings,
+                    str(transport["id"])))
+            except (FetchError, BlockedURL, ValidationError, ValueError) as exc:
+                await self._unusable(session, str(exc),
+                                     transient=isinstance(exc, FetchError) and exc.transient)
+                return 0
+            except Exception as exc:  # an unforeseen error preparing the content: try later
+                log.exception("preparing session %s failed", session["id"])
+                await self._unusable(session, f"{type(exc).__name__}: {exc}", transient=True)
+                return 0
+            if session["prepare_failures"]:
+                await self.pool.execute(
+                    "UPDATE sessions SET prepare_failures = 0 WHERE id = $1", session["id"])
+            pipeline = Pipeline(self.pool, session, sender, self.settings, self.owner, turn.over)
+            return await pipeline.run()
+        return 0  # pragma: no cover (the context manager does not swallow exceptions)
 
-        async def consume() -> None:
-            nonlocal sent
-            while (job := await queue.get()) is not None:
-                item, is_blocked = job
-                if is_blocked:
-                    result = Result(c.O_SUPPRESSED, error="address is on the do-not-contact list")
-                else:
-                    result = await sender.send(item.recipient)
-                    sent += 1
-                await recorder.add(item, result)
-
-        flusher = asyncio.create_task(recorder.run())
-        try:
-            await asyncio.gather(produce(), *(consume() for _ in range(workers)))
-        finally:
-            await recorder.close()
-            await flusher
-        return sent
-
-    async def _claim(self, session: Any, size: int) -> tuple[list[Claimed], set[str]]:
+    async def _unusable(self, session: Any, reason: str, *, transient: bool) -> None:
+        """The session's content cannot be used: postpone its work, or fail it."""
         async with self.pool.acquire() as conn:
-            batch = await deliveries.claim(conn, session["id"], size, self.settings.lease_s)
-            if not batch:
-                return [], set()
-            blocked = await suppressions.suppressed(
-                conn, session["app_id"], session["transport_type"],
-                [b.recipient.address for b in batch],
-            )
-        return batch, blocked
+            if transient:
+                delay = await deliveries.postpone(conn, session["id"], reason)
+                if delay is not None:
+                    log.warning("session %s postponed %.0f s: %s", session["id"], delay, reason)
+                    return
+                reason = f"gave up after repeated failures: {reason}"
+            await deliveries.fail_all(conn, session["id"], f"session content unusable: {reason}")
 
-    async def _follow_up(self, session: Any) -> None:
+    async def _follow_up(self, session: Any, parallel: int = 1) -> None:
         """Schedule the next due work, close the session when done, and drain webhooks."""
-        async with self.pool.acquire() as conn:
-            due = await deliveries.next_due(conn, session["id"])
-            done = await sessions.finish_if_done(conn, session["id"],
-                                                 report_base=self.settings.base_url)
-            active = await conn.fetchval("SELECT status FROM sessions WHERE id = $1", session["id"])
+        try:
+            async with self.pool.acquire() as conn:
+                due = await deliveries.next_due(conn, session["id"])
+                done = await sessions.finish_if_done(conn, session["id"],
+                                                     report_base=self.settings.base_url)
+                active = await conn.fetchval("SELECT status FROM sessions WHERE id = $1",
+                                             session["id"])
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("follow-up of session %s skipped (the reconciler will): %s",
+                        session["id"], exc)
+            return
         if due is not None and active in c.ACTIVE_SESSION_STATUSES:
-            self.kicker.session(str(session["id"]), session["transport_type"], at=due)
+            await asyncio.to_thread(self.kicker.session, str(session["id"]),
+                                    session["transport_type"], parallel=parallel, at=due)
         if session["webhook_url"] or done:
-            self.kicker.webhooks()
+            await asyncio.to_thread(self.kicker.webhooks)
 
 
 async def _activate(conn: asyncpg.Connection, session_id: uuid.UUID) -> Any:
@@ -161,49 +151,3 @@ async def _activate(conn: asyncpg.Connection, session_id: uuid.UUID) -> Any:
         "   OR (status = 'scheduled' AND scheduled_at <= now())) RETURNING *",
         session_id,
     )
-
-
-class _Recorder:
-    """Collects results and writes them every few dozen or every fraction of a second."""
-
-    def __init__(self, pool: asyncpg.Pool, session: Any) -> None:
-        self.pool = pool
-        self.session = session
-        self.pending: list[Outcome] = []
-        self.wake = asyncio.Event()
-        self.closed = False
-
-    async def add(self, item: Claimed, result: Result) -> None:
-        decision = decide(result, tries=item.tries_before + 1, retries=self.session["retries"],
-                          intervals_s=list(self.session["retry_intervals_s"]))
-        self.pending.append(Outcome(item, result, decision, datetime.now(UTC)))
-        if len(self.pending) >= c.FLUSH_EVERY_RESULTS:
-            self.wake.set()
-
-    async def close(self) -> None:
-        self.closed = True
-        self.wake.set()
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self.wake.wait(), c.FLUSH_EVERY_S)
-            except TimeoutError:
-                pass
-            self.wake.clear()
-            chunk, self.pending = self.pending, []
-            await self._flush(chunk)
-            if self.closed and not self.pending:
-                return
-
-    async def _flush(self, chunk: Sequence[Outcome]) -> None:
-        if not chunk:
-            return
-        async with self.pool.acquire() as conn:
-            status = await conn.fetchval(
-                "SELECT status FROM sessions WHERE id = $1", self.session["id"]
-            )
-            if status == c.S_CANCELLED:
-                chunk = [replace(o, decision=when_cancelled(o.decision)) for o in chunk]
-            await deliveries.record(conn, chunk)
-

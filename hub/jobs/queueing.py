@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,13 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
 
-from hub.constants import JOB_FAILURE_TTL_S, JOB_RESULT_TTL_S, JOB_TIMEOUT_S, REDIS_PREFIX
+from hub.constants import (
+    JOB_FAILURE_TTL_S,
+    JOB_RESULT_TTL_S,
+    JOB_TIMEOUT_S,
+    MAX_PARALLEL_JOBS_PER_SESSION,
+    REDIS_PREFIX,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +29,20 @@ WEBHOOKS_FUNC = "hub.jobs.webhook_sender.send_due_webhooks"
 WEBHOOKS_KICK_KEY = REDIS_PREFIX + "kick:webhooks"
 VOICE_ACTIVE_KEY = REDIS_PREFIX + "voice:active"
 VOICE_SETUP_KEY = REDIS_PREFIX + "voice:setup"
+# A queued job's slot lapses after this long (a job lost with Redis loses its slot too);
+# a running job's after SLOT_RUNNING_TTL_S without a heartbeat (its worker died).
+SLOT_QUEUED_TTL_S = 900
+SLOT_RUNNING_TTL_S = 15
+
+
+def slot_key(session_id: str, slot: int) -> str:
+    return f"{REDIS_PREFIX}job:{session_id}:{slot}"
+
+
+def queued_job(marker: bytes | str | None) -> str | None:
+    """The job id a slot marker names while its job waits on the queue, else None."""
+    text = marker.decode() if isinstance(marker, bytes) else marker
+    return text.removeprefix("queued:") if text and text.startswith("queued:") else None
 
 
 class Kicker:
@@ -36,7 +57,13 @@ class Kicker:
     def session(
         self, session_id: str, transport_type: str, *, parallel: int = 1, at: datetime | None = None
     ) -> bool:
-        """Start `parallel` delivery jobs for a session now, or one at `at`."""
+        """Make sure `parallel` delivery jobs serve a session now, or start one at `at`.
+
+        Each job holds one of the session's job slots (a Redis marker, `queued` from
+        enqueue to start, then `running` with a heartbeat), so a session never has more
+        than MAX_PARALLEL_JOBS_PER_SESSION jobs queued or running, however often it is
+        kicked. A scheduled job (`at`) takes a free slot when it starts, or ends at once.
+        """
         if transport_type == "voice":
             return True  # the voice controller claims its own work
         queue = self._queue(transport_type)
@@ -51,12 +78,37 @@ class Kicker:
                     queue.enqueue_at(datetime.fromtimestamp(second, UTC), DELIVER_FUNC,
                                      session_id, job_id=job_id, **opts)
                 return True
-            for _ in range(max(1, parallel)):
-                queue.enqueue(DELIVER_FUNC, session_id, **opts)
+            wanted = min(max(1, parallel), MAX_PARALLEL_JOBS_PER_SESSION)
+            slots = [slot_key(session_id, n) for n in range(MAX_PARALLEL_JOBS_PER_SESSION)]
+            held = sum(1 for v in self.redis.mget(slots) if v is not None)
+            for n, key in enumerate(slots):
+                if held >= wanted:
+                    break
+                job_id = uuid.uuid4().hex
+                if self.redis.set(key, f"queued:{job_id}", nx=True, ex=SLOT_QUEUED_TTL_S):
+                    queue.enqueue(DELIVER_FUNC, session_id, n, job_id=job_id, **opts)
+                    held += 1
         except RedisError as exc:
             log.warning("could not enqueue session %s (the reconciler will): %s", session_id, exc)
             return False
         return True
+
+    def to_back(self, session_id: str, transport_type: str) -> int:
+        """Take the session's jobs still waiting on its queue off it (to be kicked again at
+        the back, after the other sessions' jobs); returns how many were taken."""
+        taken = 0
+        try:
+            for n in range(MAX_PARALLEL_JOBS_PER_SESSION):
+                key = slot_key(session_id, n)
+                job_id = queued_job(self.redis.get(key))
+                if job_id is None:
+                    continue
+                if self.redis.lrem(f"rq:queue:{transport_type}", 0, job_id):
+                    self.redis.delete(key, f"rq:job:{job_id}")
+                    taken += 1
+        except RedisError as exc:
+            log.warning("could not move session %s to the back of its queue: %s", session_id, exc)
+        return taken
 
     def webhooks(self) -> bool:
         """Ask for a webhook drain; at most one kick per half second (the drain loops)."""

@@ -1,9 +1,11 @@
 """The periodic pass that makes PostgreSQL, not Redis, the source of truth.
 
 It starts scheduled sessions that are due, re-enqueues due work that Redis no longer
-holds (restart, flush, lost job), takes back deliveries whose worker died (expired
-lease), closes sessions whose deliveries are all final, kicks the webhook outbox and
-forgets expired idempotency keys. Every step is idempotent; one worker runs it at a time.
+holds (restart, flush, lost job; a session is only kicked when none of its job slots is
+taken, so the queue never fills with re-kicks), takes back deliveries whose worker died
+(expired lease), fails those whose attempts were interrupted too often, closes sessions
+whose deliveries are all final, kicks the webhook outbox and forgets expired idempotency
+keys. Every step is idempotent; one worker runs it at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from hub.config import Settings
 from hub.constants import RECONCILE_GRACE_S
 from hub.jobs.queueing import Kicker
 from hub.store import receipts, sessions
-from hub.store.deliveries import INTERRUPTED_ERROR
+from hub.store.claims import INTERRUPTED_ERROR, retire_interrupted
 from hub.store.outbox import add_delivery_events
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ WHERE s.ended_at IS NULL AND s.status IN ('queued', 'running', 'cancelled')
 class Pass:
     kicked: list[str] = field(default_factory=list)
     released: int = 0
+    retired: int = 0
     finished: int = 0
     webhooks_due: bool = False
 
@@ -81,6 +84,8 @@ async def reconcile(conn: asyncpg.Connection, kicker: Kicker, settings: Settings
         released = await conn.fetch(RELEASE_SQL, INTERRUPTED_ERROR)
         await add_delivery_events(conn, [r["id"] for r in released if r["status"] == "cancelled"])
     done.released = len(released)
+    retired = await retire_interrupted(conn)
+    done.retired = len(retired)
     done.finished += await receipts.expire(conn, settings.base_url)
     for row in await conn.fetch(UNFINISHED_SQL):
         async with conn.transaction():
@@ -96,7 +101,7 @@ async def reconcile(conn: asyncpg.Connection, kicker: Kicker, settings: Settings
         "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
         settings.idempotency_ttl_h,
     )
-    if done.kicked or done.released or done.finished:
-        log.info("reconciler: kicked %d sessions, released %d, finished %d",
-                 len(done.kicked), done.released, done.finished)
+    if done.kicked or done.released or done.retired or done.finished:
+        log.info("reconciler: kicked %d sessions, released %d, gave up on %d, finished %d",
+                 len(done.kicked), done.released, done.retired, done.finished)
     return done

@@ -1,83 +1,21 @@
-"""Deliveries and attempts: claiming with a lease, recording results, reading them back."""
+"""Deliveries and attempts: recording results (one path for every channel) and reading them back."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from hub import constants as c
-from hub.jobs.retry import Decision
-from hub.store import outbox, pagination
+from hub.results import Result
+from hub.retry import Decision, when_cancelled
+from hub.store import outbox, pagination, sessions
+from hub.store.claims import RECEIPT_OWNER, Claimed
 from hub.store.db import Pool
-from hub.transports.base import Recipient, Result
-
-INTERRUPTED_ERROR = "the worker stopped during this attempt; its outcome is unknown"
-RECEIPT_OWNER = "receipt"  # claimed_by of deliveries waiting for a provider's status callback
-
-def claim_sql(scope: str) -> str:
-    """The claim statement for deliveries matching `scope` (SQL over `d` and `s`, with
-    $1 its parameter): lease up to $2 due ones for $3 seconds, owner $5; a delivery whose
-    lease expired has its open attempt closed as interrupted ($4)."""
-    return f"""
-WITH due AS (
-    SELECT d.id FROM deliveries d JOIN sessions s ON s.id = d.session_id
-    WHERE {scope}
-      AND ((d.status IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= now())
-           OR (d.status = 'in_progress' AND d.lease_until < now()
-               AND d.claimed_by IS DISTINCT FROM 'receipt'))
-    ORDER BY d.next_attempt_at NULLS FIRST, d.id
-    LIMIT $2
-    FOR UPDATE OF d SKIP LOCKED
-), lost AS (
-    UPDATE attempts a SET ended_at = now(), outcome = 'interrupted', error = $4
-    FROM due WHERE a.delivery_id = due.id AND a.ended_at IS NULL
-    RETURNING a.delivery_id
-)
-UPDATE deliveries d
-SET status = 'in_progress', attempts = d.attempts + 1, last_attempt_at = now(),
-    next_attempt_at = NULL, lease_until = now() + make_interval(secs => $3), claimed_by = $5
-FROM due WHERE d.id = due.id
-RETURNING d.id, d.address, d.attempts, d.tries, d.session_id, d.role
-"""
-
-
-CLAIM_SQL = claim_sql("d.session_id = $1 AND s.status IN ('queued', 'running')")
-
-
-@dataclass(frozen=True)
-class Claimed:
-    recipient: Recipient
-    tries_before: int
-
-
-async def claim(
-    conn: asyncpg.Connection, session_id: uuid.UUID, limit: int, lease_s: float
-) -> list[Claimed]:
-    """Lease up to `limit` due deliveries and open an attempt row for each."""
-    async with conn.transaction():
-        rows = await conn.fetch(CLAIM_SQL, session_id, limit, lease_s, INTERRUPTED_ERROR, None)
-        return await open_attempts(conn, rows)
-
-
-async def open_attempts(conn: asyncpg.Connection, rows: Sequence[Any]) -> list[Claimed]:
-    """Insert one attempt row per freshly claimed delivery (inside the claim transaction)."""
-    if not rows:
-        return []
-    ids = [uuid.uuid4() for _ in rows]
-    await conn.execute(
-        "INSERT INTO attempts (id, delivery_id, attempt)"
-        " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::int[])",
-        ids, [r["id"] for r in rows], [r["attempts"] for r in rows],
-    )
-    return [
-        Claimed(Recipient(r["id"], str(aid), r["attempts"], r["address"], r["role"]), r["tries"])
-        for r, aid in zip(rows, ids, strict=True)
-    ]
 
 
 @dataclass(frozen=True)
@@ -88,29 +26,33 @@ class Outcome:
     ended_at: datetime
 
 
-async def record(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> None:
-    """Close the attempts and move their deliveries on, in one transaction."""
+@dataclass(frozen=True)
+class Recorded:
+    """What a recording did: deliveries now final, and whether it closed the session."""
+
+    final: list[int]
+    session_closed: bool
+
+
+async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequence[Outcome],
+                 *, owner: str | None, report_base: str) -> Recorded:
+    """The one recording path of every channel: close the attempts and move their
+    deliveries on, in one transaction.
+
+    The session row is read `FOR KEY SHARE` first, so a cancel (which takes it `FOR
+    UPDATE`) either commits before (and every retry decided here becomes `cancelled`) or
+    waits until this commits (and then cancels what is left). A delivery is only moved if
+    `owner` still holds its claim for this attempt. A cancelled session whose last
+    delivery ends here is closed in the same transaction.
+    """
     if not outcomes:
-        return
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "aid", "did", "att", "outcome", "detail", "ref", "error", "ended", "status", "next",
-        "duration", "spend")}
-    for o in outcomes:
-        r, res = o.claimed.recipient, o.result
-        cols["aid"].append(uuid.UUID(r.attempt_id))
-        cols["did"].append(r.delivery_id)
-        cols["att"].append(r.attempt)
-        cols["outcome"].append(res.outcome)
-        cols["detail"].append(res.detail)
-        cols["ref"].append(res.provider_ref)
-        cols["error"].append(res.error)
-        cols["ended"].append(o.ended_at)
-        cols["status"].append(o.decision.status)
-        delay = o.decision.delay_s
-        cols["next"].append(o.ended_at + timedelta(seconds=delay) if delay is not None else None)
-        cols["duration"].append(res.detail.get("talkS") if res.outcome == "answered" else None)
-        cols["spend"].append(1 if o.decision.spends_try else 0)
+        return Recorded([], False)
     async with conn.transaction():
+        status = await conn.fetchval(
+            "SELECT status FROM sessions WHERE id = $1 FOR KEY SHARE", session_id)
+        if status == c.S_CANCELLED:
+            outcomes = [replace(o, decision=when_cancelled(o.decision)) for o in outcomes]
+        cols = _columns(outcomes)
         await conn.execute(
             "UPDATE attempts a SET ended_at = u.ended, outcome = u.outcome, detail = u.detail,"
             " provider_ref = u.ref, error = u.error"
@@ -131,18 +73,59 @@ async def record(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> None:
             " $6::text[], $7::text[], $8::timestamptz[], $9::float8[], $10::int[])"
             " AS u(id, att, status, outcome, detail, ref, error, next, duration, spend)"
             " WHERE d.id = u.id AND d.attempts = u.att AND d.status = 'in_progress'"
+            " AND d.claimed_by IS NOT DISTINCT FROM $12"
             " RETURNING d.id, d.status",
             cols["did"], cols["att"], cols["status"], cols["outcome"], cols["detail"],
             cols["ref"], cols["error"], cols["next"], cols["duration"], cols["spend"],
-            RECEIPT_OWNER,
+            RECEIPT_OWNER, owner,
         )
+        moved = {r["id"] for r in rows}
         final = [r["id"] for r in rows if r["status"] in c.FINAL_DELIVERY_STATUSES]
         await outbox.add_delivery_events(conn, final)
-        await _undo_unattempted(conn, [o for o in outcomes if not o.result.attempted])
+        await _undo_unattempted(conn, [o for o in outcomes if not o.result.attempted
+                                       and o.claimed.recipient.delivery_id in moved])
+        closed = False
+        if final and status == c.S_CANCELLED:
+            closed = await sessions.finish_if_done(conn, session_id, report_base=report_base)
+    return Recorded(final, closed)
+
+
+def _columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
+    cols: dict[str, list[Any]] = {k: [] for k in (
+        "aid", "did", "att", "outcome", "detail", "ref", "error", "ended", "status", "next",
+        "duration", "spend")}
+    for o in outcomes:
+        r, res = o.claimed.recipient, o.result
+        cols["aid"].append(uuid.UUID(r.attempt_id))
+        cols["did"].append(r.delivery_id)
+        cols["att"].append(r.attempt)
+        cols["outcome"].append(res.outcome)
+        cols["detail"].append(_clean(res.detail))
+        cols["ref"].append(_clean(res.provider_ref))
+        cols["error"].append(_clean(res.error))
+        cols["ended"].append(o.ended_at)
+        cols["status"].append(o.decision.status)
+        delay = o.decision.delay_s
+        cols["next"].append(o.ended_at + timedelta(seconds=delay) if delay is not None else None)
+        cols["duration"].append(res.detail.get("talkS") if res.outcome == "answered" else None)
+        cols["spend"].append(1 if o.decision.spends_try else 0)
+    return cols
+
+
+def _clean(value: Any) -> Any:
+    """Text PostgreSQL can store: no NUL, no lone surrogates (providers' replies vary)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {str(_clean(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
 
 
 async def _undo_unattempted(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> None:
-    """Nothing was sent (deferred before the provider call): no attempt to show."""
+    """Nothing was sent (deferred before the provider call): no attempt to show. Only for
+    deliveries this recording moved, i.e. whose claim was still this attempt's."""
     if not outcomes:
         return
     await conn.execute("DELETE FROM attempts WHERE id = ANY($1::uuid[])",
@@ -150,6 +133,28 @@ async def _undo_unattempted(conn: asyncpg.Connection, outcomes: Sequence[Outcome
     await conn.execute(
         "UPDATE deliveries SET attempts = attempts - 1, outcome = NULL"
         " WHERE id = ANY($1::bigint[])", [o.claimed.recipient.delivery_id for o in outcomes])
+
+
+# Delays before a session whose content failed to prepare (transiently) is tried again.
+PREPARE_RETRY_S = (2.0, 5.0, 15.0, 60.0, 300.0, 900.0)
+
+
+async def postpone(conn: asyncpg.Connection, session_id: uuid.UUID, reason: str) -> float | None:
+    """Postpone a session's due work after a transient failure to prepare its content
+    (no recipient's tries spent); None once PREPARE_RETRY_S is used up."""
+    async with conn.transaction():
+        failures = await conn.fetchval(
+            "UPDATE sessions SET prepare_failures = prepare_failures + 1 WHERE id = $1"
+            " RETURNING prepare_failures", session_id)
+        if failures is None or failures > len(PREPARE_RETRY_S):
+            return None
+        delay = PREPARE_RETRY_S[failures - 1]
+        await conn.execute(
+            "UPDATE deliveries SET error = $3,"
+            " next_attempt_at = greatest(next_attempt_at, now() + make_interval(secs => $2))"
+            " WHERE session_id = $1 AND status IN ('pending', 'retry_scheduled')",
+            session_id, delay, f"waiting {delay:g} s to try again: {reason}"[:500])
+    return delay
 
 
 async def fail_all(conn: asyncpg.Connection, session_id: uuid.UUID, error: str) -> int:
@@ -171,10 +176,13 @@ async def fail_all(conn: asyncpg.Connection, session_id: uuid.UUID, error: str) 
 
 
 async def next_due(conn: asyncpg.Connection, session_id: uuid.UUID) -> datetime | None:
+    """When the session next has work for a job: a due or scheduled delivery, or a claim
+    (not a receipt wait) whose lease will run out."""
     due: datetime | None = await conn.fetchval(
         "SELECT min(coalesce(next_attempt_at, lease_until)) FROM deliveries WHERE session_id = $1"
-        " AND (status IN ('pending', 'retry_scheduled') OR status = 'in_progress')", session_id
-    )
+        " AND (status IN ('pending', 'retry_scheduled')"
+        "      OR (status = 'in_progress' AND claimed_by IS DISTINCT FROM $2))",
+        session_id, RECEIPT_OWNER)
     return due
 
 

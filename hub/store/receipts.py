@@ -11,9 +11,9 @@ from typing import Any
 import asyncpg
 
 from hub import constants as c
-from hub.jobs.retry import decide, when_cancelled
+from hub.retry import decide, when_cancelled
 from hub.store import outbox, sessions
-from hub.store.deliveries import RECEIPT_OWNER
+from hub.store.claims import RECEIPT_OWNER
 from hub.transports.base import Result
 
 NO_RECEIPT = "the provider sent no delivery receipt before the deadline; assumed delivered"

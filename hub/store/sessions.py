@@ -205,7 +205,13 @@ _ACTIONS = {"trigger": _trigger, "cancel": _cancel, "pause": _pause, "resume": _
 async def finish_if_done(
     conn: asyncpg.Connection, session_id: uuid.UUID, *, report_base: str
 ) -> bool:
-    """Close the session when no delivery has work left; emits `session.completed` once."""
+    """Close the session when no delivery has work left; emits `session.completed` once,
+    in the same transaction as the status change."""
+    async with conn.transaction():
+        return await _finish(conn, session_id, report_base)
+
+
+async def _finish(conn: asyncpg.Connection, session_id: uuid.UUID, report_base: str) -> bool:
     row = await conn.fetchrow(
         "UPDATE sessions SET ended_at = now(),"
         " status = CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE 'completed' END"

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from hub.store.deliveries import INTERRUPTED_ERROR, Claimed, claim_sql, open_attempts
+from hub.store.claims import INTERRUPTED_ERROR, Claimed, claim_sql, open_attempts
 
 ACTIVATE_SQL = """
 UPDATE sessions SET status = 'running', started_at = coalesce(started_at, now())

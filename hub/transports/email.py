@@ -122,7 +122,8 @@ class SmtpSender:
         self._extras = content.get("extras") or {}
         self._attachments = attachments
         self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
-        self._slots = asyncio.Semaphore(min(concurrency, cfg.max_connections))
+        self.concurrency = min(concurrency, cfg.max_connections)
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._all: list[aiosmtplib.SMTP] = []
 
     async def _connect(self) -> aiosmtplib.SMTP:

@@ -86,6 +86,8 @@ class ApiSpec:
         async with http_with_limits(settings, transport_id, cfg.timeout_s, cfg.mps,
                                     cfg.daily_cap) as (http, limiter):
             sender = ApiSender(cfg, content, http, limiter)
+            if cfg.bulk is not None:  # enough sends in flight to fill a batch
+                sender.concurrency = max(settings.send_concurrency, cfg.bulk.max)
             try:
                 yield sender
             finally:
@@ -101,6 +103,7 @@ class ApiSender:
         self.content = content
         self.batch: list[tuple[Recipient, asyncio.Future[Result]]] = []
         self.timer: asyncio.TimerHandle | None = None
+        self.concurrency: int | None = None
 
     def values(self, recipient: Recipient) -> dict[str, Any]:
         return {"address": recipient.address, "message": self.content.get("message"),

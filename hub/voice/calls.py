@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from hub.store.deliveries import Claimed
+from hub.store.claims import Claimed
 from hub.transports.base import Result
 from hub.voice.audio import Media
 from hub.voice.menu import Menu

@@ -24,11 +24,12 @@ from redis import Redis
 from hub import constants as c
 from hub.config import Settings
 from hub.jobs.queueing import Kicker
-from hub.jobs.retry import decide, when_cancelled
+from hub.retry import decide
 from hub.store import deliveries, sessions, suppressions
 from hub.store import voice as store
+from hub.store.claims import Claimed
 from hub.store.db import create_pool
-from hub.store.deliveries import Claimed, Outcome
+from hub.store.deliveries import Outcome
 from hub.transports.base import Recipient, Result
 from hub.voice.ari import Ari, AriError
 from hub.voice.audio import AudioError, AudioStore, Media
@@ -307,11 +308,9 @@ class Controller:
         decision = decide(result, tries=item.tries_before + 1, retries=call.session.retries,
                           intervals_s=call.session.intervals_s)
         async with self.pool.acquire() as conn:
-            status = await conn.fetchval("SELECT status FROM sessions WHERE id = $1",
-                                         call.session.id)
-            if status == c.S_CANCELLED:
-                decision = when_cancelled(decision)
-            await deliveries.record(conn, [Outcome(item, result, decision, now_utc())])
+            await deliveries.record(conn, call.session.id,
+                                    [Outcome(item, result, decision, now_utc())],
+                                    owner=self.owner, report_base=self.settings.base_url)
             await sessions.finish_if_done(conn, call.session.id, report_base=self.settings.base_url)
         await asyncio.to_thread(self.kicker.webhooks)
 

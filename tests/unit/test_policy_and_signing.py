@@ -6,8 +6,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from hub import webhooks
-from hub.jobs.retry import decide, interval_s, when_cancelled
 from hub.net import BlockedURL, address_allowed, check_url
+from hub.retry import decide, interval_s, when_cancelled
 from hub.transports.base import Result
 
 TEMP = Result("temporary_failure", retryable=True)

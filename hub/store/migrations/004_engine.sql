@@ -2,3 +2,6 @@
 -- many of its attempts were cut short by a worker that stopped (capped, then failed).
 ALTER TABLE deliveries ADD COLUMN role text NOT NULL DEFAULT 'to';     -- to | cc | bcc
 ALTER TABLE deliveries ADD COLUMN interruptions integer NOT NULL DEFAULT 0;
+-- Session-level preparation (e.g. fetching attachments) that failed transiently: how many
+-- times in a row; the session's due work is postponed with a growing delay, then failed.
+ALTER TABLE sessions ADD COLUMN prepare_failures integer NOT NULL DEFAULT 0;

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hub import constants as c
-from hub.transports.base import Result
+from hub.results import Result
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,110 @@
+"""A delivery job's slot (see `Kicker.session`) and its turn on the queue.
+
+The slot marker says "a job serves this session": `running` with a heartbeat while the
+job runs, deleted when it ends. `Turn` tells a job when to hand the worker over: once it
+has run JOB_SLICE_S while jobs of other sessions wait on its queue, it stops, takes its
+session's other waiting jobs off the queue and kicks them all again at the back, so
+sessions are served in turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import suppress
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from hub.constants import MAX_PARALLEL_JOBS_PER_SESSION
+from hub.jobs.queueing import SLOT_RUNNING_TTL_S, queued_job, slot_key
+
+log = logging.getLogger(__name__)
+JOB_SLICE_S = 1.0
+TURN_CHECK_S = 0.5
+REDIS_TIMEOUT_S = 2.0
+
+
+class Slot:
+    def __init__(self, redis: Redis, session_id: str, slot: int | None) -> None:
+        self.redis = redis
+        self.session_id = session_id
+        self.slot = slot
+        self._beat: asyncio.Task[None] | None = None
+
+    async def take(self) -> bool:
+        """Mark the slot running; a job without one (a scheduled job) takes a free one, or
+        finds every slot busy (other jobs serve the session) and should end."""
+        try:
+            if self.slot is None:
+                for n in range(MAX_PARALLEL_JOBS_PER_SESSION):
+                    if await self.redis.set(slot_key(self.session_id, n), "running", nx=True,
+                                            ex=SLOT_RUNNING_TTL_S):
+                        self.slot = n
+                        break
+                else:
+                    return False
+            else:
+                await self.redis.set(self._key(), "running", ex=SLOT_RUNNING_TTL_S)
+        except RedisError as exc:
+            log.warning("job slot of session %s not marked: %s", self.session_id, exc)
+        self._beat = asyncio.create_task(self._heartbeat())
+        return True
+
+    def _key(self) -> str:
+        assert self.slot is not None
+        return slot_key(self.session_id, self.slot)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(SLOT_RUNNING_TTL_S / 3)
+            try:
+                await self.redis.set(self._key(), "running", ex=SLOT_RUNNING_TTL_S)
+            except RedisError as exc:
+                log.warning("job slot heartbeat failed: %s", exc)
+
+    async def release(self) -> None:
+        if self._beat is None:
+            return
+        self._beat.cancel()
+        with suppress(asyncio.CancelledError):
+            await self._beat
+        self._beat = None
+        try:
+            await self.redis.delete(self._key())
+        except RedisError as exc:
+            log.warning("job slot of session %s not released (it lapses): %s",
+                        self.session_id, exc)
+
+
+class Turn:
+    """`await turn.over()`: true once this job should let other sessions' jobs run."""
+
+    def __init__(self, redis: Redis, queue: str, session_id: str) -> None:
+        self.redis = redis
+        self.queue = queue
+        self.session_id = session_id
+        self.started = time.monotonic()
+        self.checked = 0.0
+        self.yielded = False
+
+    async def over(self) -> bool:
+        now = time.monotonic()
+        if now - self.started < JOB_SLICE_S or now - self.checked < TURN_CHECK_S:
+            return False
+        self.checked = now
+        try:
+            self.yielded = await asyncio.wait_for(self._others_waiting(), REDIS_TIMEOUT_S)
+        except (RedisError, OSError, TimeoutError):
+            return False
+        return self.yielded
+
+    async def _others_waiting(self) -> bool:
+        waiting = await self.redis.llen(f"rq:queue:{self.queue}")
+        if not waiting:
+            return False
+        mine = await self.redis.mget([slot_key(self.session_id, n)
+                                      for n in range(MAX_PARALLEL_JOBS_PER_SESSION)])
+        own_queued = sum(1 for v in mine if queued_job(v) is not None)
+        return bool(waiting > own_queued)

@@ -1,0 +1,159 @@
+"""Claims on deliveries: a lease (`lease_until`) held by one owner (`claimed_by`).
+
+A worker's job or a voice controller claims due deliveries (`FOR UPDATE SKIP LOCKED`),
+opening one attempt row each. While it holds them it renews their lease; what it will not
+send it gives back. Every write after the claim is guarded by the owner and the attempt
+number, so a claim that was taken over (its lease expired) can never undo or overwrite
+the new owner's attempt. A delivery whose lease keeps expiring (its worker keeps dying)
+is claimed at most MAX_INTERRUPTIONS times, then failed with the reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from hub.results import Recipient
+from hub.store import outbox
+
+INTERRUPTED_ERROR = "the worker stopped during this attempt; its outcome is unknown"
+RECEIPT_OWNER = "receipt"  # claimed_by of deliveries waiting for a provider's status callback
+MAX_INTERRUPTIONS = 3
+GAVE_UP_ERROR = (f"the worker stopped during {MAX_INTERRUPTIONS} attempts in a row"
+                 " (each outcome unknown); not tried again")
+
+_EXPIRED = ("d.status = 'in_progress' AND d.lease_until < now()"
+            " AND d.claimed_by IS DISTINCT FROM 'receipt'")
+
+
+def claim_sql(scope: str) -> str:
+    """The claim statement for deliveries matching `scope` (SQL over `d` and `s`, with
+    $1 its parameter): lease up to $2 due ones for $3 seconds, owner $5; a delivery whose
+    lease expired has its open attempt closed as interrupted ($4)."""
+    return f"""
+WITH due AS (
+    SELECT d.id FROM deliveries d JOIN sessions s ON s.id = d.session_id
+    WHERE {scope}
+      AND ((d.status IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= now())
+           OR ({_EXPIRED} AND d.interruptions < {MAX_INTERRUPTIONS}))
+    ORDER BY d.next_attempt_at NULLS FIRST, d.id
+    LIMIT $2
+    FOR UPDATE OF d SKIP LOCKED
+), lost AS (
+    UPDATE attempts a SET ended_at = now(), outcome = 'interrupted', error = $4
+    FROM due WHERE a.delivery_id = due.id AND a.ended_at IS NULL
+    RETURNING a.delivery_id
+)
+UPDATE deliveries d
+SET status = 'in_progress', attempts = d.attempts + 1, last_attempt_at = now(),
+    interruptions = d.interruptions + (CASE WHEN d.status = 'in_progress' THEN 1 ELSE 0 END),
+    next_attempt_at = NULL, lease_until = now() + make_interval(secs => $3), claimed_by = $5
+FROM due WHERE d.id = due.id
+RETURNING d.id, d.address, d.attempts, d.tries, d.session_id, d.role
+"""
+
+
+CLAIM_SQL = claim_sql("d.session_id = $1 AND s.status IN ('queued', 'running')")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    recipient: Recipient
+    tries_before: int
+
+
+async def claim(conn: asyncpg.Connection, session_id: uuid.UUID, limit: int, lease_s: float,
+                owner: str) -> list[Claimed]:
+    """Lease up to `limit` due deliveries to `owner` and open an attempt row for each."""
+    async with conn.transaction():
+        rows = await conn.fetch(CLAIM_SQL, session_id, limit, lease_s, INTERRUPTED_ERROR, owner)
+        return await open_attempts(conn, rows)
+
+
+async def open_attempts(conn: asyncpg.Connection, rows: Sequence[Any]) -> list[Claimed]:
+    """Insert one attempt row per freshly claimed delivery (inside the claim transaction)."""
+    if not rows:
+        return []
+    ids = [uuid.uuid4() for _ in rows]
+    await conn.execute(
+        "INSERT INTO attempts (id, delivery_id, attempt)"
+        " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::int[])",
+        ids, [r["id"] for r in rows], [r["attempts"] for r in rows],
+    )
+    return [
+        Claimed(Recipient(r["id"], str(aid), r["attempts"], r["address"], r["role"]), r["tries"])
+        for r, aid in zip(rows, ids, strict=True)
+    ]
+
+
+def _keys(items: Sequence[Claimed]) -> tuple[list[int], list[int]]:
+    return ([i.recipient.delivery_id for i in items], [i.recipient.attempt for i in items])
+
+
+async def renew(conn: asyncpg.Connection, items: Sequence[Claimed], lease_s: float,
+                owner: str) -> set[int]:
+    """Extend the lease of claims still held by `owner`; returns the delivery ids renewed
+    (a missing one was taken over or settled and must not be sent)."""
+    if not items:
+        return set()
+    ids, atts = _keys(items)
+    rows = await conn.fetch(
+        "UPDATE deliveries d SET lease_until = now() + make_interval(secs => $3)"
+        " FROM unnest($1::bigint[], $2::int[]) AS u(id, att)"
+        " WHERE d.id = u.id AND d.attempts = u.att AND d.status = 'in_progress'"
+        " AND d.claimed_by = $4 RETURNING d.id", ids, atts, lease_s, owner)
+    return {r["id"] for r in rows}
+
+
+async def give_back(conn: asyncpg.Connection, session_id: uuid.UUID, items: Sequence[Claimed],
+                    owner: str) -> int:
+    """Return claimed deliveries that were never sent: their attempt disappears and they
+    are due again at once (or `cancelled` if the session was cancelled meanwhile)."""
+    if not items:
+        return 0
+    ids, atts = _keys(items)
+    async with conn.transaction():
+        status = await conn.fetchval(
+            "SELECT status FROM sessions WHERE id = $1 FOR KEY SHARE", session_id)
+        cancelled = status == "cancelled"
+        rows = await conn.fetch(
+            "UPDATE deliveries d SET attempts = d.attempts - 1, lease_until = NULL,"
+            " claimed_by = NULL,"
+            " status = CASE WHEN $4 THEN 'cancelled' WHEN d.tries > 0 THEN 'retry_scheduled'"
+            "   ELSE 'pending' END,"
+            " next_attempt_at = CASE WHEN $4 THEN NULL ELSE now() END,"
+            " error = CASE WHEN $4 THEN coalesce(d.error, 'session cancelled') ELSE d.error END"
+            " FROM unnest($1::bigint[], $2::int[]) AS u(id, att)"
+            " WHERE d.id = u.id AND d.attempts = u.att AND d.status = 'in_progress'"
+            " AND d.claimed_by = $3 RETURNING d.id, u.att", ids, atts, owner, cancelled)
+        if rows:
+            await conn.execute(
+                "DELETE FROM attempts a USING unnest($1::bigint[], $2::int[]) AS u(id, att)"
+                " WHERE a.delivery_id = u.id AND a.attempt = u.att",
+                [r["id"] for r in rows], [r["att"] for r in rows])
+            if cancelled:
+                await outbox.add_delivery_events(conn, [r["id"] for r in rows])
+    return len(rows)
+
+
+async def retire_interrupted(conn: asyncpg.Connection) -> list[uuid.UUID]:
+    """Fail deliveries whose attempts were interrupted MAX_INTERRUPTIONS times; returns
+    the sessions touched (so their completion can be checked)."""
+    async with conn.transaction():
+        rows = await conn.fetch(
+            f"UPDATE deliveries d SET status = 'failed', outcome = 'interrupted', error = $1,"
+            f" lease_until = NULL, claimed_by = NULL, next_attempt_at = NULL"
+            f" WHERE {_EXPIRED} AND d.interruptions >= {MAX_INTERRUPTIONS}"
+            f" RETURNING d.id, d.session_id", GAVE_UP_ERROR)
+        if not rows:
+            return []
+        await conn.execute(
+            "UPDATE attempts SET ended_at = now(), outcome = 'interrupted', error = $2"
+            " WHERE delivery_id = ANY($1::bigint[]) AND ended_at IS NULL",
+            [r["id"] for r in rows], INTERRUPTED_ERROR)
+        await outbox.add_delivery_events(conn, [r["id"] for r in rows])
+    return sorted({r["session_id"] for r in rows})
