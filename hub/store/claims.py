@@ -5,7 +5,7 @@ opening one attempt row each. While it holds them it renews their lease; what it
 send it gives back. Every write after the claim is guarded by the owner and the attempt
 number, so a claim that was taken over (its lease expired) can never undo or overwrite
 the new owner's attempt. A delivery whose lease keeps expiring (its worker keeps dying)
-is claimed at most MAX_INTERRUPTIONS times, then failed with the reason.
+is given up after MAX_INTERRUPTIONS such attempts in a row: `failed`, with the reason.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ WITH due AS (
     SELECT d.id FROM deliveries d JOIN sessions s ON s.id = d.session_id
     WHERE {scope}
       AND ((d.status IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= now())
-           OR ({_EXPIRED} AND d.interruptions < {MAX_INTERRUPTIONS}))
+           OR ({_EXPIRED} AND d.interruptions < {MAX_INTERRUPTIONS - 1}))
     ORDER BY d.next_attempt_at NULLS FIRST, d.id
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
@@ -147,7 +147,7 @@ async def retire_interrupted(conn: asyncpg.Connection) -> list[uuid.UUID]:
         rows = await conn.fetch(
             f"UPDATE deliveries d SET status = 'failed', outcome = 'interrupted', error = $1,"
             f" lease_until = NULL, claimed_by = NULL, next_attempt_at = NULL"
-            f" WHERE {_EXPIRED} AND d.interruptions >= {MAX_INTERRUPTIONS}"
+            f" WHERE {_EXPIRED} AND d.interruptions >= {MAX_INTERRUPTIONS - 1}"
             f" RETURNING d.id, d.session_id", GAVE_UP_ERROR)
         if not rows:
             return []

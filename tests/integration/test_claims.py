@@ -1,0 +1,78 @@
+"""Claims on the real database: a claim that was taken over can no longer be renewed,
+given back or recorded by its first owner; attempts cut short too often are given up."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from hub.results import Result
+from hub.retry import Decision
+from hub.store import claims, deliveries
+from hub.store.claims import MAX_INTERRUPTIONS
+from hub.store.deliveries import Outcome
+from tests.helpers import Api
+
+
+async def running_session(api: Api, audience: list[str]) -> uuid.UUID:
+    created = await api.submit({"transport": {"type": "email", "subject": "S", "message": "M"},
+                                "audience": audience, "options": {"trigger": "manual"}})
+    status, _ = await api.post(f"/v1/sessions/{created['sessionId']}/trigger")
+    assert status == 202  # no worker runs: only this test claims
+    return uuid.UUID(created["sessionId"])
+
+
+async def expire(db: asyncpg.Pool, session_id: uuid.UUID) -> None:
+    await db.execute("UPDATE deliveries SET lease_until = now() - interval '1 second'"
+                     " WHERE session_id = $1 AND status = 'in_progress'", session_id)
+
+
+async def test_a_claim_taken_over_cannot_be_renewed_given_back_or_recorded(
+    api: Api, email_transport: dict[str, Any], db: asyncpg.Pool,
+) -> None:
+    sid = await running_session(api, ["a@example.com"])
+    async with db.acquire() as conn:
+        [first] = await claims.claim(conn, sid, 10, 30, "job:first")
+        await expire(db, sid)
+        [second] = await claims.claim(conn, sid, 10, 30, "job:second")
+        assert second.recipient.attempt == first.recipient.attempt + 1
+
+        assert await claims.renew(conn, [first], 30, "job:first") == set()
+        assert await claims.give_back(conn, sid, [first], "job:first") == 0
+        late = Outcome(first, Result("delivered", delivered=True), Decision("delivered"),
+                       datetime.now(UTC))
+        recorded = await deliveries.record(conn, sid, [late], owner="job:first", report_base="")
+        assert recorded.final == []
+        row = await conn.fetchrow("SELECT * FROM deliveries WHERE session_id = $1", sid)
+        assert (row["status"], row["attempts"], row["claimed_by"]) == ("in_progress", 2,
+                                                                        "job:second")
+        assert await claims.renew(conn, [second], 30, "job:second") == {
+            second.recipient.delivery_id}
+        assert await claims.give_back(conn, sid, [second], "job:second") == 1
+        row = await conn.fetchrow("SELECT * FROM deliveries WHERE session_id = $1", sid)
+        assert (row["status"], row["attempts"], row["claimed_by"]) == ("pending", 1, None)
+        outcomes = await conn.fetch("SELECT attempt, outcome FROM attempts WHERE delivery_id = $1"
+                                    " ORDER BY attempt", row["id"])
+        # The late result still tells what the first attempt did (a resend is visible).
+        assert [(r["attempt"], r["outcome"]) for r in outcomes] == [(1, "delivered")]
+
+
+async def test_attempts_interrupted_too_often_are_given_up(
+    api: Api, email_transport: dict[str, Any], db: asyncpg.Pool,
+) -> None:
+    sid = await running_session(api, ["b@example.com"])
+    async with db.acquire() as conn:
+        for n in range(MAX_INTERRUPTIONS):
+            assert len(await claims.claim(conn, sid, 10, 30, f"job:{n}")) == 1
+            await expire(db, sid)
+        assert await claims.claim(conn, sid, 10, 30, "job:last") == []
+        assert await claims.retire_interrupted(conn) == [sid]
+    rows = await api.deliveries(str(sid))
+    row = rows["b@example.com"]
+    assert row["status"] == "failed" and row["attempts"] == MAX_INTERRUPTIONS
+    assert row["error"] == claims.GAVE_UP_ERROR
+    status, attempts = await api.get(f"/v1/sessions/{sid}/deliveries/b@example.com/attempts")
+    assert [a["outcome"] for a in attempts["items"]] == ["interrupted"] * MAX_INTERRUPTIONS
