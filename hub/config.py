@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from pydantic import PositiveInt, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -41,7 +41,9 @@ class Settings(BaseSettings):
 
     webhook_retry_schedule: str = "0,5,30,120,600,1800,7200,18000,36000,36000"
     webhook_timeout_s: float = 10.0
-    webhook_batch_size: int = 50
+    webhook_concurrency: PositiveInt = 64
+    webhook_per_url: PositiveInt = 4
+    webhook_per_app: PositiveInt = 16
 
     fetch_max_bytes: int = 20 * 1024 * 1024
     fetch_timeout_s: float = 20.0

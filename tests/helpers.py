@@ -96,17 +96,21 @@ async def local_server(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 class WebhookReceiver:
-    """A local HTTP endpoint that records every request; `fail_next` answers 500 first."""
+    """A local HTTP endpoint that records every request (at arrival); `fail_next` answers
+    500 first; `delay_s` makes it answer that much later (a slow receiver)."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[dict[str, str], bytes, float]] = []
         self.fail_next = 0
+        self.delay_s = 0.0
         self.url = ""
         self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.requests.append((dict(request.headers), body, time.time()))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.Response(status=500, text="receiver down")

@@ -1,101 +1,202 @@
-"""Drains the webhook outbox: signed POSTs, retried on non-2xx and timeouts with the same
-`webhook-id` on the configured schedule; every attempt is logged."""
+"""Drains the webhook outbox: signed POSTs, retried on non-2xx, time-outs and any other
+error with the same `webhook-id` on `HUB_WEBHOOK_RETRY_SCHEDULE`; every attempt is logged.
+
+The drain is a pipeline, not a series of batches. It keeps up to `webhook_concurrency`
+sends in flight; whenever a send ends (or every `POLL_S` while slots are free) it claims
+more due events, and it records each event the moment its send ends. A claim skips
+events whose URL already has `webhook_per_url` sends in flight or whose app has
+`webhook_per_app`, counted from the leases in PostgreSQL, so the caps hold across every
+worker's drain. A slow or dead receiver thus holds a few slots for at most its timeout,
+while other apps' events go out at once.
+
+Any error a send raises (bad port, malformed URL, guard refusal, time-out, anything else)
+is a failed attempt of that event, stored as a short message without URL credentials or
+query; after the schedule the event is `failed`. If a claim or a result cannot be
+written, the drain stops claiming, lets the sends in flight finish and raises; the
+leases give unrecorded events back later. The drain ends when nothing is due and
+nothing is in flight, or after `job_max_s` (it then asks for another drain).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import asyncpg
+from redis import Redis
 from yarl import URL
 
 from hub import webhooks
 from hub.config import Settings, load_settings
-from hub.net import BlockedURL, check_url, guarded_session
+from hub.jobs.queueing import Kicker
+from hub.net import check_url, guarded_session
 from hub.store.db import create_pool
 
+log = logging.getLogger(__name__)
+
+POLL_S = 0.25  # how soon newly due events are claimed while sends are in flight
+LEASE_MARGIN_S = 15.0  # a claim's lease: the request timeout plus this
+ERROR_MAX_CHARS = 200
+_USERINFO = re.compile(r"(?<=//)\S*@")
+_QUERY = re.compile(r"\?\S*")
+
 CLAIM_SQL = """
-WITH due AS (
-    SELECT id FROM webhook_events
+WITH leased AS (
+    SELECT app_id, url FROM webhook_events WHERE status = 'pending' AND lease_until >= now()
+), due AS (
+    SELECT id, app_id, url, next_attempt_at FROM webhook_events
     WHERE status = 'pending' AND next_attempt_at <= now()
       AND (lease_until IS NULL OR lease_until < now())
+      AND url NOT IN (SELECT url FROM leased GROUP BY url HAVING count(*) >= $2)
+      AND app_id NOT IN (SELECT app_id FROM leased GROUP BY app_id HAVING count(*) >= $3)
     ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
+), fair AS (
+    SELECT id,
+        row_number() OVER (PARTITION BY url ORDER BY next_attempt_at)
+            + (SELECT count(*) FROM leased l WHERE l.url = due.url) AS url_slot,
+        row_number() OVER (PARTITION BY app_id ORDER BY next_attempt_at)
+            + (SELECT count(*) FROM leased l WHERE l.app_id = due.app_id) AS app_slot
+    FROM due
 )
-UPDATE webhook_events e SET lease_until = now() + make_interval(secs => $2),
+UPDATE webhook_events e SET lease_until = now() + make_interval(secs => $4),
     attempts = e.attempts + 1
-FROM due WHERE e.id = due.id
+FROM fair WHERE e.id = fair.id AND fair.url_slot <= $2 AND fair.app_slot <= $3
 RETURNING e.id, e.url, e.payload, e.attempts, (SELECT webhook_secret FROM apps a
     WHERE a.id = e.app_id) AS secret
 """
 
 
 def send_due_webhooks() -> int:
-    """RQ entry point: deliver every due event, then return how many were attempted."""
-    return asyncio.run(_drain(load_settings()))
+    """RQ entry point: deliver due events until none is due; return how many were attempted."""
+    settings = load_settings()
+    attempted, more = asyncio.run(_drain(settings))
+    if more:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            Kicker(redis).webhooks()
+        finally:
+            redis.close()
+    return attempted
 
 
-async def _drain(settings: Settings) -> int:
-    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-    total = 0
+async def _drain(settings: Settings) -> tuple[int, bool]:
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
     try:
         async with guarded_session(settings.allow_private_urls) as http:
-            while True:
-                events = await pool.fetch(CLAIM_SQL, settings.webhook_batch_size,
-                                          settings.webhook_timeout_s * 3)
-                if not events:
-                    return total
-                await asyncio.gather(*(_send(pool, http, settings, e) for e in events))
-                total += len(events)
+            return await _Pipeline(pool, http, settings).run()
     finally:
         await pool.close()
 
 
-async def _send(
-    pool: asyncpg.Pool, http: aiohttp.ClientSession, settings: Settings, event: Any
-) -> None:
-    body = json.dumps(event["payload"], separators=(",", ":")).encode()
-    started = datetime.now(UTC)
-    status_code: int | None = None
-    error: str | None = None
-    try:
-        check_url(URL(event["url"]), settings.allow_private_urls)
+def describe(exc: Exception) -> str:
+    """A short, single-line error for the attempt log: no URL credentials or query."""
+    text = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else "")
+    text = " ".join(_QUERY.sub("?…", _USERINFO.sub("", text)).split())
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:ERROR_MAX_CHARS]
+
+
+class _Pipeline:
+    def __init__(self, pool: asyncpg.Pool, http: aiohttp.ClientSession, settings: Settings):
+        self.pool = pool
+        self.http = http
+        self.settings = settings
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.failure: Exception | None = None
+
+    async def run(self) -> tuple[int, bool]:
+        """(events attempted, whether due work may remain because time ran out)."""
+        cap = self.settings.webhook_concurrency
+        deadline = time.monotonic() + self.settings.job_max_s
+        attempted = 0
+        try:
+            while True:
+                claiming = self.failure is None and time.monotonic() < deadline
+                if claiming and len(self.in_flight) < cap:
+                    got = await self._claim(cap - len(self.in_flight))
+                    attempted += got
+                    if got and len(self.in_flight) < cap:
+                        continue  # more may be due at once (a claim stops at each cap)
+                if not self.in_flight:
+                    break
+                done, _ = await asyncio.wait(self.in_flight, timeout=POLL_S if claiming else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                self.in_flight -= done
+                for task in done:
+                    if (exc := task.exception()) is not None:
+                        self._fail(exc)
+        finally:
+            for task in self.in_flight:
+                task.cancel()
+            await asyncio.gather(*self.in_flight, return_exceptions=True)
+        if self.failure is not None:
+            raise self.failure
+        return attempted, time.monotonic() >= deadline
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failure is None and isinstance(exc, Exception):
+            log.warning("webhook drain stops claiming: %s", exc)
+            self.failure = exc
+
+    async def _claim(self, free: int) -> int:
+        s = self.settings
+        try:
+            events = await self.pool.fetch(CLAIM_SQL, free, s.webhook_per_url, s.webhook_per_app,
+                                           s.webhook_timeout_s + LEASE_MARGIN_S)
+        except Exception as exc:  # the database is away: finish what is in flight, then stop
+            self._fail(exc)
+            return 0
+        self.in_flight.update(asyncio.create_task(self._attempt(e)) for e in events)
+        return len(events)
+
+    async def _attempt(self, event: Any) -> None:
+        started = datetime.now(UTC)
+        status_code: int | None = None
+        error: str | None = None
+        try:
+            status_code = await self._post(event)
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}"
+        except Exception as exc:  # whatever one send raises is that event's failed attempt
+            error = describe(exc)
+        await self._record(event, started, status_code, error)
+
+    async def _post(self, event: Any) -> int:
+        url = URL(event["url"])
+        check_url(url, self.settings.allow_private_urls)
+        body = json.dumps(event["payload"], separators=(",", ":")).encode()
         headers = webhooks.headers(event["secret"], str(event["id"]), int(time.time()), body)
-        async with http.post(event["url"], data=body, headers=headers, allow_redirects=False,
-                             timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_s)) as r:
-            status_code = r.status
-            if not 200 <= r.status < 300:
-                error = f"HTTP {r.status}"
-    except BlockedURL as exc:
-        error = str(exc)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        error = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    await _record(pool, settings, event, started, status_code, error)
+        timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
+        async with self.http.post(url, data=body, headers=headers, allow_redirects=False,
+                                  timeout=timeout) as resp:
+            return resp.status
 
-
-async def _record(
-    pool: asyncpg.Pool, settings: Settings, event: Any, started: datetime,
-    status_code: int | None, error: str | None,
-) -> None:
-    delays = settings.webhook_delays_s
-    attempt = event["attempts"]
-    if error is None:
-        status, next_at = "delivered", None
-    elif attempt < len(delays):
-        status, next_at = "pending", datetime.now(UTC) + timedelta(seconds=delays[attempt])
-    else:
-        status, next_at = "failed", None
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO webhook_attempts (event_id, attempt, started_at, status_code, error)"
-            " VALUES ($1, $2, $3, $4, $5)", event["id"], attempt, started, status_code, error,
-        )
-        await conn.execute(
-            "UPDATE webhook_events SET status = $2, next_attempt_at = coalesce($3, next_attempt_at),"
-            " last_error = $4, lease_until = NULL WHERE id = $1",
-            event["id"], status, next_at, error,
-        )
-
+    async def _record(
+        self, event: Any, started: datetime, status_code: int | None, error: str | None
+    ) -> None:
+        """Log the attempt; schedule the next one, or end the event. Only the claim that
+        made this attempt may move the event on (a later claim may own it by now)."""
+        delays = self.settings.webhook_delays_s
+        attempt = event["attempts"]
+        if error is None:
+            status, next_at = "delivered", None
+        elif attempt < len(delays):
+            status, next_at = "pending", datetime.now(UTC) + timedelta(seconds=delays[attempt])
+        else:
+            status, next_at = "failed", None
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO webhook_attempts (event_id, attempt, started_at, status_code, error)"
+                " VALUES ($1, $2, $3, $4, $5)", event["id"], attempt, started, status_code, error,
+            )
+            await conn.execute(
+                "UPDATE webhook_events SET status = $2, last_error = $4, lease_until = NULL,"
+                " next_attempt_at = coalesce($3, next_attempt_at)"
+                " WHERE id = $1 AND attempts = $5 AND status = 'pending'",
+                event["id"], status, next_at, error, attempt,
+            )
