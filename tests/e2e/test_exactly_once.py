@@ -197,3 +197,21 @@ async def test_a_long_throttled_campaign_does_not_hold_up_another_app(
 
 async def _now(value: Any) -> Any:
     return value
+
+
+async def test_bulk_batches_fill_beyond_the_send_concurrency(
+    api: Api, sink: HttpSink, procs: Procs,
+) -> None:
+    """A bulk API transport taking 40 recipients a request is sent full batches even when
+    the worker sends only 4 things at a time."""
+    status, body = await api.post("/v1/transports", {"name": "bulk", "type": "api", "config": {
+        "url": sink.url + "/bulk", "bulk": {"max": 40},
+        "body": {"messages": ["{{each}}", {"to": "{{address}}"}]}}})
+    assert status == 201, body
+    procs.worker(HUB_SEND_CONCURRENCY="4")
+    audience = numbers(120, "+97798140")
+    created = await api.submit(api_message(audience))
+    done = await api.wait_status(created["sessionId"], timeout_s=30)
+    assert done["counts"] == {"delivered": 120}
+    sizes = sorted(len(s.body["messages"]) for s in sink.seen)
+    assert sum(sizes) == 120 and len(sizes) <= 4, sizes
