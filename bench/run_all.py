@@ -8,12 +8,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import api_bench, email_bench, sms_bench, voice_bench  # noqa: E402
+from bench import api_bench, email_bench, sms_bench, throttled_bench, voice_bench  # noqa: E402
 
 
 def main() -> None:
     asyncio.run(api_bench.main())
     asyncio.run(email_bench.main())
+    asyncio.run(throttled_bench.main())
     asyncio.run(sms_bench.main())
     asyncio.run(voice_bench.main())
 
