@@ -25,13 +25,34 @@ _ERROR = {
 _LIST = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "object"}},
                                           "nextCursor": {"type": ["string", "null"]}}}
 
+_NULLABLE_STR = {"type": ["string", "null"]}
+_DELIVERY = {
+    "type": "object",
+    "properties": {
+        "address": {"type": "string"},
+        "role": {"enum": ["to", "cc", "bcc"], "description": (
+            "to: a member of the audience; cc/bcc: the session's single copy for an email"
+            " cc/bcc address (a delivery like any other, counted in the session's counts)")},
+        "status": {"type": "string"}, "attempts": {"type": "integer"},
+        "outcome": _NULLABLE_STR, "detail": {}, "durationS": {"type": ["number", "null"]},
+        "providerRef": _NULLABLE_STR, "lastAttemptAt": _NULLABLE_STR,
+        "nextAttemptAt": _NULLABLE_STR, "error": _NULLABLE_STR,
+    },
+}
+
+
+def _list_of(model: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {
+        "items": {"type": "array", "items": {"$ref": REF.format(model=model)}},
+        "nextCursor": _NULLABLE_STR}}
+
 
 def _op(summary: str, body: str | None = None, ok: str = "200", params: tuple[str, ...] = (),
-        auth: bool = True) -> dict[str, Any]:
+        auth: bool = True, answer: dict[str, Any] | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
-        "responses": {ok: {"description": "success",
-                           "content": {"application/json": {"schema": {"type": "object"}}}},
+        "responses": {ok: {"description": "success", "content": {"application/json": {
+                               "schema": answer or {"type": "object"}}}},
                       "default": {"description": "error", "content": {
                           "application/json": {"schema": {"$ref": REF.format(model="Error")}}}}},
         "parameters": [{"name": p, "in": "path" if p in ("id", "address") else "query",
@@ -49,7 +70,7 @@ def _op(summary: str, body: str | None = None, ok: str = "200", params: tuple[st
 def build_spec() -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in _INPUTS], by_alias=True,
                                  ref_template=REF)
-    schemas = {**defs.get("$defs", {}), "Error": _ERROR, "List": _LIST}
+    schemas = {**defs.get("$defs", {}), "Error": _ERROR, "List": _LIST, "Delivery": _DELIVERY}
     s = "/v1/sessions/{id}"
     paths: dict[str, Any] = {
         "/v1/sessions": {
@@ -59,8 +80,9 @@ def build_spec() -> dict[str, Any]:
                 "status", "transport", "xref", "createdFrom", "createdTo", "limit", "cursor")),
         },
         s: {"get": _op("One session with counts by delivery status", params=("id",))},
-        f"{s}/deliveries": {"get": _op("Per-recipient rows", params=(
-            "id", "status", "address", "limit", "cursor"))},
+        f"{s}/deliveries": {"get": _op("Per-recipient rows (email cc/bcc copies included)",
+                                       params=("id", "status", "address", "limit", "cursor"),
+                                       answer=_list_of("Delivery"))},
         f"{s}/deliveries/{{address}}/attempts": {
             "get": _op("Every attempt of one recipient", params=("id", "address"))},
         f"{s}/report": {"get": _op("The session report (JSON or CSV)", params=("id", "format"))},

@@ -189,6 +189,7 @@ async def next_due(conn: asyncpg.Connection, session_id: uuid.UUID) -> datetime 
 def view(row: Any) -> dict[str, Any]:
     return {
         "address": row["address"],
+        "role": row["role"],
         "status": row["status"],
         "attempts": row["attempts"],
         "outcome": row["outcome"],

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import asyncpg
 
 from hub import constants as c
+from hub.addresses import normalize_email
 from hub.instruction import ValidInstruction
 from hub.store import outbox, pagination
 from hub.store.db import Pool
@@ -51,7 +53,13 @@ def view(row: Any, counts: dict[str, int] | None = None) -> dict[str, Any]:
 async def create(
     pool: Pool, app_id: uuid.UUID, transport: dict[str, Any], vi: ValidInstruction
 ) -> asyncpg.Record:
-    """Store the session and one delivery per unique address, atomically."""
+    """Store the session and one delivery per unique address, atomically.
+
+    An email's `cc`/`bcc` addresses become deliveries of the session too (role `cc`/`bcc`,
+    one copy each per session); an address also in the audience stays an audience
+    delivery only. The stored content carries the session's id, so that a transport's
+    sender can keep per-session state (e.g. fetched attachments) in the database.
+    """
     ins, opts = vi.instruction, vi.instruction.options
     now = datetime.now(UTC)
     status, due = {
@@ -59,8 +67,10 @@ async def create(
         "scheduled": (c.S_SCHEDULED, opts.scheduled_timestamp),
         "manual": (c.S_AWAITING, None),
     }[opts.trigger]
-    content = ins.transport.model_dump(by_alias=True, exclude_none=True)
     session_id = uuid.uuid4()
+    content = ins.transport.model_dump(by_alias=True, exclude_none=True)
+    content["sessionId"] = str(session_id)
+    copies = _copies(vi)
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "INSERT INTO sessions (id, app_id, transport_id, transport_type, xref, status, trigger,"
@@ -73,10 +83,27 @@ async def create(
         )
         await conn.copy_records_to_table(
             "deliveries",
-            records=((session_id, a, c.D_PENDING, due) for a in vi.addresses),
-            columns=["session_id", "address", "status", "next_attempt_at"],
+            records=((session_id, a, c.D_PENDING, due, role) for a, role in chain(
+                ((a, "to") for a in vi.addresses), copies)),
+            columns=["session_id", "address", "status", "next_attempt_at", "role"],
         )
     return row
+
+
+def _copies(vi: ValidInstruction) -> list[tuple[str, str]]:
+    """An email's cc/bcc addresses, normalised, each once, none of the audience (cc first)."""
+    part = vi.instruction.transport
+    if part.type != "email":
+        return []
+    audience = set(vi.addresses)
+    found: dict[str, str] = {}
+    for role in ("cc", "bcc"):
+        value = part.extras.get(role) or []
+        for raw in [value] if isinstance(value, str) else value:
+            address = normalize_email(str(raw))  # validated already
+            if address not in audience:
+                found.setdefault(address, role)
+    return list(found.items())
 
 
 async def get(pool: Pool | asyncpg.Connection, app_id: uuid.UUID | None,

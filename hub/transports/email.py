@@ -1,5 +1,12 @@
 """Email over SMTP (aiosmtplib): one message per recipient, connections reused per batch.
 
+Each delivery gets its own message, addressed to it alone: an audience member, or the
+session's single copy for a `cc`/`bcc` address (those are deliveries of the session, so
+they are sent once per session, suppression-checked, retried and counted like the rest).
+Attachments are fetched once per session and kept in PostgreSQL by content hash; a fetch
+that fails raises `FetchError` from `open()` (transient or not) so the engine can handle it
+for the whole session. Values that would break a header are refused at validation.
+
 SMTP 4xx and connection trouble are transient (retried); 5xx is permanent, with the
 server's reply stored. Each message's Message-ID names its attempt, so a resend after a
 crash can be recognised at the receiving side.
@@ -9,24 +16,39 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import re
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.utils import formatdate
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiosmtplib
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from yarl import URL
 
 from hub.addresses import normalize_email
 from hub.config import Settings
 from hub.constants import O_DELIVERED, O_PERMANENT, O_TEMPORARY
 from hub.errors import detail
 from hub.instruction import TransportPart
-from hub.net import fetch, guarded_session
+from hub.net import BlockedURL, FetchError, fetch, guarded_session
+from hub.store import blobs, db
+from hub.store.blobs import Attachment
 from hub.transports.base import Recipient, Result
 
 MESSAGE_ID_DOMAIN = "connect-hub"
+
+
+# Characters that end or corrupt a header line: C0 controls but tab, DEL, C1 controls and
+# the Unicode line separators (Python's email package splits header lines on all of them).
+_HEADER_BREAKERS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NOT_IN_HEADER = "must not contain line breaks or control characters (header injection)"
+
+
+def _header_safe(value: str) -> bool:
+    return _HEADER_BREAKERS.search(value) is None
 
 
 class EmailConfig(BaseModel):
@@ -40,6 +62,13 @@ class EmailConfig(BaseModel):
     security: Literal["none", "starttls", "tls"] = "none"
     timeout_s: float | None = Field(default=None, gt=0)  # None: HUB_SMTP_TIMEOUT_S
     max_connections: int = Field(default=10, ge=1, le=200)
+
+    @field_validator("from_")
+    @classmethod
+    def _one_header_line(cls, value: str) -> str:
+        if not _header_safe(value):
+            raise ValueError(_NOT_IN_HEADER)
+        return value
 
 
 def _as_list(value: Any) -> list[str]:
@@ -59,16 +88,28 @@ class EmailSpec:
         for field in ("subject", "message"):
             if not getattr(part, field):
                 problems.append(detail(["transport", field], "required for email"))
+        if part.subject and not _header_safe(part.subject):
+            problems.append(detail(["transport", "subject"], _NOT_IN_HEADER))
         for key in ("cc", "bcc", "replyTo"):
             for i, addr in enumerate(_as_list(part.extras.get(key))):
+                loc: list[str | int] = ["transport", "extras", key, i]
+                if not _header_safe(addr):
+                    problems.append(detail(loc, _NOT_IN_HEADER))
+                    continue
                 try:
                     normalize_email(addr)
                 except ValueError as exc:
-                    problems.append(detail(["transport", "extras", key, i], str(exc)))
+                    problems.append(detail(loc, str(exc)))
         for i, att in enumerate(part.extras.get("attachments") or []):
+            loc = ["transport", "extras", "attachments", i]
             if not isinstance(att, dict) or not isinstance(att.get("url"), str):
-                problems.append(detail(["transport", "extras", "attachments", i],
-                                       "expected {\"url\": ..., \"filename\"?: ...}"))
+                problems.append(detail(loc, "expected {\"url\": ..., \"filename\"?: ...}"))
+                continue
+            name = att.get("filename")
+            if name is not None and not isinstance(name, str):
+                problems.append(detail([*loc, "filename"], "must be a string"))
+            elif name is not None and not _header_safe(name):
+                problems.append(detail([*loc, "filename"], _NOT_IN_HEADER))
         return problems
 
     def normalize_address(self, address: str, region: str | None = None) -> str:
@@ -79,10 +120,12 @@ class EmailSpec:
         self, config: Mapping[str, Any], content: Mapping[str, Any], settings: Settings,
         transport_id: str,
     ) -> AsyncIterator[SmtpSender]:
+        """Raises `FetchError` (`transient` set when a later try may succeed) when the
+        session's attachments cannot be fetched; nothing is sent then."""
         cfg = EmailConfig.model_validate(config)
         if cfg.timeout_s is None:
             cfg = cfg.model_copy(update={"timeout_s": settings.smtp_timeout_s})
-        attachments = await _fetch_attachments(content, settings)
+        attachments = await _session_attachments(content, settings)
         sender = SmtpSender(cfg, content, attachments, settings.send_concurrency)
         try:
             yield sender
@@ -90,37 +133,90 @@ class EmailSpec:
             await sender.close()
 
 
-async def _fetch_attachments(
+async def _session_attachments(
     content: Mapping[str, Any], settings: Settings
-) -> list[tuple[str, bytes, str]]:
+) -> list[Attachment]:
+    """Fetched by the session's first job and stored by hash; later jobs read the store."""
     wanted = (content.get("extras") or {}).get("attachments") or []
     if not wanted:
         return []
+    session_id = content.get("sessionId")
+    if session_id is None:  # content of a session stored before sessions carried their id
+        return await _fetch_attachments(wanted, settings)
+    conn = await db.connect(settings.database_url)
+    try:
+        return await blobs.session_attachments(
+            conn, uuid.UUID(session_id), lambda: _fetch_attachments(wanted, settings))
+    finally:
+        await conn.close()
+
+
+async def _fetch_attachments(
+    wanted: list[dict[str, Any]], settings: Settings
+) -> list[Attachment]:
     found = []
     async with guarded_session(settings.allow_private_urls) as http:
-        for att in wanted:
-            got = await fetch(http, att["url"], allow_private=settings.allow_private_urls,
-                              max_bytes=settings.fetch_max_bytes, timeout_s=settings.fetch_timeout_s)
-            name = att.get("filename") or got.url.rsplit("/", 1)[-1] or "attachment"
+        for i, att in enumerate(wanted):
+            url = att["url"]
+            try:
+                got = await fetch(http, url, allow_private=settings.allow_private_urls,
+                                  max_bytes=settings.fetch_max_bytes,
+                                  timeout_s=settings.fetch_timeout_s)
+            except (FetchError, BlockedURL) as exc:
+                transient = isinstance(exc, FetchError) and exc.transient
+                raise FetchError(f"attachment {i + 1} ({_shown(url)}): {_reason(exc, url)}",
+                                 transient=transient) from None
+            name = att.get("filename") or _name_from(got.url)
             ctype = got.content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
-            found.append((name, got.body, ctype))
+            found.append(Attachment(name, ctype, got.body))
     return found
 
 
+def _shown(url: str) -> str:
+    """The URL without what may be a credential: user, password, query, fragment."""
+    try:
+        parsed = URL(url)
+        return str(parsed.with_user(None).with_query(None).with_fragment(None))
+    except (ValueError, TypeError):
+        return "(unparsable URL)"
+
+
+def _reason(exc: Exception, url: str) -> str:
+    text = str(exc).removeprefix(f"{url}: ").replace(url, _shown(url))
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return text
+    for secret in (parsed.user, parsed.password, parsed.raw_query_string, parsed.raw_fragment):
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _name_from(url: str) -> str:
+    name = _HEADER_BREAKERS.sub("", URL(url).name)
+    return name or "attachment"
+
+
 class SmtpSender:
-    """Sends through a small pool of SMTP connections kept open for the whole batch."""
+    """Sends through a small pool of SMTP connections kept open for the whole batch.
+
+    One message per delivery, addressed to that delivery only: an audience member
+    (role `to`) or the session's single cc/bcc copy (`X-Hub-Copy: cc|bcc`). The
+    attachment parts are encoded once per job and shared by every message.
+    """
 
     def __init__(
         self,
         cfg: EmailConfig,
         content: Mapping[str, Any],
-        attachments: list[tuple[str, bytes, str]],
+        attachments: list[Attachment],
         concurrency: int,
     ) -> None:
         self._cfg = cfg
         self._content = content
         self._extras = content.get("extras") or {}
-        self._attachments = attachments
+        self._attachments = [_attachment_part(a) for a in attachments]
         self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
         self.concurrency = min(concurrency, cfg.max_connections)
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -142,32 +238,31 @@ class SmtpSender:
         msg = EmailMessage()
         msg["From"] = self._cfg.from_
         msg["To"] = recipient.address
-        for key, header in (("cc", "Cc"), ("replyTo", "Reply-To")):
-            if self._extras.get(key):
-                msg[header] = ", ".join(_as_list(self._extras[key]))
+        if recipient.role != "to":
+            msg["X-Hub-Copy"] = recipient.role
+        if self._extras.get("replyTo"):
+            msg["Reply-To"] = ", ".join(_as_list(self._extras["replyTo"]))
         msg["Subject"] = self._content.get("subject") or ""
         msg["Date"] = formatdate(localtime=False)
         msg["Message-ID"] = f"<{recipient.attempt_id}@{MESSAGE_ID_DOMAIN}>"
         msg.set_content(self._content.get("message") or "")
         if self._extras.get("html"):
             msg.add_alternative(str(self._extras["html"]), subtype="html")
-        for name, body, ctype in self._attachments:
-            maintype, _, subtype = ctype.partition("/")
-            msg.add_attachment(body, maintype=maintype, subtype=subtype or "octet-stream",
-                               filename=name)
+        if self._attachments:
+            msg.make_mixed()
+            for part in self._attachments:
+                msg.attach(cast(EmailMessage, part))  # typeshed: any MIMEPart will do
         return msg
 
     async def send(self, recipient: Recipient) -> Result:
         msg = self.build(recipient)
         ref = msg["Message-ID"]
-        envelope = [recipient.address, *_as_list(self._extras.get("cc")),
-                    *_as_list(self._extras.get("bcc"))]
         async with self._slots:
             client = self._idle.get_nowait() if not self._idle.empty() else None
             try:
                 if client is None or not client.is_connected:
                     client = await self._connect()
-                refused, reply = await client.send_message(msg, recipients=envelope)
+                refused, reply = await client.send_message(msg, recipients=[recipient.address])
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 self._idle.put_nowait(client)  # type: ignore[arg-type]
                 first = exc.recipients[0]
@@ -194,6 +289,15 @@ class SmtpSender:
                     await client.quit()
                 except (aiosmtplib.SMTPException, OSError, TimeoutError):
                     client.close()
+
+
+def _attachment_part(att: Attachment) -> MIMEPart:
+    """A MIME part encoded (base64) once, then attached to every message of the job."""
+    part = MIMEPart()
+    maintype, _, subtype = att.content_type.partition("/")
+    part.set_content(att.body, maintype=maintype, subtype=subtype or "octet-stream",
+                     disposition="attachment", filename=att.filename)
+    return part
 
 
 async def _drop(client: aiosmtplib.SMTP | None) -> None:

@@ -279,15 +279,23 @@ async def test_html_cc_reply_to_and_attachment_by_url(
     finally:
         await runner.cleanup()
     got = {r.rcpt: r for r in sink.received}
-    assert set(got) == {"rich@example.com", "boss@example.com"}  # cc is on the envelope too
+    # the cc address gets the session's one copy, addressed to it; the audience's
+    # messages name only their recipient
+    assert set(got) == {"rich@example.com", "boss@example.com"}
+    assert len(sink.received) == 2
     msg = got["rich@example.com"].message
-    assert msg["Cc"] == "boss@example.com" and msg["Reply-To"] == "office@example.com"
-    parts = {p.get_content_type(): p for p in msg.walk()}
-    assert "<b>there</b>" in parts["text/html"].get_payload(decode=True).decode()
-    assert parts["text/plain"].get_payload(decode=True).decode().strip() == "Body text"
-    attachment = parts["application/pdf"]
-    assert attachment.get_filename() == "agenda.pdf"
-    assert attachment.get_payload(decode=True) == b"%PDF-1.4 agenda"
+    assert msg["To"] == "rich@example.com" and msg["Cc"] is None
+    copy = got["boss@example.com"].message
+    assert copy["To"] == "boss@example.com" and copy["X-Hub-Copy"] == "cc"
+    assert (await api.session(created["sessionId"]))["counts"] == {"delivered": 2}
+    for received in (msg, copy):
+        assert received["Reply-To"] == "office@example.com"
+        parts = {p.get_content_type(): p for p in received.walk()}
+        assert "<b>there</b>" in parts["text/html"].get_payload(decode=True).decode()
+        assert parts["text/plain"].get_payload(decode=True).decode().strip() == "Body text"
+        attachment = parts["application/pdf"]
+        assert attachment.get_filename() == "agenda.pdf"
+        assert attachment.get_payload(decode=True) == b"%PDF-1.4 agenda"
 
 
 async def test_smtp_auth_from_the_transport_config(api: Api, procs: Procs) -> None:
