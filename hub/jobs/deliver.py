@@ -94,9 +94,11 @@ class Engine:
         spec = sending_spec(transport["type"])
         async with AsyncExitStack() as stack:
             try:
+                # The content with its session's id: a sender may keep per-session state
+                # (e.g. fetched attachments) in the database.
+                content = {**session["instruction"], "sessionId": str(session["id"])}
                 sender = await stack.enter_async_context(spec.open(
-                    transport["full_config"], session["instruction"], self.settings,
-                    str(transport["id"])))
+                    transport["full_config"], content, self.settings, str(transport["id"])))
             except (FetchError, BlockedURL, ValidationError, ValueError) as exc:
                 await self._unusable(session, str(exc),
                                      transient=isinstance(exc, FetchError) and exc.transient)

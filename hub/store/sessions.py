@@ -57,8 +57,7 @@ async def create(
 
     An email's `cc`/`bcc` addresses become deliveries of the session too (role `cc`/`bcc`,
     one copy each per session); an address also in the audience stays an audience
-    delivery only. The stored content carries the session's id, so that a transport's
-    sender can keep per-session state (e.g. fetched attachments) in the database.
+    delivery only.
     """
     ins, opts = vi.instruction, vi.instruction.options
     now = datetime.now(UTC)
@@ -69,7 +68,6 @@ async def create(
     }[opts.trigger]
     session_id = uuid.uuid4()
     content = ins.transport.model_dump(by_alias=True, exclude_none=True)
-    content["sessionId"] = str(session_id)
     copies = _copies(vi)
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(

@@ -121,7 +121,6 @@ async def test_attachment_fetched_once_per_session_across_workers_and_retries(
     assert await db.fetchval("SELECT count(*) FROM blobs") == 1
 
 
-@pytest.mark.xfail(reason="needs engine session-level retry", strict=False)
 async def test_attachment_server_unavailable_is_retried_for_the_session(
     api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
     files: FileServer,
