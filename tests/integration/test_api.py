@@ -61,13 +61,19 @@ async def test_invalid_instruction_is_422_with_location_and_stores_nothing(
     assert await db.fetchval("SELECT count(*) FROM deliveries") == 0
 
 
-async def test_every_problem_is_listed(api: Api, email_transport: dict[str, Any]) -> None:
+async def test_every_problem_is_listed(
+    api: Api, email_transport: dict[str, Any], db: Any
+) -> None:
     body = variant(transport__subject=_DROP, audience=["x", "a@example.com", "y"],
                    options__retries=-2)
     status, err = await api.post("/v1/sessions", body)
-    assert status == 422
+    assert status == 422 and err["error_id"] == "invalid-instruction"
     locs = [d["loc"] for d in err["details"]]
-    assert ["options", "retries"] in locs  # schema errors come first, all of them
+    # A bad option does not hide the content or the addresses: one answer lists them all.
+    assert locs == [["transport", "subject"], ["audience", 0], ["audience", 2],
+                    ["options", "retries"]]
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 0
+    assert await db.fetchval("SELECT count(*) FROM deliveries") == 0
 
 
 async def test_every_content_and_address_problem_is_listed(
