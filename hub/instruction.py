@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from hub.config import Settings
@@ -23,6 +24,7 @@ TransportType = Literal["email", "sms", "whatsapp", "voice", "slack", "api"]
 Trigger = Literal["immediate", "scheduled", "manual"]
 MAX_DETAILS = 1000
 MAX_RETRIES = 100
+T = TypeVar("T")
 
 
 class WireModel(BaseModel):
@@ -107,29 +109,81 @@ def _wire_loc(loc: tuple[int | str, ...]) -> list[int | str]:
     return [p for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
 
 
+_TRANSPORT = TypeAdapter(TransportPart)
+_OPTIONS = TypeAdapter(Options)
+_AUDIENCE = TypeAdapter(Annotated[list[Any], Field(min_length=1)])
+_XREF = TypeAdapter(Annotated[str | None, Field(max_length=255)])
+_MISSING = object()
+
+
+def _part(adapter: TypeAdapter[T], value: Any, name: str, problems: list[dict[str, Any]]) -> T | None:
+    """One part of the instruction checked on its own, its problems added under `name`."""
+    if value is _MISSING:
+        problems.append(detail([name], "Field required"))
+        return None
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        problems += [detail([name, *_wire_loc(e["loc"])], e["msg"])
+                     for e in exc.errors(include_url=False)]
+        return None
+
+
 def parse_instruction(
     body: Any, settings: Settings, *, default_region: str | None = None
 ) -> ValidInstruction:
-    """Validate everything and report every problem at once (422), or size limits (413)."""
+    """Validate everything and report every problem at once (422), or size limits (413).
+
+    Transport, audience and options are checked independently, so a problem in one part
+    never hides a problem in another.
+    """
     from hub.transports.registry import spec_for  # transports import this module
 
-    if isinstance(body, dict) and isinstance(body.get("audience"), list):
-        if len(body["audience"]) > settings.audience_max:
-            raise TooLarge(
-                f"the audience has {len(body['audience'])} addresses; the limit is "
-                f"{settings.audience_max}",
-                error_id="audience-too-large",
-                details=[detail(["audience"], f"at most {settings.audience_max} addresses")],
-            )
-    try:
-        ins = Instruction.model_validate(body)
-    except ValidationError as exc:
-        problems = [
-            detail(_wire_loc(e["loc"]), e["msg"]) for e in exc.errors(include_url=False)
-        ]
-        raise _invalid(problems) from None
-    problems = _check_options(ins.options, settings)
-    part = ins.transport
+    if not isinstance(body, dict):
+        raise _invalid([detail([], "expected a JSON object with transport, audience and options")])
+    raw_audience = body.get("audience", _MISSING)
+    if isinstance(raw_audience, list) and len(raw_audience) > settings.audience_max:
+        raise TooLarge(
+            f"the audience has {len(raw_audience)} addresses; the limit is "
+            f"{settings.audience_max}",
+            error_id="audience-too-large",
+            details=[detail(["audience"], f"at most {settings.audience_max} addresses")],
+        )
+    problems = [detail([k], "Extra inputs are not permitted") for k in body if k not in _FIELDS]
+    raw_transport = body.get("transport", _MISSING)
+    part = _part(_TRANSPORT, raw_transport, "transport", problems)
+    type_ = part.type if part else _known_type(raw_transport)
+    spec = spec_for(type_) if type_ else None
+    if part is not None and spec is not None:
+        _check_lengths(part, settings)
+        if part.file_url is not None:
+            why = check_public_url(part.file_url, settings.allow_private_urls)
+            if why:
+                problems.append(detail(["transport", "fileUrl"], why))
+        problems += spec.validate_content(part)
+    audience = _part(_AUDIENCE, raw_audience, "audience", problems)
+    normalise = partial(spec.normalize_address, region=default_region) if spec else None
+    addresses, dupes = _normalise_audience(audience or [], normalise, problems)
+    opts = _part(_OPTIONS, body.get("options", {}), "options", problems)
+    if opts is not None:
+        problems += _check_options(opts, settings)
+    xref = _part(_XREF, body.get("xref"), "xref", problems)
+    if problems or part is None or opts is None or audience is None:
+        raise _invalid(problems)
+    ins = Instruction.model_construct(transport=part, audience=audience, options=opts, xref=xref)
+    return ValidInstruction(ins, addresses, dupes, parse_intervals(opts.retry_interval_minutes))
+
+
+_FIELDS = frozenset(f.alias or n for n, f in Instruction.model_fields.items())
+
+
+def _known_type(raw_transport: Any) -> str | None:
+    """The transport type when it is valid even though other transport fields are not."""
+    type_ = raw_transport.get("type") if isinstance(raw_transport, dict) else None
+    return type_ if type_ in get_args(TransportType) else None
+
+
+def _check_lengths(part: TransportPart, settings: Settings) -> None:
     for field, limit in (("message", settings.message_max_chars),
                          ("subject", settings.subject_max_chars)):
         value = getattr(part, field)
@@ -139,17 +193,6 @@ def parse_instruction(
                 error_id="message-too-long",
                 details=[detail(["transport", field], f"at most {limit} characters")],
             )
-    if part.file_url is not None:
-        why = check_public_url(part.file_url, settings.allow_private_urls)
-        if why:
-            problems.append(detail(["transport", "fileUrl"], why))
-    spec = spec_for(part.type)
-    problems += spec.validate_content(part)
-    normalise = partial(spec.normalize_address, region=default_region)
-    addresses, dupes = _normalise_audience(ins.audience, normalise, problems)
-    if problems:
-        raise _invalid(problems)
-    return ValidInstruction(ins, addresses, dupes, parse_intervals(ins.options.retry_interval_minutes))
 
 
 def _check_options(opts: Options, settings: Settings) -> list[dict[str, Any]]:
@@ -167,13 +210,17 @@ def _check_options(opts: Options, settings: Settings) -> list[dict[str, Any]]:
 
 
 def _normalise_audience(
-    audience: list[str], normalise: Any, problems: list[dict[str, Any]]
+    audience: list[Any], normalise: Callable[[str], str] | None, problems: list[dict[str, Any]]
 ) -> tuple[list[str], int]:
+    """Normalised unique addresses (when the transport type is known); each bad one reported."""
     seen: dict[str, None] = {}
     unlisted = 0
     for i, raw in enumerate(audience):
         try:
-            seen.setdefault(normalise(raw), None)
+            if not isinstance(raw, str):
+                raise ValueError("Input should be a valid string")
+            if normalise is not None:
+                seen.setdefault(normalise(raw), None)
         except ValueError as exc:
             if len(problems) < MAX_DETAILS:
                 problems.append(detail(["audience", i], str(exc)))

@@ -104,6 +104,17 @@ class Procs:
     def worker(self, **env: str) -> subprocess.Popen[bytes]:
         return self.start("worker", **env)
 
+    def api(self, port: int, **env: str) -> subprocess.Popen[bytes]:
+        """`hub api` on `port`, returned once it answers /healthz."""
+        proc = self.start("api", HUB_API_PORT=str(port), **env)
+        url = f"http://127.0.0.1:{port}/healthz"
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if subprocess.run(["curl", "-sf", url], capture_output=True).returncode == 0:
+                return proc
+            time.sleep(0.2)
+        raise RuntimeError("hub api did not start:\n" + self.logs())
+
     def stop_all(self) -> None:
         for proc in self.running:
             try:
@@ -129,18 +140,8 @@ def api_server(tmp_path_factory: pytest.TempPathFactory, database: asyncpg.Pool)
     """One `hub api` process for the whole run (it keeps no state of its own)."""
     port = free_port()
     p = Procs(tmp_path_factory.mktemp("api"))
-    p.start("api", HUB_API_PORT=str(port))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            subprocess.run(["curl", "-sf", f"{url}/healthz"], check=True, capture_output=True)
-            break
-        except subprocess.CalledProcessError:
-            time.sleep(0.2)
-    else:
-        raise RuntimeError("hub api did not start:\n" + p.logs())
-    yield url
+    p.api(port)
+    yield f"http://127.0.0.1:{port}"
     p.stop_all()
 
 

@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from hub import constants as c
@@ -34,39 +35,43 @@ def _request_hash(raw: bytes) -> bytes:
 async def create_session(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        status, body = await _create(request)
-        return web.json_response(body, status=status)
+        async with st.pool(request).acquire() as conn:
+            row, body = await _create(request, conn, None)
+        await _kick_new(request, row)
+        return web.json_response(body, status=201)
     if not key or len(key) > MAX_IDEMPOTENCY_KEY:
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
                          error_id="bad-idempotency-key")
-    pool, app_id = st.pool(request), st.app_id(request)
-    seen = await idempotency.begin(pool, app_id, key, _request_hash(await request.read()),
-                                   st.settings(request).idempotency_ttl_h)
-    if seen.state == "replay":
-        return web.json_response(seen.body, status=seen.status or 200,
-                                 headers={"Idempotency-Replay": "true"})
-    if seen.state == "mismatch":
-        raise Unprocessable("this Idempotency-Key was used with another request body",
-                            error_id="idempotency-key-reused")
-    if seen.state == "running":
-        raise Conflict("the first request with this Idempotency-Key is still running",
-                       error_id="idempotency-in-progress", headers={"Retry-After": "1"})
-    try:
-        status, body = await _create(request)
-    except HubError as exc:
-        await idempotency.finish(pool, app_id, key, exc.status, exc.body())
-        raise
-    except BaseException:
-        await idempotency.forget(pool, app_id, key)
-        raise
-    await idempotency.finish(pool, app_id, key, status, body)
-    return web.json_response(body, status=status)
+    request_hash = _request_hash(await request.read())
+    async with idempotency.claim(st.pool(request), st.app_id(request), key, request_hash,
+                                 st.settings(request).idempotency_ttl_h) as held:
+        if held is None:
+            raise Conflict("the first request with this Idempotency-Key is still running",
+                           error_id="idempotency-in-progress", headers={"Retry-After": "1"})
+        seen = await held.previous()
+        if seen is not None and seen.request_hash != request_hash:
+            raise Unprocessable("this Idempotency-Key was used with another request body",
+                                error_id="idempotency-key-reused")
+        if seen is not None:
+            return web.json_response(seen.body, status=seen.status,
+                                     headers={"Idempotency-Replay": "true"})
+        try:
+            row, body = await _create(request, held.conn, held)
+        except HubError as exc:
+            if exc.status < 500:  # a refusal is the answer; an outage is not
+                await held.answer(exc.status, exc.body())
+            raise
+    await _kick_new(request, row)
+    return web.json_response(body, status=201)
 
 
-async def _create(request: web.Request) -> tuple[int, dict[str, Any]]:
-    settings, pool, app_id = st.settings(request), st.pool(request), st.app_id(request)
+async def _create(request: web.Request, conn: asyncpg.Connection,
+                  held: idempotency.Claim | None) -> tuple[asyncpg.Record, dict[str, Any]]:
+    """Validate, then store the session, its deliveries and the key's answer in one
+    transaction. Every query runs on `conn` (a request never holds two connections)."""
+    settings, app_id = st.settings(request), st.app_id(request)
     body = await st.read_json(request)
-    transport = await _transport_for(request, body)
+    transport = await _transport_for(request, conn, body)
     region = transport["config"].get("defaultRegion") if transport else None
     valid = parse_instruction(body, settings, default_region=region)
     if transport is None:
@@ -76,26 +81,34 @@ async def _create(request: web.Request) -> tuple[int, dict[str, Any]]:
             "POST /v1/transports", error_id="transport-not-configured",
             details=[detail(["transport", "type"], f"no {type_} transport registered")],
         )
-    row = await sessions.create(pool, app_id, transport, valid)
+    async with conn.transaction():
+        row = await sessions.create(conn, app_id, transport, valid)
+        out = sessions.view(row)
+        if out["scheduledTimestamp"] is None:
+            del out["scheduledTimestamp"]
+        if held is not None:
+            await held.answer(201, out)
+    return row, out
+
+
+async def _kick_new(request: web.Request, row: asyncpg.Record) -> None:
+    """Hand a just-created session to the workers (the reconciler does it if this fails)."""
     if row["status"] == c.S_QUEUED:
-        jobs = min(MAX_PARALLEL_JOBS_PER_SESSION, math.ceil(len(valid.addresses) / settings.batch_size))
-        await st.kick(request, row, parallel=jobs)
+        batches = math.ceil(row["audience_count"] / st.settings(request).batch_size)
+        await st.kick(request, row, parallel=min(MAX_PARALLEL_JOBS_PER_SESSION, batches))
     elif row["status"] == c.S_SCHEDULED:
         await st.kick(request, row, at=row["scheduled_at"])
-    out = sessions.view(row)
-    if out["scheduledTimestamp"] is None:
-        del out["scheduledTimestamp"]
-    return 201, out
 
 
-async def _transport_for(request: web.Request, body: Any) -> dict[str, Any] | None:
+async def _transport_for(request: web.Request, conn: asyncpg.Connection,
+                         body: Any) -> dict[str, Any] | None:
     part = body.get("transport") if isinstance(body, dict) else None
     if not isinstance(part, dict) or part.get("type") not in c.TRANSPORT_TYPES:
         return None
     extras = part.get("extras")
     name = extras.get("transport") if isinstance(extras, dict) else None
     name = name if isinstance(name, str) else None
-    found = await transports_store.resolve(st.pool(request), st.app_id(request), part["type"], name)
+    found = await transports_store.resolve(conn, st.app_id(request), part["type"], name)
     if found is None and name:
         raise Unprocessable(f"no {part['type']} transport named {name!r}",
                             error_id="transport-not-configured",

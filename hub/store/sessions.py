@@ -51,9 +51,10 @@ def view(row: Any, counts: dict[str, int] | None = None) -> dict[str, Any]:
 
 
 async def create(
-    pool: Pool, app_id: uuid.UUID, transport: dict[str, Any], vi: ValidInstruction
+    conn: asyncpg.Connection, app_id: uuid.UUID, transport: dict[str, Any], vi: ValidInstruction
 ) -> asyncpg.Record:
-    """Store the session and one delivery per unique address, atomically.
+    """Store the session and one delivery per unique address, atomically (within the
+    caller's transaction when there is one, so it can commit more with them).
 
     An email's `cc`/`bcc` addresses become deliveries of the session too (role `cc`/`bcc`,
     one copy each per session); an address also in the audience stays an audience
@@ -69,7 +70,7 @@ async def create(
     session_id = uuid.uuid4()
     content = ins.transport.model_dump(by_alias=True, exclude_none=True)
     copies = _copies(vi)
-    async with pool.acquire() as conn, conn.transaction():
+    async with conn.transaction():
         row = await conn.fetchrow(
             "INSERT INTO sessions (id, app_id, transport_id, transport_type, xref, status, trigger,"
             " instruction, scheduled_at, retries, retry_intervals_s, webhook_url, audience_count,"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import asyncpg
+
 from hub.store.db import Pool
 
 PUBLIC_COLUMNS = "id, app_id, name, type, provider, config, is_default, created_at, updated_at"
@@ -73,7 +75,7 @@ async def get_full(pool: Pool, transport_id: uuid.UUID) -> dict[str, Any] | None
 
 
 async def resolve(
-    pool: Pool, app_id: uuid.UUID, type_: str, name: str | None
+    pool: Pool | asyncpg.Connection, app_id: uuid.UUID, type_: str, name: str | None
 ) -> dict[str, Any] | None:
     """The named transport of that type, or the app's default one."""
     if name:

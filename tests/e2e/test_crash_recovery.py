@@ -6,14 +6,17 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from redis import Redis
 
 from hub.dev.smtp import SmtpSink
 from tests.conftest import Procs
-from tests.helpers import Api, eventually
+from tests.helpers import Api, eventually, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -87,3 +90,72 @@ async def test_redis_flushed_mid_session_is_reconciled(
     done = await api.wait_status(created["sessionId"], timeout_s=40)
     assert done["counts"] == {"delivered": 1}
     assert len(sink.for_address("r@example.com")) == 1
+
+
+@pytest.mark.timeout(240)
+async def test_api_killed_inside_an_idempotent_request_leaves_one_session_and_a_usable_key(
+    make_app: Callable[[str], Any], http: aiohttp.ClientSession, smtp_sink: tuple[int, SmtpSink],
+    tmp_path: Path, db: Any,
+) -> None:
+    port, _ = smtp_sink
+    procs, api_port = Procs(tmp_path), free_port()
+    try:
+        procs.api(api_port)
+        api = Api(http, f"http://127.0.0.1:{api_port}", await make_app("crash"))
+        status, _ = await api.post("/v1/transports", {"name": "smtp", "type": "email", "config": {
+            "host": "127.0.0.1", "port": port, "from": "hub@example.com"}})
+        assert status == 201
+        audience = [f"big{i}@example.com" for i in range(200_000)]
+
+        def big(xref: str) -> dict[str, Any]:
+            return {**email(audience, trigger="manual"), "xref": xref}
+
+        async def stored(xref: str) -> int:
+            return int(await db.fetchval("SELECT count(*) FROM sessions WHERE xref = $1", xref))
+
+        started = time.monotonic()  # how long the whole request takes on this machine
+        status, _ = await api.post("/v1/sessions", big("timing"), headers={"Idempotency-Key": "t"})
+        assert status == 201
+        took_s = time.monotonic() - started
+
+        # SIGKILL `hub api` while the request is in flight and nothing is stored yet;
+        # if the request got further than that, try again earlier with another key.
+        for run in range(5):
+            key, xref = f"big-{run}", f"killed-{run}"
+            request = asyncio.create_task(
+                api.post("/v1/sessions", big(xref), headers={"Idempotency-Key": key}))
+            await asyncio.sleep(took_s * 0.5 / 2 ** run)
+            in_flight = not request.done() and await stored(xref) == 0
+            victim = procs.running[-1]
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+            try:
+                await request
+            except aiohttp.ClientError:
+                pass
+            procs.api(api_port)
+            if in_flight:
+                break
+        else:
+            pytest.fail(f"could not kill hub api mid-request in 5 runs ({took_s:.1f}s each)")
+        print(f"\nkilled after {took_s * 0.5 / 2 ** run:.2f}s of a {took_s:.2f}s request (run {run})")
+
+        # What a client does: retry, honouring Retry-After while PostgreSQL is still
+        # rolling back the dead request's transaction (seconds), never for 24 h.
+        async def answered() -> tuple[int, Any] | None:
+            found = await api.post("/v1/sessions", big(xref), headers={"Idempotency-Key": key})
+            if found[0] == 409:
+                await asyncio.sleep(float(api.last_headers["Retry-After"]))
+                return None
+            return found
+        status, created = await eventually(answered, 30, "the key to be free again")
+        assert status == 201, created
+        assert await stored(xref) == 1
+        assert await db.fetchval("SELECT count(*) FROM deliveries d JOIN sessions s"
+                                 " ON s.id = d.session_id WHERE s.xref = $1", xref) == 200_000
+        status, again = await api.post("/v1/sessions", big(xref), headers={"Idempotency-Key": key})
+        assert status == 201 and again == created
+        assert api.last_headers.get("Idempotency-Replay") == "true"
+        assert await stored(xref) == 1
+    finally:
+        procs.stop_all()

@@ -61,13 +61,19 @@ async def test_invalid_instruction_is_422_with_location_and_stores_nothing(
     assert await db.fetchval("SELECT count(*) FROM deliveries") == 0
 
 
-async def test_every_problem_is_listed(api: Api, email_transport: dict[str, Any]) -> None:
+async def test_every_problem_is_listed(
+    api: Api, email_transport: dict[str, Any], db: Any
+) -> None:
     body = variant(transport__subject=_DROP, audience=["x", "a@example.com", "y"],
                    options__retries=-2)
     status, err = await api.post("/v1/sessions", body)
-    assert status == 422
+    assert status == 422 and err["error_id"] == "invalid-instruction"
     locs = [d["loc"] for d in err["details"]]
-    assert ["options", "retries"] in locs  # schema errors come first, all of them
+    # A bad option does not hide the content or the addresses: one answer lists them all.
+    assert locs == [["transport", "subject"], ["audience", 0], ["audience", 2],
+                    ["options", "retries"]]
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 0
+    assert await db.fetchval("SELECT count(*) FROM deliveries") == 0
 
 
 async def test_every_content_and_address_problem_is_listed(
@@ -205,4 +211,47 @@ async def test_idempotency_key_while_the_first_request_runs_is_409(
     assert status == 201
     status, replay = await api.post("/v1/sessions", big, headers=headers)
     assert status == 201 and replay == created
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 1
+
+
+async def test_concurrent_identical_requests_create_one_session(
+    api: Api, email_transport: dict[str, Any], db: Any,
+) -> None:
+    import asyncio
+
+    body = {**GOOD, "audience": [f"c{i}@example.com" for i in range(2000)]}
+    headers = {"Idempotency-Key": "burst-1"}
+    answers = await asyncio.gather(*(api.post("/v1/sessions", body, headers=headers)
+                                     for _ in range(50)))
+    statuses = [s for s, _ in answers]
+    assert set(statuses) <= {201, 409} and 201 in statuses, statuses
+    assert len({b["sessionId"] for s, b in answers if s == 201}) == 1
+    assert all(b["error_id"] == "idempotency-in-progress" for s, b in answers if s == 409)
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 1
+
+
+async def test_a_session_is_kept_only_together_with_its_idempotency_answer(
+    api: Api, email_transport: dict[str, Any], db: Any,
+) -> None:
+    # A fault injected in PostgreSQL: the 201 answer of a key cannot be stored.
+    await db.execute("""
+        CREATE FUNCTION refuse_answer() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'injected: answer not stored'; END $$;
+        CREATE TRIGGER refuse_answer BEFORE INSERT OR UPDATE ON idempotency_keys
+        FOR EACH ROW WHEN (NEW.status_code = 201) EXECUTE FUNCTION refuse_answer();
+    """)
+    headers = {"Idempotency-Key": "fault-1"}
+    try:
+        status, err = await api.post("/v1/sessions", GOOD, headers=headers)
+        assert status == 500, err
+        # Neither the session nor a key row was kept: nothing to find, nothing blocked.
+        assert await db.fetchval("SELECT count(*) FROM sessions") == 0
+        assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+    finally:
+        await db.execute("DROP TRIGGER refuse_answer ON idempotency_keys;"
+                         " DROP FUNCTION refuse_answer()")
+    status, created = await api.post("/v1/sessions", GOOD, headers=headers)
+    assert status == 201, created
+    status, again = await api.post("/v1/sessions", GOOD, headers=headers)
+    assert status == 201 and again == created
     assert await db.fetchval("SELECT count(*) FROM sessions") == 1

@@ -77,3 +77,42 @@ def test_invalid_addresses_reported_up_to_a_cap() -> None:
     details = exc.value.details
     assert len(details) == 1001
     assert details[-1] == {"loc": ["audience"], "msg": "4000 more invalid addresses not listed"}
+
+
+def _locs(body: Any) -> list[Any]:
+    with pytest.raises(Unprocessable) as exc:
+        parse(body)
+    return [d["loc"] for d in exc.value.details]
+
+
+def test_a_bad_option_does_not_hide_a_bad_address() -> None:
+    assert _locs({"transport": {"type": "email", "subject": "s", "message": "m"},
+                  "audience": ["a@b.io", "nope"], "options": {"retries": -1}}) == [
+        ["audience", 1], ["options", "retries"]]
+
+
+def test_every_part_is_checked_on_its_own() -> None:
+    locs = _locs({"transport": {"type": "sms", "subject": 5, "extras": []},
+                  "audience": ["+9779812345678", 7, "12"],
+                  "options": {"trigger": "later", "webhookUrl": "ftp://x", "colour": "blue"},
+                  "xref": "x" * 300, "extra": 1})
+    assert locs == [
+        ["extra"],
+        ["transport", "subject"], ["transport", "extras"],  # schema errors of the transport
+        ["audience", 1], ["audience", 2],  # not a string; not a phone number (sms rules)
+        ["options", "trigger"], ["options", "colour"],
+        ["xref"],
+    ]
+
+
+def test_content_checks_and_option_checks_together() -> None:
+    locs = _locs({"transport": {"type": "email", "message": "m"}, "audience": ["a@b.io"],
+                  "options": {"trigger": "scheduled", "webhookUrl": "ftp://example.com"}})
+    assert locs == [["transport", "subject"], ["options", "scheduledTimestamp"],
+                    ["options", "webhookUrl"]]
+
+
+def test_an_unknown_transport_type_still_reports_options_and_a_missing_audience() -> None:
+    assert _locs({"transport": {"type": "fax"}, "options": {"retries": "many"}}) == [
+        ["transport", "type"], ["audience"], ["options", "retries"]]
+    assert _locs([1, 2]) == [[]]
