@@ -249,7 +249,10 @@ async def test_webhook_receiver_down_is_retried_with_same_id(
     assert len(ids) == 2 and all(len(times) == 3 for times in ids.values())  # 500, 500, 204
     for times in ids.values():  # schedule "0,1,2,3" s in the tests: 1 s, then 2 s
         assert times[1] - times[0] >= 0.9 and times[2] - times[1] >= 1.9
-    logged = await db.fetch("SELECT status_code FROM webhook_attempts ORDER BY id")
+    async def all_logged() -> list[Any] | None:  # the receiver answers before the row commits
+        rows = await db.fetch("SELECT status_code FROM webhook_attempts ORDER BY id")
+        return list(rows) if len(rows) >= 6 else None
+    logged = await eventually(all_logged, 10, "six webhook attempts logged")
     assert sorted(r["status_code"] for r in logged) == [204, 204, 500, 500, 500, 500]
 
 
