@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -77,6 +77,9 @@ class ValidInstruction:
     addresses: list[str]
     duplicates_removed: int
     retry_intervals_s: list[float]
+    # Session-wide copies the transport adds to the audience: (address, role), e.g. an
+    # email's cc/bcc, each sent once per session.
+    copies: list[tuple[str, str]] = field(default_factory=list)
 
 
 def parse_intervals(value: str | float) -> list[float]:
@@ -171,7 +174,10 @@ def parse_instruction(
     if problems or part is None or opts is None or audience is None:
         raise _invalid(problems)
     ins = Instruction.model_construct(transport=part, audience=audience, options=opts, xref=xref)
-    return ValidInstruction(ins, addresses, dupes, parse_intervals(opts.retry_interval_minutes))
+    copies_of = getattr(spec, "copies", None)
+    copies = copies_of(part, addresses) if copies_of is not None else []
+    return ValidInstruction(ins, addresses, dupes, parse_intervals(opts.retry_interval_minutes),
+                            copies)
 
 
 _FIELDS = frozenset(f.alias or n for n, f in Instruction.model_fields.items())
@@ -184,14 +190,14 @@ def _known_type(raw_transport: Any) -> str | None:
 
 
 def _check_lengths(part: TransportPart, settings: Settings) -> None:
-    for field, limit in (("message", settings.message_max_chars),
-                         ("subject", settings.subject_max_chars)):
-        value = getattr(part, field)
+    for name, limit in (("message", settings.message_max_chars),
+                        ("subject", settings.subject_max_chars)):
+        value = getattr(part, name)
         if value is not None and len(value) > limit:
             raise TooLarge(
-                f"transport.{field} has {len(value)} characters; the limit is {limit}",
+                f"transport.{name} has {len(value)} characters; the limit is {limit}",
                 error_id="message-too-long",
-                details=[detail(["transport", field], f"at most {limit} characters")],
+                details=[detail(["transport", name], f"at most {limit} characters")],
             )
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import asyncpg
 
 from hub import constants as c
-from hub.addresses import normalize_email
 from hub.instruction import ValidInstruction
 from hub.store import outbox, pagination
 from hub.store.db import Pool
@@ -69,7 +68,6 @@ async def create(
     }[opts.trigger]
     session_id = uuid.uuid4()
     content = ins.transport.model_dump(by_alias=True, exclude_none=True)
-    copies = _copies(vi)
     async with conn.transaction():
         row = await conn.fetchrow(
             "INSERT INTO sessions (id, app_id, transport_id, transport_type, xref, status, trigger,"
@@ -83,26 +81,10 @@ async def create(
         await conn.copy_records_to_table(
             "deliveries",
             records=((session_id, a, c.D_PENDING, due, role) for a, role in chain(
-                ((a, "to") for a in vi.addresses), copies)),
+                ((a, "to") for a in vi.addresses), vi.copies)),
             columns=["session_id", "address", "status", "next_attempt_at", "role"],
         )
     return row
-
-
-def _copies(vi: ValidInstruction) -> list[tuple[str, str]]:
-    """An email's cc/bcc addresses, normalised, each once, none of the audience (cc first)."""
-    part = vi.instruction.transport
-    if part.type != "email":
-        return []
-    audience = set(vi.addresses)
-    found: dict[str, str] = {}
-    for role in ("cc", "bcc"):
-        value = part.extras.get(role) or []
-        for raw in [value] if isinstance(value, str) else value:
-            address = normalize_email(str(raw))  # validated already
-            if address not in audience:
-                found.setdefault(address, role)
-    return list(found.items())
 
 
 async def get(pool: Pool | asyncpg.Connection, app_id: uuid.UUID | None,

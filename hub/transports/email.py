@@ -112,6 +112,18 @@ class EmailSpec:
                 problems.append(detail([*loc, "filename"], _NOT_IN_HEADER))
         return problems
 
+    def copies(self, part: TransportPart, audience: list[str]) -> list[tuple[str, str]]:
+        """cc/bcc addresses, normalised, each once, none of the audience (cc first): each
+        becomes one delivery of the session (role cc/bcc), not a copy per recipient."""
+        taken = set(audience)
+        found: dict[str, str] = {}
+        for role in ("cc", "bcc"):
+            for raw in _as_list(part.extras.get(role)):
+                address = normalize_email(raw)  # validated already
+                if address not in taken:
+                    found.setdefault(address, role)
+        return list(found.items())
+
     def normalize_address(self, address: str, region: str | None = None) -> str:
         return normalize_email(address)
 
