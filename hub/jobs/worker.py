@@ -1,8 +1,9 @@
 """`hub worker`: an RQ worker, RQ's scheduler and the reconciler, in one process.
 
 RQ's own `--with-scheduler` forks a scheduler process that outlives a SIGKILLed worker;
-here the scheduler runs in a thread instead (RQ's per-queue scheduler locks still let
-only one worker move scheduled jobs at a time), so killing a worker kills all of it.
+here the scheduler runs in a thread instead, so killing a worker kills all of it. A
+short lock per queue lets one worker at a time move that queue's scheduled jobs; every
+queue is covered by some worker serving it, whatever other queues that worker serves.
 A maintenance thread runs the reconciler; a Redis lock lets one pass run per interval
 across all workers, so any surviving worker keeps the hub consistent.
 """
@@ -20,7 +21,7 @@ from rq import Queue, SimpleWorker
 from rq.scheduler import RQScheduler
 
 from hub.config import Settings
-from hub.constants import RECONCILER_LOCK_KEY, SCHEDULER_LOCK_KEY
+from hub.constants import RECONCILER_LOCK_KEY, REDIS_PREFIX
 from hub.jobs.queueing import Kicker
 from hub.jobs.reconciler import reconcile
 from hub.store.db import connect
@@ -28,6 +29,7 @@ from hub.store.db import connect
 log = logging.getLogger(__name__)
 SCHEDULER_INTERVAL_S = 1.0
 SCHEDULER_LOCK_MS = 3000
+SCHEDULER_LOCK_PREFIX = REDIS_PREFIX + "lock:scheduler:"  # + queue name
 DEFAULT_QUEUES = ("email", "sms", "whatsapp", "slack", "api", "webhooks", "maintenance")
 
 
@@ -54,29 +56,46 @@ def _maintenance(settings: Settings, stop: threading.Event) -> None:
             log.exception("reconciler pass failed")
 
 
-def _hold(redis: Redis, key: str, token: str, ttl_ms: int) -> bool:
-    """Take or keep a short lock; a dead holder's lock lapses after `ttl_ms`."""
-    if redis.set(key, token, nx=True, px=ttl_ms):
-        return True
-    if redis.get(key) == token.encode():
-        redis.pexpire(key, ttl_ms)
-        return True
-    return False
+# Take or keep each lock (KEYS) for ARGV[1] (token) for ARGV[2] ms; 1 where held.
+HOLD_LOCKS_LUA = """
+local held = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    held[i] = 1
+  elseif redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    held[i] = 1
+  else
+    held[i] = 0
+  end
+end
+return held
+"""
+
+
+def _held_queues(redis: Redis, queues: tuple[str, ...], token: str) -> list[str]:
+    """The queues whose scheduler lock this worker takes or keeps; a dead holder's lock
+    lapses after SCHEDULER_LOCK_MS."""
+    flags = redis.eval(HOLD_LOCKS_LUA, len(queues),
+                       *(SCHEDULER_LOCK_PREFIX + q for q in queues), token, SCHEDULER_LOCK_MS)
+    return [q for q, flag in zip(queues, flags, strict=True) if flag]
 
 
 def _scheduler(settings: Settings, queues: tuple[str, ...], stop: threading.Event) -> None:
     """Move due `enqueue_at` jobs (retries, scheduled sessions) onto their queues.
 
+    One lock per queue, so a worker serving other queues never holds back this one's.
     RQ's scheduler locks live 61 s, so a killed worker would stall retries for a minute;
-    a 3 s lock of our own hands the job to a surviving worker almost at once.
+    3 s locks of our own hand each queue to a surviving worker almost at once.
     """
     redis = Redis.from_url(settings.redis_url)
     scheduler = RQScheduler(queues, connection=redis, interval=SCHEDULER_INTERVAL_S)
     token = uuid.uuid4().hex
     while not stop.wait(SCHEDULER_INTERVAL_S):
         try:
-            if _hold(redis, SCHEDULER_LOCK_KEY, token, SCHEDULER_LOCK_MS):
-                scheduler.prepare_registries(queues)
+            held = _held_queues(redis, queues, token)
+            if held:
+                scheduler.prepare_registries(held)
                 scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
         except (RedisError, OSError) as exc:
             log.warning("scheduler pass skipped: %s", exc)

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from redis import Redis
 from standardwebhooks.webhooks import Webhook
 
 from hub.dev.smtp import SmtpSink
@@ -79,6 +80,28 @@ async def test_smtp_4xx_retried_on_schedule_then_delivered(
     gap1, gap2 = refused[1] - refused[0], accepted - refused[1]
     assert 3.0 <= gap1 < 3.0 + 4, gap1   # 0.05 min = 3 s, plus scheduler latency
     assert 6.0 <= gap2 < 6.0 + 4, gap2   # 0.1 min = 6 s
+
+
+async def test_email_retries_move_while_a_webhooks_only_worker_holds_a_scheduler_lock(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
+    redis: Redis,
+) -> None:
+    _, sink = smtp_sink
+    sink.scripts["late@example.com"] = ["451 4.3.0 try later"]
+    procs.start("worker", "--queues", "webhooks")  # first: it takes the scheduler lock it can
+
+    async def locked() -> bool:
+        return bool(redis.keys("hub:lock:scheduler*"))
+    await eventually(locked, 15, "the webhooks worker to hold a scheduler lock")
+    procs.start("worker", "--queues", "email")
+    created = await api.submit(email(["late@example.com"], retries=1,
+                                     retryIntervalMinutes="0.05"))
+    done = await api.wait_status(created["sessionId"], timeout_s=30)
+    assert done["counts"] == {"delivered": 1}
+    [refused] = sink.refused["late@example.com"]
+    accepted = sink.for_address("late@example.com")[0].at
+    # 0.05 min = 3 s, plus scheduler latency; not left to the reconciler's 10 s grace
+    assert 3.0 <= accepted - refused < 3.0 + 4, accepted - refused
 
 
 async def test_smtp_5xx_is_not_retried(
