@@ -39,7 +39,7 @@ WEBHOOK_SECRET_PREFIX: Final = "whsec_"
 
 REDIS_PREFIX: Final = "hub:"
 RECONCILER_LOCK_KEY: Final = REDIS_PREFIX + "lock:reconciler"
-SCHEDULER_LOCK_KEY: Final = REDIS_PREFIX + "lock:scheduler"
+SCHEDULER_LOCK_PREFIX: Final = REDIS_PREFIX + "lock:scheduler:"  # + queue name
 
 JOB_TIMEOUT_S: Final = 600
 JOB_RESULT_TTL_S: Final = 60

@@ -21,7 +21,7 @@ from rq import Queue, SimpleWorker
 from rq.scheduler import RQScheduler
 
 from hub.config import Settings
-from hub.constants import RECONCILER_LOCK_KEY, REDIS_PREFIX
+from hub.constants import RECONCILER_LOCK_KEY, SCHEDULER_LOCK_PREFIX
 from hub.jobs.queueing import Kicker
 from hub.jobs.reconciler import reconcile
 from hub.store.db import connect
@@ -29,7 +29,6 @@ from hub.store.db import connect
 log = logging.getLogger(__name__)
 SCHEDULER_INTERVAL_S = 1.0
 SCHEDULER_LOCK_MS = 3000
-SCHEDULER_LOCK_PREFIX = REDIS_PREFIX + "lock:scheduler:"  # + queue name
 DEFAULT_QUEUES = ("email", "sms", "whatsapp", "slack", "api", "webhooks", "maintenance")
 
 
