@@ -25,8 +25,8 @@ from hub.constants import (
 log = logging.getLogger(__name__)
 
 DELIVER_FUNC = "hub.jobs.deliver.deliver_session"
-WEBHOOKS_FUNC = "hub.jobs.webhook_sender.send_due_webhooks"
 WEBHOOKS_KICK_KEY = REDIS_PREFIX + "kick:webhooks"
+WEBHOOKS_KICK_TTL_S = 60
 VOICE_ACTIVE_KEY = REDIS_PREFIX + "voice:active"
 VOICE_SETUP_KEY = REDIS_PREFIX + "voice:setup"
 # A queued job's slot lapses after this long (a job lost with Redis loses its slot too);
@@ -111,15 +111,11 @@ class Kicker:
         return taken
 
     def webhooks(self) -> bool:
-        """Ask for a webhook drain; at most one kick per half second (the drain loops)."""
+        """Ask the workers' webhook threads for a drain (they also sweep every few seconds)."""
         try:
-            if self.redis.set(WEBHOOKS_KICK_KEY, 1, nx=True, px=500):
-                self._queue("webhooks").enqueue(
-                    WEBHOOKS_FUNC, job_timeout=JOB_TIMEOUT_S, result_ttl=0,
-                    failure_ttl=JOB_FAILURE_TTL_S,
-                )
+            self.redis.set(WEBHOOKS_KICK_KEY, 1, ex=WEBHOOKS_KICK_TTL_S)
         except RedisError as exc:
-            log.warning("could not enqueue webhook delivery (the reconciler will): %s", exc)
+            log.warning("could not ask for webhook delivery (the next sweep will): %s", exc)
             return False
         return True
 

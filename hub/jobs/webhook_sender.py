@@ -73,9 +73,10 @@ RETURNING e.id, e.url, e.payload, e.attempts, (SELECT webhook_secret FROM apps a
 
 
 def send_due_webhooks() -> int:
-    """RQ entry point: deliver due events until none is due; return how many were attempted."""
+    """RQ entry point, for jobs queued by an earlier version (workers now drain the outbox
+    in a thread of their own, see `hub.jobs.worker`)."""
     settings = load_settings()
-    attempted, more = asyncio.run(_drain(settings))
+    attempted, more = drain(settings)
     if more:
         redis = Redis.from_url(settings.redis_url)
         try:
@@ -83,6 +84,11 @@ def send_due_webhooks() -> int:
         finally:
             redis.close()
     return attempted
+
+
+def drain(settings: Settings) -> tuple[int, bool]:
+    """Deliver due events until none is due (or the drain's time is up): (attempted, more)."""
+    return asyncio.run(_drain(settings))
 
 
 async def _drain(settings: Settings) -> tuple[int, bool]:

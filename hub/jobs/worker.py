@@ -6,6 +6,11 @@ short lock per queue lets one worker at a time move that queue's scheduled jobs;
 queue is covered by some worker serving it, whatever other queues that worker serves.
 A maintenance thread runs the reconciler; a Redis lock lets one pass run per interval
 across all workers, so any surviving worker keeps the hub consistent.
+
+A worker serving `webhooks` drains the webhook outbox in a thread of its own (when kicked,
+and every WEBHOOK_SWEEP_S), not as RQ jobs: a slow or dead receiver never holds the worker
+away from delivery jobs. Several workers' drains share the per-URL and per-app caps, which
+are counted from the events' leases in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -22,11 +30,14 @@ from rq.scheduler import RQScheduler
 
 from hub.config import Settings
 from hub.constants import RECONCILER_LOCK_KEY, SCHEDULER_LOCK_PREFIX
-from hub.jobs.queueing import Kicker
+from hub.jobs.queueing import WEBHOOKS_KICK_KEY, Kicker
 from hub.jobs.reconciler import reconcile
+from hub.jobs.webhook_sender import drain
 from hub.store.db import connect
 
 log = logging.getLogger(__name__)
+WEBHOOK_POLL_S = 0.25
+WEBHOOK_SWEEP_S = 2.0
 SCHEDULER_INTERVAL_S = 1.0
 SCHEDULER_LOCK_MS = 3000
 DEFAULT_QUEUES = ("email", "sms", "whatsapp", "slack", "api", "webhooks", "maintenance")
@@ -100,13 +111,33 @@ def _scheduler(settings: Settings, queues: tuple[str, ...], stop: threading.Even
             log.warning("scheduler pass skipped: %s", exc)
 
 
+def _webhooks(settings: Settings, stop: threading.Event) -> None:
+    """Drain the webhook outbox when kicked, and every WEBHOOK_SWEEP_S for retries."""
+    redis = Redis.from_url(settings.redis_url)
+    last = 0.0
+    while not stop.wait(WEBHOOK_POLL_S):
+        try:
+            if redis.getdel(WEBHOOKS_KICK_KEY) or time.monotonic() - last >= WEBHOOK_SWEEP_S:
+                last = time.monotonic()
+                drain(settings)
+        except (RedisError, OSError) as exc:
+            log.warning("webhook drain skipped: %s", exc)
+        except Exception:  # keep draining whatever one pass hit
+            log.exception("webhook drain failed")
+
+
 def run_worker(settings: Settings, queues: tuple[str, ...], *, burst: bool = False) -> None:
     redis = Redis.from_url(settings.redis_url)
     stop = threading.Event()
-    for target, args, name in ((_maintenance, (settings, stop), "hub-reconciler"),
-                               (_scheduler, (settings, queues, stop), "hub-scheduler")):
+    threads: list[tuple[Callable[..., None], tuple[Any, ...], str]] = [
+        (_maintenance, (settings, stop), "hub-reconciler"),
+        (_scheduler, (settings, queues, stop), "hub-scheduler")]
+    if "webhooks" in queues:
+        threads.append((_webhooks, (settings, stop), "hub-webhooks"))
+    for target, args, name in threads:
         threading.Thread(target=target, args=args, daemon=True, name=name).start()
     try:
+        # `webhooks` stays an RQ queue too, for jobs an earlier version enqueued.
         worker = SimpleWorker([Queue(q, connection=redis) for q in queues], connection=redis)
         worker.work(burst=burst, logging_level=settings.log_level)
     finally:
