@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -110,9 +111,10 @@ async def renew(conn: asyncpg.Connection, items: Sequence[Claimed], lease_s: flo
 
 
 async def give_back(conn: asyncpg.Connection, session_id: uuid.UUID, items: Sequence[Claimed],
-                    owner: str) -> int:
+                    owner: str, *, at: datetime | None = None, note: str | None = None) -> int:
     """Return claimed deliveries that were never sent: their attempt disappears and they
-    are due again at once (or `cancelled` if the session was cancelled meanwhile)."""
+    are due again at once, or `at` (with `note` as their error), or `cancelled` if the
+    session was cancelled meanwhile. No try is spent."""
     if not items:
         return 0
     ids, atts = _keys(items)
@@ -123,13 +125,14 @@ async def give_back(conn: asyncpg.Connection, session_id: uuid.UUID, items: Sequ
         rows = await conn.fetch(
             "UPDATE deliveries d SET attempts = d.attempts - 1, lease_until = NULL,"
             " claimed_by = NULL,"
-            " status = CASE WHEN $4 THEN 'cancelled' WHEN d.tries > 0 THEN 'retry_scheduled'"
-            "   ELSE 'pending' END,"
-            " next_attempt_at = CASE WHEN $4 THEN NULL ELSE now() END,"
-            " error = CASE WHEN $4 THEN coalesce(d.error, 'session cancelled') ELSE d.error END"
+            " status = CASE WHEN $4 THEN 'cancelled' WHEN d.tries > 0 OR $5::timestamptz"
+            "   IS NOT NULL THEN 'retry_scheduled' ELSE 'pending' END,"
+            " next_attempt_at = CASE WHEN $4 THEN NULL ELSE coalesce($5, now()) END,"
+            " error = CASE WHEN $4 THEN coalesce(d.error, 'session cancelled')"
+            "   ELSE coalesce($6, d.error) END"
             " FROM unnest($1::bigint[], $2::int[]) AS u(id, att)"
             " WHERE d.id = u.id AND d.attempts = u.att AND d.status = 'in_progress'"
-            " AND d.claimed_by = $3 RETURNING d.id, u.att", ids, atts, owner, cancelled)
+            " AND d.claimed_by = $3 RETURNING d.id, u.att", ids, atts, owner, cancelled, at, note)
         if rows:
             await conn.execute(
                 "DELETE FROM attempts a USING unnest($1::bigint[], $2::int[]) AS u(id, att)"

@@ -158,9 +158,11 @@ async def _trigger(conn: asyncpg.Connection, row: Any, include_failed: bool, rep
         )
         if not ids:
             return None
+        # Audio that could not be prepared is prepared again for the new run.
         return await conn.fetchrow(
-            "UPDATE sessions SET status = 'queued', run = run + 1, ended_at = NULL"
-            " WHERE id = $1 RETURNING *", row["id"]
+            "UPDATE sessions SET status = 'queued', run = run + 1, ended_at = NULL,"
+            " media = CASE WHEN media ? 'error' THEN NULL ELSE media END,"
+            " prepare_failures = 0 WHERE id = $1 RETURNING *", row["id"]
         )
     if row["status"] != c.S_AWAITING:
         return None

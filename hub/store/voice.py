@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -25,7 +24,21 @@ JOIN sessions s ON s.transport_id = t.id
 WHERE s.transport_type = 'voice' AND s.status = 'running'
 """
 
-CLAIM_SQL = claim_sql("s.transport_id = $1 AND s.status = 'running' AND s.media IS NOT NULL")
+# A controller never takes over its own expired claims here: those are calls it still
+# follows (its lease lapsed while the database was away) or will adopt when it reconciles.
+CLAIM_SQL = claim_sql("s.transport_id = $1 AND s.status = 'running' AND s.media IS NOT NULL"
+                      " AND d.claimed_by IS DISTINCT FROM $5")
+
+EXPIRED_SQL = """
+SELECT d.id, d.address, d.attempts, d.tries, d.session_id, d.role, d.claimed_by,
+       a.id AS attempt_id, c.ari_url
+FROM deliveries d JOIN sessions s ON s.id = d.session_id
+JOIN attempts a ON a.delivery_id = d.id AND a.attempt = d.attempts AND a.ended_at IS NULL
+LEFT JOIN voice_controllers c ON c.id = d.claimed_by
+WHERE s.transport_id = $1 AND d.status = 'in_progress' AND d.lease_until < now()
+  AND d.claimed_by IS DISTINCT FROM $2 AND d.claimed_by IS DISTINCT FROM 'receipt'
+LIMIT 100
+"""
 
 
 async def activate_sessions(conn: asyncpg.Connection) -> list[uuid.UUID]:
@@ -54,23 +67,48 @@ async def claim(conn: asyncpg.Connection, transport_id: uuid.UUID, limit: int, l
     return [(c, r["session_id"]) for c, r in zip(claimed, rows, strict=True)]
 
 
-async def defer(conn: asyncpg.Connection, claimed: Claimed, until: datetime, reason: str) -> None:
-    """Give a claimed delivery back unattempted (outside the calling window)."""
-    async with conn.transaction():
-        await conn.execute("DELETE FROM attempts WHERE id = $1",
-                           uuid.UUID(claimed.recipient.attempt_id))
-        await conn.execute(
-            "UPDATE deliveries SET status = 'retry_scheduled', attempts = attempts - 1,"
-            " next_attempt_at = $2, lease_until = NULL, claimed_by = NULL, error = $3"
-            " WHERE id = $1", claimed.recipient.delivery_id, until, reason)
+async def register(conn: asyncpg.Connection, owner: str, ari_url: str) -> None:
+    await conn.execute(
+        "INSERT INTO voice_controllers (id, ari_url) VALUES ($1, $2) ON CONFLICT (id)"
+        " DO UPDATE SET ari_url = excluded.ari_url, seen_at = now()", owner, ari_url)
 
 
-async def renew(conn: asyncpg.Connection, delivery_ids: Sequence[int], lease_s: float) -> None:
+async def expired_claims(conn: asyncpg.Connection, transport_id: uuid.UUID, owner: str
+                         ) -> list[Any]:
+    """Other controllers' calls on this trunk whose lease ran out, with the attempt that
+    may still be live and the ARI URL of the Asterisk it was dialled through."""
+    return list(await conn.fetch(EXPIRED_SQL, transport_id, owner))
+
+
+async def take_over(conn: asyncpg.Connection, row: Any, owner: str, lease_s: float) -> bool:
+    """Make a live call of a lapsed claim this controller's (same attempt, no new dial)."""
+    taken = await conn.fetchval(
+        "UPDATE deliveries SET claimed_by = $4, lease_until = now() + make_interval(secs => $5)"
+        " WHERE id = $1 AND attempts = $2 AND claimed_by = $3 AND status = 'in_progress'"
+        " AND lease_until < now() RETURNING 1",
+        row["id"], row["attempts"], row["claimed_by"], owner, lease_s)
+    return bool(taken)
+
+
+async def hold_off(conn: asyncpg.Connection, row: Any, seconds: float) -> None:
+    """A lapsed claim whose call is still live on another Asterisk: leave it to its owner
+    a while longer (nobody may dial the number while that call lasts)."""
+    await conn.execute(
+        "UPDATE deliveries SET lease_until = now() + make_interval(secs => $4)"
+        " WHERE id = $1 AND attempts = $2 AND claimed_by = $3 AND status = 'in_progress'",
+        row["id"], row["attempts"], row["claimed_by"], seconds)
+
+
+async def renew(conn: asyncpg.Connection, delivery_ids: Sequence[int], lease_s: float,
+                owner: str) -> None:
+    """Extend this controller's claims (never one another controller took over)."""
+    await conn.execute(
+        "UPDATE voice_controllers SET seen_at = now() WHERE id = $1", owner)
     if delivery_ids:
         await conn.execute(
             "UPDATE deliveries SET lease_until = now() + make_interval(secs => $2)"
-            " WHERE id = ANY($1::bigint[]) AND status = 'in_progress'",
-            list(delivery_ids), lease_s)
+            " WHERE id = ANY($1::bigint[]) AND status = 'in_progress' AND claimed_by = $3",
+            list(delivery_ids), lease_s, owner)
 
 
 async def owned_open_calls(conn: asyncpg.Connection, owner: str) -> list[Any]:

@@ -29,11 +29,16 @@ BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class AriError(Exception):
-    """ARI answered with an error status, or could not be reached."""
+    """ARI answered with an error status, or could not be reached.
 
-    def __init__(self, status: int, message: str) -> None:
+    `status` 0: no answer. Then `reached` says whether the request may have reached
+    Asterisk (a time-out, a dropped connection) or surely did not (connection refused).
+    """
+
+    def __init__(self, status: int, message: str, *, reached: bool = True) -> None:
         super().__init__(f"ARI {status}: {message}")
         self.status = status
+        self.reached = reached
 
 
 class Ari:
@@ -76,8 +81,10 @@ class Ari:
                 if r.status >= 400:
                     raise AriError(r.status, text.strip()[:300])
                 return json.loads(text) if text else None
+        except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
+            raise AriError(0, f"{type(exc).__name__}: {exc}", reached=False) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise AriError(0, f"{type(exc).__name__}: {exc}") from exc
+            raise AriError(0, f"{type(exc).__name__}: {exc or 'no answer in time'}") from exc
 
     async def originate(self, *, endpoint: str, channel_id: str, caller_id: str | None,
                         timeout_s: int, variables: dict[str, str], context: str) -> Any:
@@ -113,10 +120,14 @@ class Ari:
                     timeout=aiohttp.ClientWSTimeout(ws_close=5),
                 ) as ws:
                     failures = 0
-                    self.connected.set()
                     log.info("ARI connected, app %s registered", self.app)
-                    if self.on_connect:
-                        await self.on_connect()
+                    if self.on_connect:  # e.g. reconcile: done before anyone dials again
+                        try:
+                            await self.on_connect()
+                        except Exception:  # not ready: try the whole connection again
+                            log.exception("ARI connected, but getting ready failed")
+                            raise OSError("not ready after connecting") from None
+                    self.connected.set()
                     async for msg in ws:
                         if msg.type == aiohttp.WSMsgType.TEXT and self.on_event:
                             await self._dispatch(msg.data)

@@ -66,6 +66,7 @@ class Call:
     playing: str | None = None        # id of the playback in progress
     after_playback: str = "hangup"    # hangup | menu
     note: str | None = None           # why the hub ended or lost the call
+    originating: bool = False         # the originate request has not been answered yet
 
     @property
     def answered(self) -> bool:

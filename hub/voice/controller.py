@@ -10,12 +10,13 @@ that ended while it was away are recorded, nothing stays `in_progress`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -25,7 +26,7 @@ from hub import constants as c
 from hub.config import Settings
 from hub.jobs.queueing import Kicker
 from hub.retry import decide
-from hub.store import deliveries, sessions, suppressions
+from hub.store import claims, deliveries, sessions, suppressions
 from hub.store import voice as store
 from hub.store.claims import Claimed
 from hub.store.db import create_pool
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 STASIS_APP = "hub"
 LOST_NOTE = "the call ended while the controller was away from Asterisk; outcome unknown"
 MAX_EXTRA_S = 300  # beyond ring timeout + audio: menus, slow hang-ups
+GIVE_BACK_DELAY = timedelta(seconds=2)  # a call not placed is due again after this
 
 
 @dataclass
@@ -68,6 +70,9 @@ class Controller:
         self.calls: dict[str, Call] = {}
         self.sessions: dict[uuid.UUID, SessionInfo] = {}
         self.stopping = asyncio.Event()
+        self.held: set[int] = set()   # deliveries claimed here and not recorded yet
+        self.remotes: dict[str, Ari] = {}  # other controllers' Asterisks, to ask about calls
+        self.chains: dict[str, asyncio.Task[None]] = {}  # per-channel event handling
         self.setup_times: list[float] = []
         self.flow = CallFlow(ari, pool)
         ari.on_event = self.on_event
@@ -76,6 +81,8 @@ class Controller:
     # ---- main loops -------------------------------------------------------------------
 
     async def run(self) -> None:
+        async with self.pool.acquire() as conn:
+            await store.register(conn, self.owner, self.settings.ari_url)
         await self.ari.start()
         loops = [self._discover(), self._renew_leases(), self._menu_timeouts(), self._publish()]
         try:
@@ -85,6 +92,8 @@ class Controller:
                 if trunk.task:
                     trunk.task.cancel()
             await self.ari.close()
+            for remote in self.remotes.values():
+                await remote.close()
 
     async def _discover(self) -> None:
         """Start due sessions, prepare their audio, and run one dialler per busy trunk."""
@@ -116,24 +125,88 @@ class Controller:
             pass
 
     async def _dial(self, trunk: Trunk) -> None:
-        """Claim and originate for one trunk while it has capacity and work."""
+        """Claim and originate for one trunk while it has capacity and work. Nothing that
+        goes wrong with one call or one database round stops the trunk's dialler."""
         while not self.stopping.is_set():
-            await self.ari.connected.wait()
+            await self.ari.connected.wait()  # set only once reconciling is done
             free = trunk.config.max_channels - len(trunk.calls)
             if free <= 0:
                 trunk.wake.clear()
                 await self._wait(trunk.wake, 1.0)
                 continue
             want = min(free, max(1, int(trunk.config.cps * 2)))
-            async with self.pool.acquire() as conn:
-                claimed = await store.claim(conn, trunk.id, want, self.settings.voice_lease_s,
-                                            self.owner)
+            try:
+                await self._recover_lapsed(trunk)
+                async with self.pool.acquire() as conn:
+                    claimed = await store.claim(conn, trunk.id, want,
+                                                self.settings.voice_lease_s, self.owner)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("voice: trunk %s cannot claim now: %s", trunk.name, exc)
+                await self._sleep(1.0)
+                continue
             if not claimed:
                 trunk.wake.clear()
                 await self._wait(trunk.wake, self.settings.voice_poll_s)
                 continue
+            self.held.update(item.recipient.delivery_id for item, _ in claimed)
             for item, session_id in claimed:
-                await self._start_call(trunk, item, session_id)
+                try:
+                    await self._start_call(trunk, item, session_id)
+                except Exception as exc:  # one call's trouble never stops the dialler
+                    log.exception("voice: starting a call to %s failed", item.recipient.address)
+                    await self._fail_unstarted(trunk, item, session_id, exc)
+
+    async def _fail_unstarted(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
+                              exc: Exception) -> None:
+        channel = channel_id(item.recipient.attempt_id)
+        self.calls.pop(channel, None)
+        trunk.calls.discard(channel)
+        info = self.sessions.get(session_id) or SessionInfo(
+            session_id, uuid.UUID(int=0), 0, [60.0], Media("", 0.0), None)
+        with contextlib.suppress(Exception):  # the database may be the trouble
+            await self._record(Call(item, info, trunk.id, trunk.config, channel),
+                               Result("failed", retryable=True, provider_ref=channel,
+                                      error=f"the call could not be started: {exc}"[:300]))
+        self.held.discard(item.recipient.delivery_id)
+
+    async def _recover_lapsed(self, trunk: Trunk) -> None:
+        """Before dialling anyone whose claim lapsed (its controller died or lost the
+        database), ask the Asterisk that call went through whether it is still live: adopt
+        it if it is ours to see, leave it to its owner if it lives elsewhere."""
+        async with self.pool.acquire() as conn:
+            rows = await store.expired_claims(conn, trunk.id, self.owner)
+        for row in rows:
+            attempt = str(row["attempt_id"])
+            live = await self._live(row["ari_url"], channel_id(attempt))
+            if live is None:
+                continue  # not live anywhere we can tell: the claim goes to the dialler
+            async with self.pool.acquire() as conn:
+                if row["ari_url"] not in (None, self.settings.ari_url):
+                    await store.hold_off(conn, row, self.settings.voice_lease_s)
+                    continue
+                if not await store.take_over(conn, row, self.owner, self.settings.voice_lease_s):
+                    continue
+            log.info("voice: took over the live call %s of %s", channel_id(attempt),
+                     row["claimed_by"])
+            await self._adopt_or_close(row, live, attempt)
+
+    async def _live(self, ari_url: str | None, channel: str) -> dict[str, Any] | None:
+        """The channel if it is up on the Asterisk at `ari_url` (ours when unknown); None
+        when it is gone or that Asterisk cannot be reached (then its calls are gone too)."""
+        ari = self.ari if ari_url in (None, self.settings.ari_url) else self._remote(ari_url)
+        try:
+            found: dict[str, Any] = await ari.request("GET", f"/channels/{channel}")
+            return found
+        except AriError as exc:
+            if exc.status == 0 and ari is self.ari:
+                raise OSError(f"our Asterisk cannot say whether {channel} is live") from exc
+            return None
+
+    def _remote(self, ari_url: str) -> Ari:
+        if ari_url not in self.remotes:
+            self.remotes[ari_url] = Ari(ari_url, self.settings.ari_user,
+                                        self.settings.ari_password, STASIS_APP)
+        return self.remotes[ari_url]
 
     async def _wait(self, event: asyncio.Event, timeout_s: float) -> None:
         try:
@@ -148,9 +221,8 @@ class Controller:
         if window is not None:
             opens = next_window_start(address, window, datetime.now(UTC))
             if opens is not None:
-                async with self.pool.acquire() as conn:
-                    await store.defer(conn, item, opens, "outside the calling window; "
-                                      f"next call at {opens.isoformat()}")
+                await self._give_back(item, session_id, opens, "outside the calling window;"
+                                      f" next call at {opens.isoformat()}")
                 return
         async with self.pool.acquire() as conn:
             if await suppressions.suppressed(conn, session.app_id, "voice", [address]):
@@ -160,7 +232,7 @@ class Controller:
                 return
         await trunk.pacer.wait()
         channel = channel_id(item.recipient.attempt_id)
-        call = Call(item, session, trunk.id, trunk.config, channel)
+        call = Call(item, session, trunk.id, trunk.config, channel, originating=True)
         self.calls[channel] = call
         trunk.calls.add(channel)
         cfg = trunk.config
@@ -172,10 +244,39 @@ class Controller:
                 context="hub-amd" if call.amd.enabled else "hub-outbound",
             )
         except AriError as exc:
-            # The channel never existed: nothing was dialled, the attempt failed.
-            self._forget(call)
-            await self._record(call, Result("failed", retryable=True, provider_ref=channel,
-                                            error=f"originate refused: {exc}"))
+            await self._originate_failed(call, exc)
+        finally:
+            call.originating = False
+
+    async def _originate_failed(self, call: Call, exc: AriError) -> None:
+        """Refused by Asterisk: a failed attempt. Never reached it: given back, no try
+        spent. No answer in time: ask whether the channel exists, and follow it if so."""
+        if exc.status == 0 and exc.reached:
+            try:
+                await self.ari.request("GET", f"/channels/{call.channel}")
+                log.info("voice: originate of %s timed out, but the call exists", call.channel)
+                return  # its events will tell the rest
+            except AriError as check:
+                if check.status == 0:
+                    call.note = "Asterisk did not answer whether the call was placed"
+                    return  # reconcile decides once Asterisk answers again
+        self._forget(call)
+        if exc.status == 0:
+            await self._give_back(call.claimed, call.session.id, None,
+                                  f"not dialled, Asterisk unreachable: {exc}")
+            return
+        await self._record(call, Result("failed", retryable=True, provider_ref=call.channel,
+                                        error=f"originate refused: {exc}"))
+
+    async def _give_back(self, item: Claimed, session_id: uuid.UUID, at: datetime | None,
+                         note: str) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                await claims.give_back(conn, session_id, [item], self.owner,
+                                       at=at or datetime.now(UTC) + GIVE_BACK_DELAY,
+                                       note=note)
+        finally:
+            self.held.discard(item.recipient.delivery_id)
 
     async def _session(self, session_id: uuid.UUID) -> SessionInfo:
         info = self.sessions.get(session_id)
@@ -183,7 +284,10 @@ class Controller:
             return info
         async with self.pool.acquire() as conn:
             row = await sessions.get(conn, None, session_id)
-        assert row is not None and row["media"] is not None
+        if row is None or not row["media"] or "name" not in row["media"]:
+            raise AudioError("the session's audio is not ready: "
+                             + str((row["media"] or {}).get("error", "not prepared") if row else
+                                   "session gone"))
         menu = parse_menu(row["instruction"].get("extras") or {})
         language = (row["instruction"].get("extras") or {}).get("language")
         prompts = {}
@@ -221,10 +325,10 @@ class Controller:
         while not self.stopping.is_set():
             await self._sleep(self.settings.voice_lease_s / 3)
             await self._sweep()
-            ids = [call.claimed.recipient.delivery_id for call in self.calls.values()]
+            ids = self.held | {call.claimed.recipient.delivery_id for call in self.calls.values()}
             try:
                 async with self.pool.acquire() as conn:
-                    await store.renew(conn, ids, self.settings.voice_lease_s)
+                    await store.renew(conn, sorted(ids), self.settings.voice_lease_s, self.owner)
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("voice: could not renew leases: %s", exc)
 
@@ -270,6 +374,27 @@ class Controller:
     # ---- events ----------------------------------------------------------------------
 
     async def on_event(self, event: dict[str, Any]) -> None:
+        """Called by the websocket reader: hand the event to its channel's chain and return
+        at once (a slow database never delays other calls' playbacks and hang-ups)."""
+        key = _channel_of(event)
+        task = asyncio.create_task(self._after(self.chains.get(key), event))
+        self.chains[key] = task
+        task.add_done_callback(lambda t: self._chain_done(key, t))
+
+    def _chain_done(self, key: str, task: asyncio.Task[None]) -> None:
+        if self.chains.get(key) is task:
+            del self.chains[key]
+
+    async def _after(self, previous: asyncio.Task[None] | None, event: dict[str, Any]) -> None:
+        """Handle `event` once the channel's previous event is handled (order kept)."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            await self._handle(event)
+        except Exception:  # one event's trouble must not stop the call's other events
+            log.exception("voice: handling %s failed", event.get("type"))
+
+    async def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "PlaybackFinished":
             target = event["playback"].get("target_uri", "")
@@ -305,6 +430,7 @@ class Controller:
 
     async def _record(self, call: Call, result: Result) -> None:
         item = call.claimed
+        self.held.discard(item.recipient.delivery_id)
         decision = decide(result, tries=item.tries_before + 1, retries=call.session.retries,
                           intervals_s=call.session.intervals_s)
         async with self.pool.acquire() as conn:
@@ -322,7 +448,7 @@ class Controller:
             log.warning("voice: cannot list channels to reconcile: %s", exc)
             return
         for channel, call in list(self.calls.items()):
-            if channel not in live:
+            if channel not in live and not call.originating:
                 call.ended = time.monotonic()
                 call.note = LOST_NOTE
                 self._forget(call)
@@ -332,8 +458,8 @@ class Controller:
         for row in orphans:
             attempt = str(row["attempt_id"])
             channel = channel_id(attempt)
-            if channel in self.calls:
-                continue
+            if channel in self.calls or row["id"] in self.held:
+                continue  # followed here, or claimed and about to be dialled
             await self._adopt_or_close(row, live.get(channel), attempt)
         log.info("voice: reconciled with %d live channels", len(live))
 
@@ -359,10 +485,17 @@ class Controller:
         await self._record(call, call.result(None, None))
 
 
+def _channel_of(event: dict[str, Any]) -> str:
+    """The channel an event is about (a playback's target channel for playback events)."""
+    if "playback" in event:
+        return str(event["playback"].get("target_uri", "")).removeprefix("channel:")
+    return str((event.get("channel") or {}).get("id", ""))
+
+
 async def serve(settings: Settings) -> None:
     """Run the controller until cancelled."""
     pool = await create_pool(settings.database_url, min_size=1, max_size=10)
-    redis = Redis.from_url(settings.redis_url)
+    redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     ari = Ari(settings.ari_url, settings.ari_user, settings.ari_password, STASIS_APP)
     controller = Controller(settings, pool, ari, Kicker(redis), AudioStore(settings))
     try:

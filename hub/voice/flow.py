@@ -74,8 +74,10 @@ class CallFlow:
         if done and call.after_playback == "menu" and call.menu is not None:
             call.menu_deadline = time.monotonic() + call.menu.timeout_s
             return
-        if done:
-            await self.hangup(call)
+        # Done, or failed (the callee hung up, or the audio could not be played): either way
+        # hang up now, never leave the callee in silence; a failed playback is retried
+        # (`played: false`).
+        await self.hangup(call)
 
     async def _enter_menu(self, call: Call, menu: Any) -> None:
         call.menu = menu
