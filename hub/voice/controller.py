@@ -44,6 +44,8 @@ STASIS_APP = "hub"
 LOST_NOTE = "the call ended while the controller was away from Asterisk; outcome unknown"
 MAX_EXTRA_S = 300  # beyond ring timeout + audio: menus, slow hang-ups
 GIVE_BACK_DELAY = timedelta(seconds=2)  # a call not placed is due again after this
+RECORD_TRIES = 200  # about 15 minutes of trying while the database is away
+RECONCILE_EVERY_S = 60.0
 
 
 @dataclass
@@ -322,9 +324,14 @@ class Controller:
         await store.set_media(conn, row["id"], {"name": media.name, "durationS": media.duration_s})
 
     async def _renew_leases(self) -> None:
+        last_reconcile = time.monotonic()
         while not self.stopping.is_set():
             await self._sleep(self.settings.voice_lease_s / 3)
             await self._sweep()
+            if self.ari.connected.is_set() and time.monotonic() - last_reconcile > RECONCILE_EVERY_S:
+                last_reconcile = time.monotonic()
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await self.reconcile()  # anything of ours that nobody follows any more
             ids = self.held | {call.claimed.recipient.delivery_id for call in self.calls.values()}
             try:
                 async with self.pool.acquire() as conn:
@@ -429,16 +436,31 @@ class Controller:
             trunk.wake.set()
 
     async def _record(self, call: Call, result: Result) -> None:
+        """Record the attempt; while the database is away, keep the result (and the
+        claim's lease, via `held`) and try again with a growing delay."""
         item = call.claimed
-        self.held.discard(item.recipient.delivery_id)
+        self.held.add(item.recipient.delivery_id)
         decision = decide(result, tries=item.tries_before + 1, retries=call.session.retries,
                           intervals_s=call.session.intervals_s)
-        async with self.pool.acquire() as conn:
-            await deliveries.record(conn, call.session.id,
-                                    [Outcome(item, result, decision, now_utc())],
-                                    owner=self.owner, report_base=self.settings.base_url)
-            await sessions.finish_if_done(conn, call.session.id, report_base=self.settings.base_url)
-        await asyncio.to_thread(self.kicker.webhooks)
+        outcome = Outcome(item, result, decision, now_utc())
+        delay = 0.2
+        for _ in range(RECORD_TRIES):
+            try:
+                async with self.pool.acquire() as conn:
+                    await deliveries.record(conn, call.session.id, [outcome], owner=self.owner,
+                                            report_base=self.settings.base_url)
+                    await sessions.finish_if_done(conn, call.session.id,
+                                                  report_base=self.settings.base_url)
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("voice: recording %s failed, trying again: %s", call.channel, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        else:
+            log.error("voice: gave up recording %s; reconcile will close it", call.channel)
+        self.held.discard(item.recipient.delivery_id)
+        with contextlib.suppress(Exception):  # webhooks are kicked again by the reconciler
+            await asyncio.to_thread(self.kicker.webhooks)
 
     async def reconcile(self) -> None:
         """After (re)connecting: record calls that vanished, adopt those still up."""
