@@ -220,7 +220,7 @@ class TestPhones:
 async def phones(asterisk: None, tmp_path: Path) -> AsyncIterator[TestPhones]:
     rtp = RtpCounter()
     await rtp.start()
-    p = Phones(tmp_path, rtp.port)
+    p = Phones(tmp_path, rtp.port, keep_log=True)
     p.start()
     yield TestPhones(p, rtp)
     p.stop()

@@ -14,7 +14,8 @@ from pathlib import Path
 from hub.dev.pcap import write_rtp_pcap
 
 BEHAVIOURS = {"busy": "1", "noanswer": "2", "notfound": "3", "congested": "4",
-              "declined": "5", "early": "6", "press1": "7", "press9": "8", "machine": "9"}
+              "declined": "5", "early": "6", "press1": "7", "press9": "8", "machine": "9",
+              "forbidden": "x"}
 GREETING = ("Hello, you have reached the voicemail of Ram Bahadur. I cannot take your call "
             "right now. Please leave your name and number after the tone and I will call back.")
 TRUNK_CONTACT_PORT = 5070
@@ -25,10 +26,12 @@ class PhonesError(Exception):
 
 
 class Phones:
-    def __init__(self, workdir: Path, rtp_port: int) -> None:
+    def __init__(self, workdir: Path, rtp_port: int, *, keep_log: bool = False) -> None:
         self.workdir = workdir
         self.rtp_port = rtp_port
         self.proc: subprocess.Popen[bytes] | None = None
+        self.keep_log = keep_log
+        self.logs: list[Path] = []  # SIPp's message traces, one per start
 
     def greeting(self) -> Path:
         """An answering machine's greeting as a PCMU RTP pcap (made once per folder)."""
@@ -60,12 +63,17 @@ class Phones:
         errors = self.workdir / "sipp-errors.log"
         self.proc = subprocess.Popen(
             ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", str(TRUNK_CONTACT_PORT),
-             "-nostdin", "-trace_err", "-error_file", str(errors), "-max_socket", "4000"],
+             "-nostdin", "-trace_err", "-error_file", str(errors), "-max_socket", "4000",
+             *(["-trace_msg", "-message_file", str(self._next_log())] if self.keep_log else [])],
             cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.3)
         if self.proc.poll() is not None:
             raise PhonesError("sipp did not start: " + (errors.read_text() if errors.exists() else
                                                         "is port 5070 taken?"))
+
+    def _next_log(self) -> Path:
+        self.logs.append(self.workdir / f"sip-messages-{len(self.logs)}.log")
+        return self.logs[-1]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -1,0 +1,81 @@
+"""Voice recovery never dials twice (issue 9): a controller killed and restarted under
+another name mid-call, and the database away for longer than the voice lease while calls
+are up. The phones' own SIP trace must show no number dialled while an earlier call to it
+was live, and no number dialled more often than its attempts say."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import shutil
+import signal
+from typing import Any
+
+import pytest
+
+from hub.dev import siplog
+from tests.conftest import Procs, TestPhones
+from tests.e2e.test_postgres_restart import pg
+from tests.e2e.test_voice import attempts, media, num, tone, voice  # noqa: F401 (fixtures)
+from tests.helpers import Api, eventually
+
+pytestmark = pytest.mark.e2e
+LEASE = {"HUB_VOICE_LEASE_S": "4"}
+
+
+async def phones_saw_each_call_once(api: Api, phones: TestPhones, sid: str) -> None:
+    seen = siplog.calls(phones.phones.logs)
+    assert siplog.overlapping(seen) == [], "a number was dialled while its first call was live"
+    dialled = collections.Counter(c.number for c in seen)
+    for address, n in dialled.items():
+        assert n <= len(await attempts(api, sid, address)), f"{address} dialled {n} times"
+
+
+async def calls_up(api: Api, sid: str, n: int) -> None:
+    async def up() -> bool:
+        return (await api.session(sid))["counts"].get("in_progress", 0) == n
+    await eventually(up, 30, f"{n} calls up")
+
+
+async def test_controller_restarted_under_another_name_adopts_the_live_call(
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,  # noqa: F811
+) -> None:
+    first = procs.start("voice", HUB_VOICE_ID="voice-a", **LEASE)
+    created = await api.submit(voice([num(30)], file_url=f"{media}/tone12.wav", retries=2))
+    sid = created["sessionId"]
+    await calls_up(api, sid, 1)
+    await asyncio.sleep(1.0)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    procs.start("voice", HUB_VOICE_ID="voice-b", **LEASE)  # e.g. a recreated container
+    done = await api.wait_status(sid, timeout_s=60)
+    assert done["counts"] == {"delivered": 1}
+    tries = await attempts(api, sid, num(30))
+    assert len(tries) == 1 and tries[0]["detail"]["played"] is True  # called once, heard all
+    assert len(siplog.calls(phones.phones.logs)) == 1
+    await phones_saw_each_call_once(api, phones, sid)
+
+
+@pytest.mark.skipif(shutil.which("pg_ctlcluster") is None or os.geteuid() != 0,
+                    reason="needs root and a local Debian PostgreSQL cluster")
+@pytest.mark.timeout(180)
+async def test_database_away_longer_than_the_voice_lease_never_dials_twice(
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,  # noqa: F811
+) -> None:
+    procs.start("voice", **LEASE)
+    audience = [num(40), num(50), num(60)]
+    created = await api.submit(voice(audience, file_url=f"{media}/tone12.wav", retries=2))
+    sid = created["sessionId"]
+    await calls_up(api, sid, 3)
+    pg("stop")
+    try:
+        await asyncio.sleep(8)  # twice the lease, while the three calls are up
+    finally:
+        pg("start")
+    done = await api.wait_status(sid, timeout_s=90)
+    assert done["counts"] == {"delivered": 3}, done["counts"]
+    for address in audience:
+        assert len(await attempts(api, sid, address)) == 1
+    assert len(siplog.calls(phones.phones.logs)) == 3
+    await phones_saw_each_call_once(api, phones, sid)
