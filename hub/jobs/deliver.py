@@ -26,7 +26,7 @@ from hub.config import Settings, load_settings
 from hub.jobs.queueing import Kicker
 from hub.jobs.retry import decide, when_cancelled
 from hub.net import BlockedURL, FetchError
-from hub.store import deliveries, sessions, suppressions
+from hub.store import deliveries, receipts, sessions, suppressions
 from hub.store import transports as transports_store
 from hub.store.db import create_pool
 from hub.store.deliveries import Claimed, Outcome
@@ -91,7 +91,7 @@ class Engine:
         settings = self.settings
         workers = settings.send_concurrency
         queue: asyncio.Queue[tuple[Claimed, bool] | None] = asyncio.Queue(maxsize=workers)
-        recorder = _Recorder(self.pool, session)
+        recorder = _Recorder(self.pool, session, settings.base_url)
         started = time.monotonic()
         deadline = started + settings.job_max_s
         sent = 0
@@ -166,9 +166,10 @@ async def _activate(conn: asyncpg.Connection, session_id: uuid.UUID) -> Any:
 class _Recorder:
     """Collects results and writes them every few dozen or every fraction of a second."""
 
-    def __init__(self, pool: asyncpg.Pool, session: Any) -> None:
+    def __init__(self, pool: asyncpg.Pool, session: Any, report_base: str) -> None:
         self.pool = pool
         self.session = session
+        self.report_base = report_base
         self.pending: list[Outcome] = []
         self.wake = asyncio.Event()
         self.closed = False
@@ -206,4 +207,9 @@ class _Recorder:
             if status == c.S_CANCELLED:
                 chunk = [replace(o, decision=when_cancelled(o.decision)) for o in chunk]
             await deliveries.record(conn, chunk)
+            refs = [o.result.provider_ref for o in chunk
+                    if o.result.receipt_s is not None and o.result.provider_ref]
+            if refs:  # receipts that came before these message ids were recorded
+                await receipts.apply_early(conn, self.session["transport_id"], refs,
+                                           self.report_base)
 
