@@ -216,6 +216,10 @@ async def finish_if_done(
     """Close the session when no delivery has work left; emits `session.completed` once,
     in the same transaction as the status change."""
     async with conn.transaction():
+        # Completion checks of one session take turns: when two transactions settle its
+        # last deliveries at once, the second to check sees the first's commit.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))",
+                           str(session_id))
         return await _finish(conn, session_id, report_base)
 
 
