@@ -236,7 +236,7 @@ def check_public_url(url: str, guard: Guard, *, credentials: bool = True) -> str
 def check_host_name(host: str, guard: Guard) -> str | None:
     """Why a bare host (e.g. an SMTP server) is refused, or None: the same rules as a
     URL's host."""
-    if not isinstance(host, str) or not host:
+    if not isinstance(host, str) or not host or any(c in host for c in "/?#@\\"):
         return "must be a host name or IP address"
     wrapped = f"[{host}]" if ":" in host and not host.startswith("[") else host
     return check_public_url(f"http://{wrapped}/", guard)
