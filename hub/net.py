@@ -270,6 +270,16 @@ def shown_url(url: str) -> str:
         return "(unparsable URL)"
 
 
+def without_credentials(url: str | None) -> str | None:
+    """The URL with any `user:password@` removed (the rest as given)."""
+    if not url or "@" not in url:
+        return url
+    try:
+        return str(URL(url).with_user(None))
+    except (ValueError, TypeError):
+        return "(unparsable URL)"
+
+
 def redact(text: str, *secrets: str | None) -> str:
     """`scrub`bed text with each secret (e.g. a Slack webhook URL) replaced."""
     for secret in secrets:
