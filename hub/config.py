@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     api_key: str = ""
     admin_key: str = ""
     allow_private_urls: bool = False
+    trusted_hosts: str = ""  # comma-separated names/IPs exempt from the private-address guard
 
     audience_max: int = 1_000_000
     body_max_bytes: int = 64 * 1024 * 1024

@@ -6,19 +6,18 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any, Literal, TypeVar, get_args
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from hub.config import Settings
 from hub.errors import TooLarge, Unprocessable, detail
+from hub.net import Guard, check_public_url
 
 TransportType = Literal["email", "sms", "whatsapp", "voice", "slack", "api"]
 Trigger = Literal["immediate", "scheduled", "manual"]
@@ -94,20 +93,6 @@ def parse_intervals(value: str | float) -> list[float]:
     return [m * 60.0 for m in minutes]
 
 
-def check_public_url(url: str, allow_private: bool) -> str | None:
-    """Why a caller-supplied URL is refused, or None. Hostnames are checked again at fetch."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "must be an http or https URL"
-    if allow_private:
-        return None
-    try:
-        ip = ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        return None if parts.hostname != "localhost" else "private addresses are not allowed"
-    return None if ip.is_global else "private addresses are not allowed"
-
-
 def _wire_loc(loc: tuple[int | str, ...]) -> list[int | str]:
     return [p for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
 
@@ -159,10 +144,11 @@ def parse_instruction(
     spec = spec_for(type_) if type_ else None
     if part is not None and spec is not None:
         _check_lengths(part, settings)
-        if part.file_url is not None:
-            why = check_public_url(part.file_url, settings.allow_private_urls)
-            if why:
-                problems.append(detail(["transport", "fileUrl"], why))
+        urls: list[tuple[list[str | int], str]] = (
+            [(["transport", "fileUrl"], part.file_url)] if part.file_url is not None else [])
+        urls += getattr(spec, "content_urls", lambda _: [])(part)  # media, attachments
+        problems += [detail(loc, why) for loc, url in urls
+                     if (why := check_public_url(url, Guard.of(settings)))]
         problems += spec.validate_content(part)
     audience = _part(_AUDIENCE, raw_audience, "audience", problems)
     normalise = partial(spec.normalize_address, region=default_region) if spec else None
@@ -209,7 +195,7 @@ def _check_options(opts: Options, settings: Settings) -> list[dict[str, Any]]:
         problems.append(detail(["options", "scheduledTimestamp"],
                                "only allowed when trigger is scheduled"))
     if opts.webhook_url is not None:
-        why = check_public_url(opts.webhook_url, settings.allow_private_urls)
+        why = check_public_url(opts.webhook_url, Guard.of(settings))
         if why:
             problems.append(detail(["options", "webhookUrl"], why))
     return problems

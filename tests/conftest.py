@@ -31,7 +31,8 @@ DB_URL = os.environ.get("HUB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.
 REDIS_URL = os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 DB_NAME = DB_URL.rsplit("/", 1)[1]
 TABLES = ("webhook_attempts", "webhook_events", "attempts", "deliveries", "sessions",
-          "idempotency_keys", "suppressions", "transports", "api_keys", "apps", "blobs")
+          "idempotency_keys", "suppressions", "transports", "api_keys", "apps", "blobs",
+          "early_receipts")
 
 
 def base_env(**extra: str) -> dict[str, str]:

@@ -61,11 +61,19 @@ async def _signed_twilio(request: web.Request) -> tuple[dict[str, str], dict[str
 
 @routes.post("/v1/callbacks/twilio/{id}")
 async def twilio_status(request: web.Request) -> web.Response:
-    params, _ = await _signed_twilio(request)
+    """A message status. It can only touch messages sent through this transport (the one
+    whose token signed it) and its account. The answer is 204 whatever became of it
+    (applied, ignored, or kept until the message id is recorded): it never tells whether
+    a message id exists elsewhere."""
+    params, transport = await _signed_twilio(request)
     result = receipt_result(params.get("MessageStatus", ""), params.get("ErrorCode"),
                             params.get("ErrorMessage"))
+    account = params.get("AccountSid")
+    if account and account != transport["full_config"].get("accountSid"):
+        return web.Response(status=204)
     if result is not None and params.get("MessageSid"):
-        applied = await request.app[RECEIPTS].submit(params["MessageSid"], result)
+        applied = await request.app[RECEIPTS].submit(transport["id"], params["MessageSid"],
+                                                     result)
         if applied == "applied":
             await asyncio.to_thread(request.app[st.KICKER].webhooks)
     return web.Response(status=204)

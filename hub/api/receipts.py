@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 import asyncpg
 
@@ -20,12 +21,13 @@ class ReceiptBatcher:
     def __init__(self, pool: asyncpg.Pool, report_base: str) -> None:
         self.pool = pool
         self.report_base = report_base
-        self.pending: list[tuple[str, Result, asyncio.Future[str]]] = []
+        self.pending: list[tuple[uuid.UUID, str, Result, asyncio.Future[str]]] = []
         self.flushing: asyncio.Task[None] | None = None
 
-    async def submit(self, provider_ref: str, result: Result) -> str:
+    async def submit(self, transport_id: uuid.UUID, provider_ref: str, result: Result) -> str:
+        """Apply one receipt of this transport's message → 'applied' | 'ignored' | 'stored'."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.pending.append((provider_ref, result, future))
+        self.pending.append((transport_id, provider_ref, result, future))
         if self.flushing is None or self.flushing.done():
             self.flushing = asyncio.create_task(self._flush())
         return await future
@@ -38,12 +40,13 @@ class ReceiptBatcher:
             try:
                 async with self.pool.acquire() as conn:
                     done = await receipts.apply_many(
-                        conn, [(ref, result) for ref, result, _ in batch], self.report_base)
+                        conn, [(tid, ref, result) for tid, ref, result, _ in batch],
+                        self.report_base)
             except (OSError, asyncpg.PostgresError) as exc:
-                for _, _, future in batch:
+                for *_, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for ref, _, future in batch:
+            for tid, ref, _, future in batch:
                 if not future.done():
-                    future.set_result(done.get(ref, "unknown"))
+                    future.set_result(done.get((tid, ref), "ignored"))

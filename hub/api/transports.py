@@ -1,4 +1,7 @@
-"""Transports: external services registered per app. Secrets are write-only."""
+"""Transports: external services registered per app. Secrets are write-only.
+
+Every host and URL of a config (a spec's `url_fields` and `host_fields`) passes the same
+guard as caller-supplied URLs (DESIGN §3) before it is stored; connections check again."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hub.api import state as st
 from hub.errors import Conflict, NotFound, Unprocessable, detail
 from hub.instruction import TransportType
+from hub.net import Guard, check_host_name, check_public_url
 from hub.store import transports as store
 from hub.transports.registry import sending_spec
 
@@ -34,25 +38,50 @@ class TransportPatch(BaseModel):
     default: bool | None = None
 
 
-def split_config(type_: str, config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def split_config(type_: str, config: dict[str, Any], guard: Guard
+                 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Validate a transport config; return (provider, public part, secret part)."""
     spec = sending_spec(type_)
     try:
         model = spec.config_model.model_validate(config)
     except ValidationError as exc:
-        raise Unprocessable(
-            f"the {type_} transport config is invalid", error_id="invalid-transport-config",
-            details=[detail(["config", *e["loc"]], e["msg"]) for e in exc.errors(include_url=False)],
-        ) from None
+        raise _invalid(type_, [detail(["config", *e["loc"]], e["msg"])
+                               for e in exc.errors(include_url=False)]) from None
     public = model.model_dump(by_alias=True, exclude_none=True)
+    problems = destination_problems(spec, public, guard)
+    if problems:
+        raise _invalid(type_, problems)
     secrets = {k: public.pop(k) for k in spec.secret_fields if k in public}
     return spec.provider, public, secrets
+
+
+def destination_problems(spec: object, config: dict[str, Any], guard: Guard
+                         ) -> list[dict[str, Any]]:
+    """The config's URLs and hosts the guard refuses, each with its location."""
+    problems = []
+    for name in getattr(spec, "url_fields", ()):
+        if config.get(name) is not None:
+            why = check_public_url(str(config[name]), guard, credentials=False)
+            if why:
+                problems.append(detail(["config", name], why))
+    for name in getattr(spec, "host_fields", ()):
+        if config.get(name) is not None:
+            why = check_host_name(str(config[name]), guard)
+            if why:
+                problems.append(detail(["config", name], why))
+    return problems
+
+
+def _invalid(type_: str, problems: list[dict[str, Any]]) -> Unprocessable:
+    return Unprocessable(f"the {type_} transport config is invalid",
+                         error_id="invalid-transport-config", details=problems)
 
 
 @routes.post("/v1/transports")
 async def create(request: web.Request) -> web.Response:
     body = st.parse_model(TransportIn, await st.read_json(request))
-    provider, public, secrets = split_config(body.type, body.config)
+    provider, public, secrets = split_config(body.type, body.config,
+                                             Guard.of(st.settings(request)))
     if body.provider and body.provider != provider:
         raise Unprocessable(f"provider {body.provider!r} is not available for {body.type}",
                             error_id="invalid-transport-config",
@@ -93,7 +122,8 @@ async def patch(request: web.Request) -> web.Response:
         full = await store.get_full(st.pool(request), current["id"])
         assert full is not None
         merged = {**full["full_config"], **body.config}
-        _, public, secrets = split_config(current["type"], merged)
+        _, public, secrets = split_config(current["type"], merged,
+                                          Guard.of(st.settings(request)))
     row = await store.update(st.pool(request), st.app_id(request), current["id"],
                              name=body.name, config=public, secrets=secrets, default=body.default)
     if row is None:

@@ -6,7 +6,10 @@ It checks Basic auth, answers `POST /2010-04-01/Accounts/{sid}/Messages.json` li
 Twilio would (`sent`, then `delivered` or `undelivered`), signed with X-Twilio-Signature.
 Scripts per number decide each answer:
     "ok" | "undelivered:30003" | "error:21211" | "error:429" | "error:500" | "silent"
-("silent": accepted, no final callback). Numbers without a script get "ok".
+    | "early-undelivered:30003" | "early-delivered"
+("silent": accepted, no final callback; "early-...": the final callback is sent, and
+answered, before the create request is answered, as Twilio may do within milliseconds).
+Numbers without a script get "ok".
 """
 
 from __future__ import annotations
@@ -98,7 +101,9 @@ class FakeTwilio:
         sid = "SM" + secrets.token_hex(16)
         sent = Sent(sid, params)
         self.messages.append(sent)
-        if params.get("StatusCallback") and script != "silent":
+        if params.get("StatusCallback") and script.startswith("early-"):
+            await self._post_callback(sent, _final(script.removeprefix("early-")))
+        elif params.get("StatusCallback") and script != "silent":
             task = asyncio.create_task(self._callbacks(sent, script))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -118,29 +123,34 @@ class FakeTwilio:
             "subresource_uris": {}}
 
     async def _callbacks(self, sent: Sent, script: str) -> None:
-        assert self._http is not None
-        final = [{"MessageStatus": "sent"}]
-        if script.startswith("undelivered:"):
-            final.append({"MessageStatus": "undelivered", "ErrorCode": script.split(":")[1]})
-        else:
-            final.append({"MessageStatus": "delivered"})
-        url = sent.params["StatusCallback"]
-        for extra in final:
+        for extra in ({"MessageStatus": "sent"}, _final(script)):
             await asyncio.sleep(self.callback_delay_s)
-            params = {"MessageSid": sent.sid, "AccountSid": self.account_sid,
-                      "To": sent.params.get("To", ""), "From": sent.params.get("From", ""),
-                      "ApiVersion": "2010-04-01", **extra}
-            signature = RequestValidator(self.auth_token).compute_signature(url, params)
-            sent.callbacks.append(params)
-            try:
-                async with self._http.post(url, data=params,
-                                           headers={"X-Twilio-Signature": signature}) as r:
-                    await r.read()
-            except aiohttp.ClientError:
-                pass
+            await self._post_callback(sent, extra)
+
+    async def _post_callback(self, sent: Sent, extra: dict[str, str]) -> None:
+        assert self._http is not None
+        url = sent.params["StatusCallback"]
+        params = {"MessageSid": sent.sid, "AccountSid": self.account_sid,
+                  "To": sent.params.get("To", ""), "From": sent.params.get("From", ""),
+                  "ApiVersion": "2010-04-01", **extra}
+        signature = RequestValidator(self.auth_token).compute_signature(url, params)
+        sent.callbacks.append(params)
+        try:
+            async with self._http.post(url, data=params,
+                                       headers={"X-Twilio-Signature": signature}) as r:
+                await r.read()
+        except aiohttp.ClientError:
+            pass
 
     def by_number(self, number: str) -> list[Sent]:
         return [m for m in self.messages if m.params.get("To", "").removeprefix("whatsapp:") == number]
+
+
+def _final(script: str) -> dict[str, str]:
+    """The final status callback a script ends with."""
+    if script.startswith("undelivered:"):
+        return {"MessageStatus": "undelivered", "ErrorCode": script.split(":")[1]}
+    return {"MessageStatus": "delivered"}
 
 
 def _error(code: int, status: int, message: str) -> web.Response:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -27,9 +29,10 @@ from hub.jobs.pipeline import Pipeline
 from hub.jobs.queueing import Kicker
 from hub.jobs.slots import Slot, Turn
 from hub.net import BlockedURL, FetchError
-from hub.store import deliveries, sessions
+from hub.store import deliveries, receipts, sessions
 from hub.store import transports as transports_store
 from hub.store.db import create_pool
+from hub.store.deliveries import Outcome, Recorded
 from hub.transports.registry import sending_spec
 
 log = logging.getLogger(__name__)
@@ -110,9 +113,19 @@ class Engine:
             if session["prepare_failures"]:
                 await self.pool.execute(
                     "UPDATE sessions SET prepare_failures = 0 WHERE id = $1", session["id"])
-            pipeline = Pipeline(self.pool, session, sender, self.settings, self.owner, turn.over)
+            pipeline = Pipeline(self.pool, session, sender, self.settings, self.owner, turn.over,
+                                after_record=partial(self._apply_early_receipts,
+                                                     session["transport_id"]))
             return await pipeline.run()
         return 0  # pragma: no cover (the context manager does not swallow exceptions)
+
+    async def _apply_early_receipts(self, transport_id: uuid.UUID, conn: asyncpg.Connection,
+                                    chunk: Sequence[Outcome], recorded: Recorded) -> None:
+        """Receipts that came before these message ids were recorded (after the commit)."""
+        refs = [o.result.provider_ref for o in chunk
+                if o.result.receipt_s is not None and o.result.provider_ref]
+        if refs:
+            await receipts.apply_early(conn, transport_id, refs, self.settings.base_url)
 
     async def _unusable(self, session: Any, reason: str, *, transient: bool) -> None:
         """The session's content cannot be used: postpone its work, or fail it."""

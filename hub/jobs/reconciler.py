@@ -97,6 +97,7 @@ async def reconcile(conn: asyncpg.Connection, kicker: Kicker, settings: Settings
     ))
     if done.webhooks_due:
         kicker.webhooks()
+    await receipts.purge_early(conn)
     await conn.execute(
         "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
         settings.idempotency_ttl_h,

@@ -35,7 +35,7 @@ from yarl import URL
 from hub import webhooks
 from hub.config import Settings, load_settings
 from hub.jobs.queueing import Kicker
-from hub.net import check_url, guarded_session
+from hub.net import Guard, check_url, guarded_session
 from hub.store.db import create_pool
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def drain(settings: Settings) -> tuple[int, bool]:
 async def _drain(settings: Settings) -> tuple[int, bool]:
     pool = await create_pool(settings.database_url, min_size=1, max_size=4)
     try:
-        async with guarded_session(settings.allow_private_urls) as http:
+        async with guarded_session(Guard.of(settings)) as http:
             return await _Pipeline(pool, http, settings).run()
     finally:
         await pool.close()
@@ -174,7 +174,7 @@ class _Pipeline:
 
     async def _post(self, event: Any) -> int:
         url = URL(event["url"])
-        check_url(url, self.settings.allow_private_urls)
+        check_url(url, Guard.of(self.settings))
         body = json.dumps(event["payload"], separators=(",", ":")).encode()
         headers = webhooks.headers(event["secret"], str(event["id"]), int(time.time()), body)
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)

@@ -12,6 +12,7 @@ import asyncpg
 
 from hub import constants as c
 from hub.instruction import ValidInstruction
+from hub.net import without_credentials
 from hub.store import outbox, pagination
 from hub.store.db import Pool
 
@@ -37,7 +38,7 @@ def view(row: Any, counts: dict[str, int] | None = None) -> dict[str, Any]:
         "duplicatesRemoved": row["duplicates_removed"],
         "retries": row["retries"],
         "retryIntervalMinutes": ",".join(f"{s / 60:g}" for s in row["retry_intervals_s"]),
-        "webhookUrl": row["webhook_url"],
+        "webhookUrl": without_credentials(row["webhook_url"]),
         "run": row["run"],
         "createdAt": _iso(row["created_at"]),
         "scheduledTimestamp": _iso(row["scheduled_at"]),
@@ -218,6 +219,10 @@ async def finish_if_done(
     """Close the session when no delivery has work left; emits `session.completed` once,
     in the same transaction as the status change."""
     async with conn.transaction():
+        # Completion checks of one session take turns: when two transactions settle its
+        # last deliveries at once, the second to check sees the first's commit.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))",
+                           str(session_id))
         return await _finish(conn, session_id, report_base)
 
 

@@ -33,7 +33,16 @@ from hub.config import Settings
 from hub.constants import O_DELIVERED, O_PERMANENT, O_TEMPORARY
 from hub.errors import detail
 from hub.instruction import TransportPart
-from hub.net import BlockedURL, FetchError, fetch, guarded_session
+from hub.net import (
+    BlockedURL,
+    FetchError,
+    Guard,
+    fetch,
+    guarded_session,
+    open_guarded_socket,
+    redact,
+    shown_url,
+)
 from hub.store import blobs, db
 from hub.store.blobs import Attachment
 from hub.transports.base import Recipient, Result
@@ -82,6 +91,7 @@ class EmailSpec:
     provider = "smtp"
     config_model = EmailConfig
     secret_fields = frozenset({"password"})
+    host_fields = ("host",)  # checked by the guard at registration (and when connecting)
 
     def validate_content(self, part: TransportPart) -> list[dict[str, Any]]:
         problems = []
@@ -112,6 +122,14 @@ class EmailSpec:
                 problems.append(detail([*loc, "filename"], _NOT_IN_HEADER))
         return problems
 
+    def content_urls(self, part: TransportPart) -> list[tuple[list[str | int], str]]:
+        """Attachment URLs (checked by the guard at submission, fetched at send time)."""
+        found: list[tuple[list[str | int], str]] = []
+        for i, att in enumerate(part.extras.get("attachments") or []):
+            if isinstance(att, dict) and isinstance(att.get("url"), str):
+                found.append((["transport", "extras", "attachments", i, "url"], att["url"]))
+        return found
+
     def copies(self, part: TransportPart, audience: list[str]) -> list[tuple[str, str]]:
         """cc/bcc addresses, normalised, each once, none of the audience (cc first): each
         becomes one delivery of the session (role cc/bcc), not a copy per recipient."""
@@ -138,7 +156,8 @@ class EmailSpec:
         if cfg.timeout_s is None:
             cfg = cfg.model_copy(update={"timeout_s": settings.smtp_timeout_s})
         attachments = await _session_attachments(content, settings)
-        sender = SmtpSender(cfg, content, attachments, settings.send_concurrency)
+        sender = SmtpSender(cfg, content, attachments, settings.send_concurrency,
+                            Guard.of(settings))
         try:
             yield sender
         finally:
@@ -167,42 +186,33 @@ async def _fetch_attachments(
     wanted: list[dict[str, Any]], settings: Settings
 ) -> list[Attachment]:
     found = []
-    async with guarded_session(settings.allow_private_urls) as http:
+    guard = Guard.of(settings)
+    async with guarded_session(guard) as http:
         for i, att in enumerate(wanted):
             url = att["url"]
             try:
-                got = await fetch(http, url, allow_private=settings.allow_private_urls,
+                got = await fetch(http, url, allow_private=guard,
                                   max_bytes=settings.fetch_max_bytes,
                                   timeout_s=settings.fetch_timeout_s)
-            except (FetchError, BlockedURL) as exc:
-                transient = isinstance(exc, FetchError) and exc.transient
-                raise FetchError(f"attachment {i + 1} ({_shown(url)}): {_reason(exc, url)}",
-                                 transient=transient) from None
+            except FetchError as exc:  # BlockedURL too: never transient
+                raise FetchError(f"attachment {i + 1} ({shown_url(url)}): {_reason(exc, url)}",
+                                 transient=exc.transient) from None
             name = att.get("filename") or _name_from(got.url)
             ctype = got.content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
             found.append(Attachment(name, ctype, got.body))
     return found
 
 
-def _shown(url: str) -> str:
-    """The URL without what may be a credential: user, password, query, fragment."""
-    try:
-        parsed = URL(url)
-        return str(parsed.with_user(None).with_query(None).with_fragment(None))
-    except (ValueError, TypeError):
-        return "(unparsable URL)"
-
-
 def _reason(exc: Exception, url: str) -> str:
-    text = str(exc).removeprefix(f"{url}: ").replace(url, _shown(url))
+    """The error without the URL it names (shown already) or any credential of it."""
+    shown = shown_url(url)
+    text = str(exc).removeprefix(f"{shown}: ").removeprefix(f"{url}: ")
     try:
         parsed = URL(url)
     except (ValueError, TypeError):
-        return text
-    for secret in (parsed.user, parsed.password, parsed.raw_query_string, parsed.raw_fragment):
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return text
+        return redact(text, url)
+    return redact(text, url, parsed.user, parsed.password, parsed.raw_query_string,
+                  parsed.raw_fragment)
 
 
 def _name_from(url: str) -> str:
@@ -224,8 +234,10 @@ class SmtpSender:
         content: Mapping[str, Any],
         attachments: list[Attachment],
         concurrency: int,
+        guard: Guard,
     ) -> None:
         self._cfg = cfg
+        self._guard = guard
         self._content = content
         self._extras = content.get("extras") or {}
         self._attachments = [_attachment_part(a) for a in attachments]
@@ -235,12 +247,21 @@ class SmtpSender:
         self._all: list[aiosmtplib.SMTP] = []
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        """A connection to an address of `host` the guard allows (checked before
+        connecting); the host name stays the TLS server name."""
         cfg = self._cfg
+        sock = await open_guarded_socket(self._guard, cfg.host, cfg.port, cfg.timeout_s)
         client = aiosmtplib.SMTP(
-            hostname=cfg.host, port=cfg.port, timeout=cfg.timeout_s,
+            hostname=cfg.host, sock=sock, timeout=cfg.timeout_s,
             use_tls=cfg.security == "tls", start_tls=cfg.security == "starttls",
         )
-        await client.connect()
+        connected = False
+        try:
+            await client.connect()
+            connected = True
+        finally:
+            if not connected:
+                sock.close()
         if cfg.username:
             await client.login(cfg.username, cfg.password or "")
         self._all.append(client)
@@ -283,6 +304,8 @@ class SmtpSender:
                 if client is not None and client.is_connected:
                     self._idle.put_nowait(client)
                 return _classify(exc.code, exc.message, ref)
+            except BlockedURL as exc:  # nothing was sent: no provider ref
+                return Result(O_PERMANENT, retryable=False, error=f"SMTP server {exc}")
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 await _drop(client)
                 return Result(O_TEMPORARY, retryable=True, provider_ref=ref,

@@ -7,18 +7,27 @@ message id by JSON path."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Literal
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from yarl import URL
 
 from hub.addresses import normalize_phone
 from hub.config import Settings
 from hub.instruction import TransportPart
+from hub.net import BlockedURL, Guard, check_url
 from hub.transports.base import Recipient, Result
-from hub.transports.common import http_failure, http_with_limits, over_cap
+from hub.transports.common import (
+    RESPONSE_MAX_CHARS,
+    http_failure,
+    http_with_limits,
+    over_cap,
+    unreachable,
+)
 from hub.transports.limits import Limiter
 from hub.transports.templating import json_path, render, render_each, valid_path
 
@@ -67,6 +76,7 @@ class ApiSpec:
     provider = "http"
     config_model = ApiConfig
     secret_fields = frozenset({"headers"})
+    url_fields = ("url",)  # checked by the guard at registration (and when connecting)
 
     def validate_content(self, part: TransportPart) -> list[dict[str, Any]]:
         return []  # what the provider needs is in the body template
@@ -85,7 +95,7 @@ class ApiSpec:
         cfg = ApiConfig.model_validate(config)
         async with http_with_limits(settings, transport_id, cfg.timeout_s, cfg.mps,
                                     cfg.daily_cap) as (http, limiter):
-            sender = ApiSender(cfg, content, http, limiter)
+            sender = ApiSender(cfg, content, http, limiter, Guard.of(settings))
             if cfg.bulk is not None:  # enough sends in flight to fill a batch
                 sender.concurrency = max(settings.send_concurrency, cfg.bulk.max)
             try:
@@ -96,8 +106,9 @@ class ApiSpec:
 
 class ApiSender:
     def __init__(self, cfg: ApiConfig, content: Mapping[str, Any], http: aiohttp.ClientSession,
-                 limiter: Limiter) -> None:
+                 limiter: Limiter, guard: Guard) -> None:
         self.cfg = cfg
+        self.guard = guard
         self.http = http
         self.limiter = limiter
         self.content = content
@@ -151,20 +162,24 @@ class ApiSender:
             kwargs["data"] = {k: str(v) for k, v in (body or {}).items()}
         else:
             kwargs["json"] = body
-        url = render(cfg.url, self.values(recipients[0]))
+        try:  # the template filled in (its host was checked at registration)
+            url = URL(str(render(cfg.url, self.values(recipients[0]))))
+        except ValueError:
+            return [Result("permanent_failure",
+                           error="the API url is not a valid URL once filled in")] * len(recipients)
         try:
-            async with self.http.request(cfg.method, url, **kwargs) as resp:
+            check_url(url, self.guard)
+            async with self.http.request(cfg.method, url, allow_redirects=False,
+                                         **kwargs) as resp:
                 text = await resp.text()
                 if resp.status not in cfg.success.status:
                     failure = http_failure(resp.status, text, resp.headers.get("Retry-After"),
                                            "the API")
                     return [failure] * len(recipients)
                 document = await resp.json(content_type=None) if text.strip() else None
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return [Result("temporary_failure", retryable=True,
-                           error=f"the API is unreachable: {exc or type(exc).__name__}")
-                    ] * len(recipients)
-        except ValueError:
+        except (BlockedURL, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return [unreachable(exc, "the API")] * len(recipients)
+        except ValueError:  # the answer is not JSON (the URL was checked above)
             document = None
         return self._judge(recipients, document)
 
@@ -174,8 +189,8 @@ class ApiSender:
             got = json_path(document, cfg.success.path)
             if got != cfg.success.equals:
                 error = f"the API answered {cfg.success.path} = {got!r}, not {cfg.success.equals!r}"
-                return [Result("permanent_failure", detail={"response": document},
-                               error=error)] * len(recipients)
+                return [Result("permanent_failure", detail={"response": _shortened(document)},
+                               error=error[:RESPONSE_MAX_CHARS])] * len(recipients)
         ids = json_path(document, cfg.id_path) if cfg.id_path else None
         results = []
         for i, _ in enumerate(recipients):
@@ -184,6 +199,12 @@ class ApiSender:
                                   provider_ref=None if ref is None or isinstance(ref, list)
                                   else str(ref)))
         return results
+
+
+def _shortened(document: Any) -> Any:
+    """A provider's answer as stored for debugging: as is when small, else truncated text."""
+    text = json.dumps(document, ensure_ascii=False, default=str)
+    return document if len(text) <= RESPONSE_MAX_CHARS else text[:RESPONSE_MAX_CHARS] + "…"
 
 
 API = ApiSpec()

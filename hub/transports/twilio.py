@@ -22,8 +22,9 @@ from hub.addresses import normalize_phone
 from hub.config import Settings
 from hub.errors import detail
 from hub.instruction import TransportPart
+from hub.net import BlockedURL, Guard, guarded_session, scrub
 from hub.transports.base import Recipient, Result
-from hub.transports.common import limiter_for, over_cap
+from hub.transports.common import ERROR_BODY_MAX_CHARS, limiter_for, over_cap, unreachable
 from hub.transports.limits import Limiter
 from hub.transports.segments import segments
 
@@ -59,11 +60,13 @@ class TwilioConfig(BaseModel):
         return self
 
 
-class _LocalBaseUrl(AsyncTwilioHttpClient):  # type: ignore[misc]
-    """Sends the library's requests to `base_url` instead of api.twilio.com (a local fake)."""
+class _GuardedClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """The library's asyncio client on a guarded session (no redirects followed), sending
+    to `base_url` instead of api.twilio.com when one is configured (a local fake)."""
 
-    def __init__(self, base_url: str | None, timeout_s: float) -> None:
-        super().__init__(timeout=timeout_s)
+    def __init__(self, base_url: str | None, timeout_s: float, guard: Guard) -> None:
+        super().__init__(pool_connections=False, timeout=timeout_s)
+        self.session = guarded_session(guard)
         self._base = base_url.rstrip("/") if base_url else None
 
     async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
@@ -76,6 +79,7 @@ class TwilioSpec:
     provider = "twilio"
     config_model = TwilioConfig
     secret_fields = frozenset({"authToken"})
+    url_fields = ("baseUrl",)  # checked by the guard at registration
 
     def __init__(self, type_: str) -> None:
         self.type = type_
@@ -92,6 +96,19 @@ class TwilioSpec:
         media = extras.get("mediaUrl")
         if media is not None and not isinstance(media, (str, list)):
             return [detail(["transport", "extras", "mediaUrl"], "a URL or a list of URLs")]
+        if isinstance(media, list):
+            return [detail(["transport", "extras", "mediaUrl", i], "must be a URL")
+                    for i, url in enumerate(media) if not isinstance(url, str)]
+        return []
+
+    def content_urls(self, part: TransportPart) -> list[tuple[list[str | int], str]]:
+        """URLs in the content that Twilio will fetch (checked by the guard at submission)."""
+        media = part.extras.get("mediaUrl")
+        loc: list[str | int] = ["transport", "extras", "mediaUrl"]
+        if isinstance(media, str):
+            return [(loc, media)]
+        if isinstance(media, list):
+            return [([*loc, i], url) for i, url in enumerate(media) if isinstance(url, str)]
         return []
 
     def normalize_address(self, address: str, region: str | None = None) -> str:
@@ -101,7 +118,7 @@ class TwilioSpec:
     async def open(self, config: Mapping[str, Any], content: Mapping[str, Any],
                    settings: Settings, transport_id: str) -> AsyncIterator[TwilioSender]:
         cfg = TwilioConfig.model_validate(config)
-        http = _LocalBaseUrl(cfg.base_url, cfg.timeout_s)
+        http = _GuardedClient(cfg.base_url, cfg.timeout_s, Guard.of(settings))
         callback = f"{settings.base_url}/v1/callbacks/twilio/{transport_id}"
         try:
             async with limiter_for(settings, transport_id, cfg.mps, cfg.daily_cap) as limiter:
@@ -145,9 +162,8 @@ class TwilioSender:
                 to=self.prefix + recipient.address, **self.params)
         except TwilioRestException as exc:
             return classify_error(exc.status, exc.code, exc.msg)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return Result("temporary_failure", retryable=True,
-                          error=f"Twilio unreachable: {exc or type(exc).__name__}")
+        except (BlockedURL, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return unreachable(exc, "Twilio")
         return Result("sent", provider_ref=msg.sid,
                       detail={"twilioStatus": msg.status, **self.info},
                       receipt_s=self.cfg.receipt_timeout_s)
@@ -155,7 +171,7 @@ class TwilioSender:
 
 def classify_error(status: int, code: int | None, message: str) -> Result:
     info = {"httpStatus": status, "errorCode": code}
-    error = f"Twilio {code or status}: {message}"
+    error = f"Twilio {code or status}: {scrub(str(message))[:ERROR_BODY_MAX_CHARS]}"
     if code == UNSUBSCRIBED:
         return Result("suppressed", detail=info, error=error)
     if status == 429 or status >= 500:

@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Protocol
 
 from hub.config import Settings
-from hub.net import FetchError, fetch, guarded_session
+from hub.net import FetchError, Guard, fetch, guarded_session
 
 ASTERISK_MEDIA_DIR = "/var/lib/asterisk/sounds/hub"
 AUDIO_TYPES = ("audio/", "application/ogg", "application/octet-stream")
 
 
 class AudioError(Exception):
-    """The session's audio cannot be used; the message says why."""
+    """The session's audio cannot be used; the message says why. Every error of fetching
+    (`FetchError`, guard refusals included), converting or synthesising becomes one, so
+    that a bad `fileUrl` fails its own session and nothing else."""
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,12 @@ class EspeakTts:
 
 
 async def _run(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate()
+    try:
+        proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+    except OSError as exc:
+        raise AudioError(f"{args[0]} could not run: {exc.strerror or exc}") from exc
     if proc.returncode != 0:
         raise AudioError(f"{args[0]} failed: {err.decode(errors='replace').strip()[:300]}")
 
@@ -74,9 +79,10 @@ class AudioStore:
 
     async def _from_url(self, url: str) -> Media:
         s = self.settings
+        guard = Guard.of(s)
         try:
-            async with guarded_session(s.allow_private_urls) as http:
-                got = await fetch(http, url, allow_private=s.allow_private_urls,
+            async with guarded_session(guard) as http:
+                got = await fetch(http, url, allow_private=guard,
                                   max_bytes=s.fetch_max_bytes, timeout_s=s.fetch_timeout_s,
                                   accept=AUDIO_TYPES)
         except FetchError as exc:
@@ -100,14 +106,14 @@ class AudioStore:
             return Media(name, _duration(target))
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / f"in{suffix}"
-            src.write_bytes(body)
             out = Path(tmp) / "out.wav"
             try:
+                src.write_bytes(body)
                 await _run("sox", str(src), "-r", "8000", "-c", "1", "-b", "16", "-e",
                            "signed-integer", str(out))
-            except AudioError as exc:
+                duration = _duration(out)
+            except (AudioError, OSError, EOFError, wave.Error) as exc:
                 raise AudioError(f"the audio could not be converted: {exc}") from exc
-            duration = _duration(out)
             if duration < 0.2:
                 raise AudioError("the audio is shorter than 0.2 s")
             os.chmod(out, 0o644)
@@ -129,4 +135,5 @@ def _suffix(url: str, content_type: str) -> str:
     if content_type in by_type:
         return by_type[content_type]
     tail = url.rsplit("?", 1)[0].rsplit(".", 1)
-    return "." + tail[1].lower() if len(tail) == 2 and len(tail[1]) <= 4 else ".mp3"
+    ext = tail[1].lower() if len(tail) == 2 else ""
+    return "." + ext if ext.isascii() and ext.isalnum() and len(ext) <= 4 else ".mp3"

@@ -68,7 +68,7 @@ def test_ip_literals_checked_before_connecting() -> None:
 async def test_resolver_drops_private_addresses_of_names() -> None:
     from hub.net import GuardedResolver
 
-    with pytest.raises(OSError, match="private"):
+    with pytest.raises(BlockedURL, match="not an allowed destination"):
         await GuardedResolver(allow_private=False).resolve("localhost", 80)
     found = await GuardedResolver(allow_private=True).resolve("localhost", 80)
     assert found and all(r["host"] in ("127.0.0.1", "::1") for r in found)

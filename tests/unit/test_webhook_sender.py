@@ -21,7 +21,7 @@ def test_guard_refusal_keeps_its_reason() -> None:
     with pytest.raises(BlockedURL) as refused:
         check_url(URL("ftp://u:secret@127.0.0.1/x"), allow_private=False)
     assert describe(refused.value) == (
-        "BlockedURL: ftp://127.0.0.1/x: only http and https URLs are allowed")
+        "BlockedURL: ftp://127.0.0.1/x: must be an http or https URL")
 
 
 def test_timeouts_and_odd_messages_read_as_one_short_line() -> None:

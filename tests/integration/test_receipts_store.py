@@ -1,0 +1,121 @@
+"""Receipts in the store, against the real database: a receipt racing with the recording
+of its message id is applied exactly once whichever commits first; stranded and stale
+early receipts are dealt with by the reconciler's calls."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from hub.retry import decide
+from hub.store import claims, deliveries, receipts
+from hub.store.claims import Claimed
+from hub.store.deliveries import Outcome
+from hub.transports.base import Result
+from hub.transports.twilio import receipt_result
+from tests.e2e.test_twilio import sms
+from tests.helpers import Api
+
+OWNER = "job:test"
+UNDELIVERED = receipt_result("undelivered", "30003", None)
+assert UNDELIVERED is not None
+
+
+async def _claimed(api: Api, db: asyncpg.Pool,
+                   audience: list[str]) -> tuple[uuid.UUID, list[Claimed]]:
+    """A running session whose deliveries are claimed, as a worker holds them mid-send."""
+    created = await api.submit(sms(audience, trigger="manual"))
+    sid = uuid.UUID(created["sessionId"])
+    await db.execute("UPDATE sessions SET status = 'running' WHERE id = $1", sid)
+    await db.execute("UPDATE deliveries SET next_attempt_at = now() WHERE session_id = $1", sid)
+    async with db.acquire() as conn:
+        claimed = await claims.claim(conn, sid, len(audience), 60, OWNER)
+    assert len(claimed) == len(audience)
+    return sid, claimed
+
+
+async def _record(conn: asyncpg.Connection, item: Claimed, ref: str) -> None:
+    """What the engine's recorder does for a message the provider accepted."""
+    result = Result("sent", provider_ref=ref, receipt_s=3600)
+    decision = decide(result, tries=item.tries_before + 1, retries=0, intervals_s=[60])
+    sid = await conn.fetchval("SELECT session_id FROM deliveries WHERE id = $1",
+                              item.recipient.delivery_id)
+    await deliveries.record(conn, sid,
+                            [Outcome(item, result, decision, datetime.now(UTC))],
+                            owner=OWNER, report_base="")
+
+
+async def _statuses(db: asyncpg.Pool, sid: uuid.UUID) -> dict[str, tuple[str, str | None]]:
+    rows = await db.fetch("SELECT address, status, outcome FROM deliveries WHERE session_id = $1",
+                          sid)
+    return {r["address"]: (r["status"], r["outcome"]) for r in rows}
+
+
+async def test_a_receipt_racing_with_the_recording_of_its_id_is_never_lost(
+    api: Api, db: asyncpg.Pool, twilio_transport: Any,
+) -> None:
+    transport = await twilio_transport()
+    tid = uuid.UUID(transport["id"])
+    audience = [f"+1415555{i:04d}" for i in range(120)]
+    sid, claimed = await _claimed(api, db, audience)
+    base = "http://127.0.0.1"
+
+    async def worker(item: Claimed, ref: str) -> None:
+        await asyncio.sleep(random.uniform(0, 0.05))
+        async with db.acquire() as conn:
+            await _record(conn, item, ref)
+            await receipts.apply_early(conn, tid, [ref], base)
+
+    async def callback(ref: str) -> str:
+        await asyncio.sleep(random.uniform(0, 0.05))
+        async with db.acquire() as conn:
+            done = await receipts.apply_many(conn, [(tid, ref, UNDELIVERED)], base)
+        return done[(tid, ref)]
+
+    refs = [f"SM{uuid.uuid4().hex}" for _ in claimed]
+    answers = await asyncio.gather(*(worker(i, r) for i, r in zip(claimed, refs, strict=True)),
+                                   *(callback(r) for r in refs))
+    assert set(answers[len(refs):]) <= {"applied", "stored"}
+    assert await _statuses(db, sid) == dict.fromkeys(audience, ("failed", "undelivered"))
+    assert await db.fetchval("SELECT count(*) FROM early_receipts") == 0
+
+
+async def test_another_transports_receipt_is_kept_apart_and_purged(
+    api: Api, db: asyncpg.Pool, twilio_transport: Any,
+) -> None:
+    transport = await twilio_transport()
+    tid = uuid.UUID(transport["id"])
+    sid, [item] = await _claimed(api, db, ["+14155550301"])
+    async with db.acquire() as conn:
+        await _record(conn, item, "SM-ours")
+        elsewhere = uuid.uuid4()
+        done = await receipts.apply_many(
+            conn, [(elsewhere, "SM-ours", UNDELIVERED), (tid, "SM-unknown", UNDELIVERED)], "")
+        assert done == {(elsewhere, "SM-ours"): "stored", (tid, "SM-unknown"): "stored"}
+        assert await receipts.apply_early(conn, tid, ["SM-ours"], "") == 0
+        assert await _statuses(db, sid) == {"+14155550301": ("in_progress", "sent")}
+        assert await receipts.purge_early(conn) == 0
+        await conn.execute("UPDATE early_receipts SET received_at = now() - interval '3 days'"
+                           " WHERE provider_ref = 'SM-unknown'")
+        assert await receipts.purge_early(conn) == 1
+        left = await conn.fetch("SELECT transport_id, provider_ref FROM early_receipts")
+        assert [(r["transport_id"], r["provider_ref"]) for r in left] == [(elsewhere, "SM-ours")]
+
+
+async def test_an_early_receipt_stranded_by_a_stopped_worker_is_applied_by_the_reconciler(
+    api: Api, db: asyncpg.Pool, twilio_transport: Any,
+) -> None:
+    transport = await twilio_transport()
+    tid = uuid.UUID(transport["id"])
+    sid, [item] = await _claimed(api, db, ["+14155550302"])
+    async with db.acquire() as conn:
+        assert await receipts.apply_many(conn, [(tid, "SM-early", UNDELIVERED)], "") == {
+            (tid, "SM-early"): "stored"}
+        await _record(conn, item, "SM-early")  # ... and the worker stops before apply_early
+        assert await receipts.expire(conn, "") == 1
+    assert await _statuses(db, sid) == {"+14155550302": ("failed", "undelivered")}
