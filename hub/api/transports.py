@@ -12,6 +12,7 @@ from hub.errors import Conflict, NotFound, Unprocessable, detail
 from hub.instruction import TransportType
 from hub.store import transports as store
 from hub.transports.registry import sending_spec
+from hub.transports.voice import trunk_problems
 
 routes = web.RouteTableDef()
 
@@ -49,10 +50,22 @@ def split_config(type_: str, config: dict[str, Any]) -> tuple[str, dict[str, Any
     return spec.provider, public, secrets
 
 
+async def check_voice_trunk(request: web.Request, type_: str, public: dict[str, Any]) -> None:
+    """A voice transport may name only a trunk granted to its app (or open to all): 422."""
+    if type_ != "voice":
+        return
+    problems = await trunk_problems(st.pool(request), st.settings(request), st.app_id(request),
+                                    public)
+    if problems:
+        raise Unprocessable("the voice transport config is invalid",
+                            error_id="invalid-transport-config", details=problems)
+
+
 @routes.post("/v1/transports")
 async def create(request: web.Request) -> web.Response:
     body = st.parse_model(TransportIn, await st.read_json(request))
     provider, public, secrets = split_config(body.type, body.config)
+    await check_voice_trunk(request, body.type, public)
     if body.provider and body.provider != provider:
         raise Unprocessable(f"provider {body.provider!r} is not available for {body.type}",
                             error_id="invalid-transport-config",
@@ -94,6 +107,7 @@ async def patch(request: web.Request) -> web.Response:
         assert full is not None
         merged = {**full["full_config"], **body.config}
         _, public, secrets = split_config(current["type"], merged)
+        await check_voice_trunk(request, current["type"], public)
     row = await store.update(st.pool(request), st.app_id(request), current["id"],
                              name=body.name, config=public, secrets=secrets, default=body.default)
     if row is None:
