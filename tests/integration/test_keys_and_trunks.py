@@ -176,3 +176,14 @@ async def test_cli_manages_trunk_grants(two_apps: tuple[Api, Api, Api], admin_ap
     out = hub("apps", "trunks", "grant", app, "carrier-y", HUB_API_URL=admin_api,
               HUB_API_KEY=a.key)
     assert out.returncode != 0 and "403" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+async def test_openapi_lists_key_and_trunk_routes(api_server: str, http: aiohttp.ClientSession
+                                                  ) -> None:
+    async with http.get(f"{api_server}/openapi.json") as resp:
+        paths = (await resp.json())["paths"]
+    assert set(paths["/v1/apps/{id}/keys"]) == {"post", "get"}
+    assert "delete" in paths["/v1/apps/{id}/keys/{keyId}"]
+    assert set(paths["/v1/apps/{id}/trunks"]) == {"post", "get"}
+    assert "delete" in paths["/v1/apps/{id}/trunks/{trunk}"]
+    assert "HUB_METRICS_TOKEN" in paths["/metrics"]["get"]["description"]
