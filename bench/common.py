@@ -34,7 +34,8 @@ def free_port() -> int:
 def env(**extra: str) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
     out.update({"HUB_DATABASE_URL": DB_URL, "HUB_REDIS_URL": REDIS_URL,
-                "HUB_ALLOW_PRIVATE_URLS": "true", "HUB_LOG_LEVEL": "WARNING"})
+                "HUB_ALLOW_PRIVATE_URLS": "true", "HUB_OPEN_TRUNKS": "trunk",
+                "HUB_LOG_LEVEL": "WARNING"})
     out.update(extra)
     return out
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     admin_key: str = ""
     allow_private_urls: bool = False
     trusted_hosts: str = ""  # comma-separated names/IPs exempt from the private-address guard
+    metrics_token: str = ""
+    metrics_cache_s: float = Field(default=2.0, ge=0)
+    max_keys_per_app: PositiveInt = 20
+    open_trunks: str = ""
 
     audience_max: int = 1_000_000
     body_max_bytes: int = 64 * 1024 * 1024
@@ -75,6 +79,11 @@ class Settings(BaseSettings):
     @property
     def webhook_delays_s(self) -> list[float]:
         return [float(p) for p in self.webhook_retry_schedule.split(",")]
+
+    @property
+    def open_trunk_names(self) -> frozenset[str]:
+        """PJSIP endpoints every app may name in a voice transport (HUB_OPEN_TRUNKS)."""
+        return frozenset(t.strip() for t in self.open_trunks.split(",") if t.strip())
 
     @property
     def base_url(self) -> str:

@@ -99,7 +99,8 @@ def run_demo(settings: Settings) -> int:
     settings = settings.model_copy(update={"api_port": port, "allow_private_urls": True})
     env = {**os.environ, "HUB_API_PORT": str(port), "HUB_ALLOW_PRIVATE_URLS": "true",
            "HUB_RECONCILE_INTERVAL_S": "1", "HUB_DATABASE_URL": settings.database_url,
-           "HUB_REDIS_URL": settings.redis_url, "HUB_LOG_LEVEL": "WARNING"}
+           "HUB_REDIS_URL": settings.redis_url, "HUB_LOG_LEVEL": "WARNING",
+           "HUB_OPEN_TRUNKS": "trunk"}  # the embedded Asterisk's endpoint
     key = asyncio.run(_setup(settings))
     was_running = subprocess.call(["bash", str(ASTERISK), "status"]) == 0
     if subprocess.call(["bash", str(ASTERISK), "up"]) != 0:

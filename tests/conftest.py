@@ -41,6 +41,7 @@ def base_env(**extra: str) -> dict[str, str]:
         "HUB_DATABASE_URL": DB_URL,
         "HUB_REDIS_URL": REDIS_URL,
         "HUB_ALLOW_PRIVATE_URLS": "true",
+        "HUB_OPEN_TRUNKS": "trunk",
         "HUB_RECONCILE_INTERVAL_S": "1",
         "HUB_WEBHOOK_RETRY_SCHEDULE": "0,1,2,3",
         "HUB_LOG_LEVEL": "INFO",
@@ -53,7 +54,7 @@ def base_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return Settings(database_url=DB_URL, redis_url=REDIS_URL, allow_private_urls=True,
-                    reconcile_interval_s=1, webhook_retry_schedule="0,1,2,3")
+                    open_trunks="trunk", reconcile_interval_s=1, webhook_retry_schedule="0,1,2,3")
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[errors, auth], client_max_size=settings.body_max_bytes)
     app[st.SETTINGS] = settings
     app[callbacks.TRANSPORT_CACHE] = {}
+    app[ops.METRICS_CACHE] = ops.MetricsCache(settings.metrics_cache_s)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[st.POOL] = await create_pool(settings.database_url, min_size=0, max_size=20)

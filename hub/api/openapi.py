@@ -8,13 +8,14 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from hub import __version__
-from hub.api.apps import AppIn
+from hub.api.apps import AppIn, TrunkGrantIn
 from hub.api.suppressions import SuppressionIn
 from hub.api.transports import TransportIn, TransportPatch
 from hub.instruction import Instruction
 
 REF = "#/components/schemas/{model}"
-_INPUTS: list[type[BaseModel]] = [Instruction, TransportIn, TransportPatch, AppIn, SuppressionIn]
+_INPUTS: list[type[BaseModel]] = [Instruction, TransportIn, TransportPatch, AppIn, SuppressionIn,
+                                   TrunkGrantIn]
 
 _ERROR = {
     "type": "object",
@@ -99,7 +100,6 @@ def build_spec() -> dict[str, Any]:
             "delete": _op("Delete an unused transport", ok="204", params=("id",)),
         },
         "/v1/apps": {"post": _op("Create an app (admin key)", "AppIn", "201")},
-        "/v1/apps/{id}/keys": {"post": _op("Create an API key", ok="201", params=("id",))},
         "/v1/suppressions": {
             "post": _op("Add addresses to the do-not-contact list", "SuppressionIn", "201"),
             "get": _op("List the do-not-contact list", params=("address", "limit", "cursor")),
@@ -114,6 +114,7 @@ def build_spec() -> dict[str, Any]:
         "/readyz": {"get": _op("Readiness: PostgreSQL and Redis reachable", auth=False)},
         "/metrics": {"get": _op("Prometheus metrics", auth=False)},
     }
+    _add_key_and_trunk_paths(paths, schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Connect Hub API", "version": __version__},
@@ -122,3 +123,51 @@ def build_spec() -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
     }
+
+
+# --- API keys and voice trunk grants (issue 8 parts 1 and 6, issue 10 part 7) ------------
+
+_UUID = {"type": "string", "format": "uuid"}
+_TIME = {"type": "string", "format": "date-time"}
+_KEY = {"type": "object", "required": ["id", "prefix", "createdAt", "revokedAt"], "properties": {
+    "id": _UUID, "prefix": {"type": "string"}, "createdAt": _TIME,
+    "revokedAt": {"type": ["string", "null"], "format": "date-time"}}}
+_NEW_KEY = {"type": "object", "required": ["id", "appId", "apiKey", "prefix", "createdAt"],
+            "properties": {"id": _UUID, "appId": _UUID, "apiKey": {"type": "string"},
+                           "prefix": {"type": "string"}, "createdAt": _TIME}}
+_GRANT = {"type": "object", "required": ["appId", "trunk", "createdAt"], "properties": {
+    "appId": _UUID, "trunk": {"type": "string"}, "createdAt": _TIME}}
+
+
+def _path_param(op: dict[str, Any], name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    op["parameters"].append({"name": name, "in": "path", "required": True, "schema": schema})
+    return op
+
+
+def _add_key_and_trunk_paths(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
+    schemas.update({"ApiKey": _KEY, "NewApiKey": _NEW_KEY, "TrunkGrant": _GRANT})
+    keys, trunks = "/v1/apps/{id}/keys", "/v1/apps/{id}/trunks"
+    paths[keys] = {
+        "post": _op("Create an API key (admin key, or the app's own key up to"
+                    " HUB_MAX_KEYS_PER_APP active keys: 409 key-limit-reached); shown once",
+                    ok="201", params=("id",), answer={"$ref": REF.format(model="NewApiKey")}),
+        "get": _op("The app's API keys (never the secret)", params=("id",),
+                   answer=_list_of("ApiKey")),
+    }
+    paths[f"{keys}/{{keyId}}"] = {"delete": _path_param(_op(
+        "Revoke an API key: it gets 401 at once (admin key or the app's own key)", ok="204",
+        params=("id",)), "keyId", _UUID)}
+    paths[trunks] = {
+        "post": _op("Grant a voice trunk (PJSIP endpoint) to an app (admin key)",
+                    "TrunkGrantIn", "201", params=("id",),
+                    answer={"$ref": REF.format(model="TrunkGrant")}),
+        "get": _op("Voice trunks granted to the app", params=("id",),
+                   answer=_list_of("TrunkGrant")),
+    }
+    paths[f"{trunks}/{{trunk}}"] = {"delete": _path_param(_op(
+        "Revoke a trunk grant (admin key); 409 trunk-in-use while a voice transport of the"
+        " app names it, unless force=true", ok="204", params=("id", "force")),
+        "trunk", {"type": "string"})}
+    paths["/metrics"]["get"]["description"] = (
+        "Prometheus text. When HUB_METRICS_TOKEN is set, needs `Authorization: Bearer"
+        " <token>` (401 otherwise).")

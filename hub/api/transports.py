@@ -16,6 +16,7 @@ from hub.instruction import TransportType
 from hub.net import Guard, check_host_name, check_public_url
 from hub.store import transports as store
 from hub.transports.registry import sending_spec
+from hub.transports.voice import trunk_problems
 
 routes = web.RouteTableDef()
 
@@ -77,11 +78,23 @@ def _invalid(type_: str, problems: list[dict[str, Any]]) -> Unprocessable:
                          error_id="invalid-transport-config", details=problems)
 
 
+async def check_voice_trunk(request: web.Request, type_: str, public: dict[str, Any]) -> None:
+    """A voice transport may name only a trunk granted to its app (or open to all): 422."""
+    if type_ != "voice":
+        return
+    problems = await trunk_problems(st.pool(request), st.settings(request), st.app_id(request),
+                                    public)
+    if problems:
+        raise Unprocessable("the voice transport config is invalid",
+                            error_id="invalid-transport-config", details=problems)
+
+
 @routes.post("/v1/transports")
 async def create(request: web.Request) -> web.Response:
     body = st.parse_model(TransportIn, await st.read_json(request))
     provider, public, secrets = split_config(body.type, body.config,
                                              Guard.of(st.settings(request)))
+    await check_voice_trunk(request, body.type, public)
     if body.provider and body.provider != provider:
         raise Unprocessable(f"provider {body.provider!r} is not available for {body.type}",
                             error_id="invalid-transport-config",
@@ -124,6 +137,7 @@ async def patch(request: web.Request) -> web.Response:
         merged = {**full["full_config"], **body.config}
         _, public, secrets = split_config(current["type"], merged,
                                           Guard.of(st.settings(request)))
+        await check_voice_trunk(request, current["type"], public)
     row = await store.update(st.pool(request), st.app_id(request), current["id"],
                              name=body.name, config=public, secrets=secrets, default=body.default)
     if row is None:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from hub.cli.client import ApiError, Client
 from hub.config import Settings, load_settings
@@ -21,6 +22,14 @@ def _client(settings: Settings, args: argparse.Namespace) -> Client:
     key = args.api_key or settings.api_key
     if not key:
         raise SystemExit("hub: an API key is needed: --api-key KEY or HUB_API_KEY")
+    return Client(args.api_url or settings.client_api_url, key)
+
+
+def _operator_client(settings: Settings, args: argparse.Namespace) -> Client:
+    """For `hub apps keys|trunks`: --api-key, else the admin key, else the app's own key."""
+    key = args.api_key or settings.admin_key or settings.api_key
+    if not key:
+        raise SystemExit("hub: a key is needed: --api-key KEY, HUB_ADMIN_KEY or HUB_API_KEY")
     return Client(args.api_url or settings.client_api_url, key)
 
 
@@ -111,6 +120,52 @@ def cmd_apps_create(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"app {args.name}: {out['appId']}\nAPI key (shown once): {out['apiKey']}\n"
               f"webhook secret: {out['webhookSecret']}")
+    return 0
+
+
+def cmd_apps_keys(settings: Settings, args: argparse.Namespace) -> int:
+    client = _operator_client(settings, args)
+    path = f"/v1/apps/{quote(args.app, safe='')}/keys"
+    if args.action == "create":
+        key = client.call("POST", path)
+        if args.json:
+            print(json.dumps(key))
+        else:
+            print(f"key {key['id']}\nAPI key (shown once): {key['apiKey']}")
+    elif args.action == "revoke":
+        if not args.key_id:
+            raise SystemExit("hub: apps keys revoke needs APP and KEY_ID")
+        client.call("DELETE", f"{path}/{quote(args.key_id, safe='')}")
+        print(f"key {args.key_id} revoked")
+    else:
+        items = client.call("GET", path)["items"]
+        if args.json:
+            _print(items)
+        for k in [] if args.json else items:
+            state = f"revoked {k['revokedAt']}" if k["revokedAt"] else "active"
+            print(f"{k['id']}  {k['prefix']}...  created {k['createdAt']}  {state}")
+    return 0
+
+
+def cmd_apps_trunks(settings: Settings, args: argparse.Namespace) -> int:
+    client = _operator_client(settings, args)
+    path = f"/v1/apps/{quote(args.app, safe='')}/trunks"
+    if args.action == "list":
+        items = client.call("GET", path)["items"]
+        if args.json:
+            _print(items)
+        for g in [] if args.json else items:
+            print(f"{g['trunk']}  granted {g['createdAt']}")
+        return 0
+    if not args.trunk:
+        raise SystemExit(f"hub: apps trunks {args.action} needs APP and TRUNK")
+    if args.action == "grant":
+        client.call("POST", path, {"trunk": args.trunk})
+        print(f"trunk {args.trunk} granted to app {args.app}")
+    else:
+        suffix = "?force=true" if args.force else ""
+        client.call("DELETE", f"{path}/{quote(args.trunk, safe='')}{suffix}")
+        print(f"trunk {args.trunk} revoked from app {args.app}")
     return 0
 
 
@@ -235,6 +290,22 @@ def build_parser() -> argparse.ArgumentParser:
     ac.add_argument("name")
     ac.add_argument("--json", action="store_true")
     ac.set_defaults(func=cmd_apps_create)
+    ak = apps.add_parser("keys", help="an app's API keys: list|create|revoke (admin key or"
+                         " the app's own key)")
+    ak.add_argument("action", choices=["list", "create", "revoke"])
+    ak.add_argument("app", metavar="APP", help="the app id")
+    ak.add_argument("key_id", metavar="KEY_ID", nargs="?", help="the key to revoke")
+    ak.add_argument("--json", action="store_true")
+    ak.set_defaults(func=cmd_apps_keys)
+    at = apps.add_parser("trunks", help="voice trunks granted to an app: grant|list|revoke"
+                         " (admin key)")
+    at.add_argument("action", choices=["grant", "list", "revoke"])
+    at.add_argument("app", metavar="APP", help="the app id")
+    at.add_argument("trunk", metavar="TRUNK", nargs="?", help="a PJSIP endpoint")
+    at.add_argument("--force", action="store_true",
+                    help="revoke even if voice transports of the app name the trunk")
+    at.add_argument("--json", action="store_true")
+    at.set_defaults(func=cmd_apps_trunks)
     tr = sub.add_parser("transports").add_subparsers(dest="sub", required=True)
     ta = tr.add_parser("add", help="register a transport")
     ta.add_argument("--name", required=True)
@@ -269,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(exc: ApiError) -> str:
+    """`HTTP 422: message (config.trunk: why; ...)`: an API error on one line."""
+    details = exc.body.get("details") if isinstance(exc.body, dict) else None
+    if isinstance(details, list):
+        parts = [f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" if isinstance(d, dict)
+                 else str(d) for d in details]
+        return f"{exc} ({'; '.join(parts)})".replace("\n", " ")
+    if details:
+        return f"{exc} ({json.dumps(details)})".replace("\n", " ")
+    return str(exc).replace("\n", " ")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings()
@@ -277,9 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(settings, args))
     except ApiError as exc:
-        print(f"hub: {exc}", file=sys.stderr)
-        if isinstance(exc.body, dict) and exc.body.get("details"):
-            print(json.dumps(exc.body["details"], indent=2), file=sys.stderr)
+        print(f"hub: {_one_line(exc)}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as exc:
         print(f"hub: {exc}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Apps and their API keys (stored as SHA-256 hashes; keys are shown once)."""
+"""Apps and their API keys (stored as SHA-256 hashes; keys are shown once). Keys are checked
+against the database on every request: there is no cache to invalidate on revocation."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from hub.constants import API_KEY_PREFIX, WEBHOOK_SECRET_PREFIX
 from hub.store.db import Pool
@@ -39,11 +42,31 @@ async def create_app(pool: Pool, name: str) -> NewApp:
     return NewApp(app_id, name, key, secret)
 
 
-async def create_key(pool: Pool, app_id: uuid.UUID) -> str | None:
+@dataclass(frozen=True)
+class NewKey:
+    key_id: uuid.UUID
+    api_key: str
+    prefix: str
+    created_at: datetime
+
+
+async def create_key(pool: Pool, app_id: uuid.UUID, max_active: int | None) -> NewKey | str:
+    """A new key, or 'missing' (no such app) or 'limit' (`max_active` keys are active)."""
     async with pool.acquire() as conn, conn.transaction():
-        if not await conn.fetchval("SELECT 1 FROM apps WHERE id = $1", app_id):
-            return None
-        return await _insert_key(conn, app_id)
+        # The app's row lock makes concurrent mints count one after the other.
+        if not await conn.fetchval("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", app_id):
+            return "missing"
+        if max_active is not None and await conn.fetchval(
+            "SELECT count(*) FROM api_keys WHERE app_id = $1 AND revoked_at IS NULL", app_id
+        ) >= max_active:
+            return "limit"
+        key = new_api_key()
+        row = await conn.fetchrow(
+            "INSERT INTO api_keys (id, app_id, key_hash, prefix) VALUES ($1, $2, $3, $4)"
+            " RETURNING id, prefix, created_at",
+            uuid.uuid4(), app_id, hash_key(key), key[:8],
+        )
+    return NewKey(row["id"], key, row["prefix"], row["created_at"])
 
 
 async def _insert_key(conn: object, app_id: uuid.UUID) -> str:
@@ -53,6 +76,26 @@ async def _insert_key(conn: object, app_id: uuid.UUID) -> str:
         uuid.uuid4(), app_id, hash_key(key), key[:8],
     )
     return key
+
+
+async def list_keys(pool: Pool, app_id: uuid.UUID) -> list[dict[str, Any]] | None:
+    """The app's keys (never their hashes), oldest first; None when there is no such app."""
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT 1 FROM apps WHERE id = $1", app_id):
+            return None
+        rows = await conn.fetch(
+            "SELECT id, prefix, created_at, revoked_at FROM api_keys WHERE app_id = $1"
+            " ORDER BY created_at, id", app_id)
+    return [dict(r) for r in rows]
+
+
+async def revoke_key(pool: Pool, app_id: uuid.UUID, key_id: uuid.UUID) -> bool:
+    """Revoke (at once: keys are looked up on every request, nothing caches them). False when
+    the app has no such key; revoking twice keeps the first time."""
+    found = await pool.fetchval(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
+        " WHERE app_id = $1 AND id = $2 RETURNING id", app_id, key_id)
+    return found is not None
 
 
 async def app_for_key(pool: Pool, key: str) -> uuid.UUID | None:

@@ -3,6 +3,7 @@ controller, not by RQ workers; this module validates instructions and trunk conf
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +14,8 @@ from hub.addresses import normalize_phone
 from hub.config import Settings
 from hub.errors import detail
 from hub.instruction import TransportPart
+from hub.store import grants
+from hub.store.db import Pool
 from hub.transports.base import Sender
 from hub.voice.menu import menu_problems
 from hub.voice.trunks import VoiceConfig, amd_override
@@ -48,3 +51,14 @@ class VoiceSpec:
 
 
 VOICE = VoiceSpec()
+
+
+async def trunk_problems(pool: Pool, settings: Settings, app_id: uuid.UUID,
+                         config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A voice transport names only a trunk granted to its app or open to all (DESIGN §3)."""
+    trunk = str(config.get("trunk", ""))
+    if trunk in settings.open_trunk_names or await grants.is_granted(pool, app_id, trunk):
+        return []
+    return [detail(["config", "trunk"],
+                   f"trunk {trunk!r} is not granted to this app; the operator grants trunks"
+                   " (POST /v1/apps/{id}/trunks or `hub apps trunks grant APP TRUNK`)")]
