@@ -26,7 +26,7 @@ from hub import constants as c
 from hub.config import Settings
 from hub.jobs.queueing import Kicker
 from hub.retry import decide
-from hub.store import claims, deliveries, sessions, suppressions
+from hub.store import claims, deliveries, grants, sessions, suppressions
 from hub.store import voice as store
 from hub.store.claims import Claimed
 from hub.store.db import create_pool
@@ -46,6 +46,7 @@ MAX_EXTRA_S = 300  # beyond ring timeout + audio: menus, slow hang-ups
 GIVE_BACK_DELAY = timedelta(seconds=2)  # a call not placed is due again after this
 RECORD_TRIES = 200  # about 15 minutes of trying while the database is away
 RECONCILE_EVERY_S = 60.0
+GRANT_CACHE_S = 5.0
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Controller:
         self.held: set[int] = set()   # deliveries claimed here and not recorded yet
         self.remotes: dict[str, Ari] = {}  # other controllers' Asterisks, to ask about calls
         self.chains: dict[str, asyncio.Task[None]] = {}  # per-channel event handling
+        self.grants: dict[tuple[uuid.UUID, str], tuple[float, bool]] = {}
         self.setup_times: list[float] = []
         self.flow = CallFlow(ari, pool)
         ari.on_event = self.on_event
@@ -226,6 +228,11 @@ class Controller:
                 await self._give_back(item, session_id, opens, "outside the calling window;"
                                       f" next call at {opens.isoformat()}")
                 return
+        if not await self._granted(session.app_id, trunk.config.trunk):
+            await self._record(Call(item, session, trunk.id, trunk.config, ""),
+                               Result("failed", error=f"trunk {trunk.config.trunk!r} is not"
+                                      " granted to this app (any more); not dialled"))
+            return
         async with self.pool.acquire() as conn:
             if await suppressions.suppressed(conn, session.app_id, "voice", [address]):
                 await self._record(Call(item, session, trunk.id, trunk.config, ""),
@@ -249,6 +256,19 @@ class Controller:
             await self._originate_failed(call, exc)
         finally:
             call.originating = False
+
+    async def _granted(self, app_id: uuid.UUID, endpoint: str) -> bool:
+        """Whether the app may dial through `endpoint` now (a grant revoked with --force
+        stops its calls within GRANT_CACHE_S)."""
+        if endpoint in self.settings.open_trunk_names:
+            return True
+        key = (app_id, endpoint)
+        hit = self.grants.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            hit = (time.monotonic() + GRANT_CACHE_S, await grants.is_granted(self.pool, app_id,
+                                                                           endpoint))
+            self.grants[key] = hit
+        return hit[1]
 
     async def _originate_failed(self, call: Call, exc: AriError) -> None:
         """Refused by Asterisk: a failed attempt. Never reached it: given back, no try
