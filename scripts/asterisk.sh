@@ -109,7 +109,10 @@ up() {
     fi
     wait_ari || { down; exit 1; }
     # ARI answers before every module is loaded; calls placed then may never report back.
-    timeout 60 chroot "$ROOT" asterisk -rx "core waitfullybooted" >/dev/null 2>&1 || true
+    for _ in $(seq 1 120); do
+        timeout 30 chroot "$ROOT" asterisk -rx "core waitfullybooted" >/dev/null 2>&1 && break
+        sleep 0.25
+    done
     if [ "${1:-}" = "--json" ]; then
         printf '{"ari": {"url": "http://127.0.0.1:8088", "user": "%s", "password": "%s"}, "ami": {"host": "127.0.0.1", "port": 5038, "user": "%s", "password": "%s"}, "root": "%s", "media": "%s"}\n' \
             "$HUB_ARI_USER" "$HUB_ARI_PASSWORD" "$HUB_AMI_USER" "$HUB_AMI_PASSWORD" "$ROOT" "$MEDIA"

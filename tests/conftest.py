@@ -44,7 +44,7 @@ def base_env(**extra: str) -> dict[str, str]:
         "HUB_OPEN_TRUNKS": "trunk",
         "HUB_RECONCILE_INTERVAL_S": "1",
         "HUB_WEBHOOK_RETRY_SCHEDULE": "0,1,2,3",
-        "HUB_LOG_LEVEL": "INFO",
+        "HUB_LOG_LEVEL": os.environ.get("HUB_TEST_LOG_LEVEL", "INFO"),
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra)

@@ -47,6 +47,7 @@ GIVE_BACK_DELAY = timedelta(seconds=2)  # a call not placed is due again after t
 RECORD_TRIES = 200  # about 15 minutes of trying while the database is away
 RECONCILE_EVERY_S = 60.0
 GRANT_CACHE_S = 5.0
+ASTERISK_SETTLE_S = 3.0
 
 
 @dataclass
@@ -423,6 +424,7 @@ class Controller:
 
     async def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
+        log.debug("voice: event %s on %s", kind, _channel_of(event))
         if kind == "PlaybackFinished":
             target = event["playback"].get("target_uri", "")
             call = self.calls.get(target.removeprefix("channel:"))
@@ -482,8 +484,24 @@ class Controller:
         with contextlib.suppress(Exception):  # webhooks are kicked again by the reconciler
             await asyncio.to_thread(self.kicker.webhooks)
 
+    async def _settled(self) -> None:
+        """Asterisk answers ARI before it has loaded everything: calls placed in its first
+        seconds may never report back. Wait until it has run ASTERISK_SETTLE_S."""
+        try:
+            info = await self.ari.request("GET", "/asterisk/info", only="status")
+            started = datetime.strptime(info["status"]["startup_time"], "%Y-%m-%dT%H:%M:%S.%f%z")
+        except (AriError, KeyError, TypeError, ValueError) as exc:
+            log.info("voice: Asterisk's start time unknown (%s); waiting %s s", exc,
+                     ASTERISK_SETTLE_S)
+            await asyncio.sleep(ASTERISK_SETTLE_S)
+            return
+        age = (datetime.now(UTC) - started).total_seconds()
+        if age < ASTERISK_SETTLE_S:
+            await asyncio.sleep(ASTERISK_SETTLE_S - age)
+
     async def reconcile(self) -> None:
         """After (re)connecting: record calls that vanished, adopt those still up."""
+        await self._settled()
         try:
             live = {ch["id"]: ch for ch in await self.ari.channels()}
         except AriError as exc:

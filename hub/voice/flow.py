@@ -57,8 +57,8 @@ class CallFlow:
         try:
             await self.ari.play(call.channel, media.uri, call.playing)
         except AriError as exc:
-            if exc.status != 404:
-                log.warning("playback on %s failed: %s", call.channel, exc)
+            log.warning("playback on %s failed: %s", call.channel, exc)
+            if exc.status != 404:  # 404: the channel is gone already
                 await self.hangup(call)
 
     async def playback_finished(self, call: Call, playback: dict[str, Any]) -> None:
