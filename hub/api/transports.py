@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -94,8 +95,14 @@ async def patch(request: web.Request) -> web.Response:
         assert full is not None
         merged = {**full["full_config"], **body.config}
         _, public, secrets = split_config(current["type"], merged)
-    row = await store.update(st.pool(request), st.app_id(request), current["id"],
-                             name=body.name, config=public, secrets=secrets, default=body.default)
+    try:
+        row = await store.update(st.pool(request), st.app_id(request), current["id"],
+                                 name=body.name, config=public, secrets=secrets,
+                                 default=body.default)
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"a transport named {body.name!r} already exists",
+                       error_id="transport-name-taken",
+                       details=[detail(["name"], "already taken")]) from None
     if row is None:
         raise NotFound(f"no transport {current['id']} in this app", error_id="transport-not-found")
     return web.json_response(row)

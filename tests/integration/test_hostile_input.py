@@ -241,3 +241,17 @@ async def test_a_json_body_needs_a_json_media_type(api: Api, email_transport: di
     status, _ = await api.post("/v1/sessions", raw=body,
                                headers={"Content-Type": "application/json; charset=utf-8"})
     assert status == 201
+
+
+async def test_renaming_a_transport_to_a_taken_name_is_409(
+    api: Api, email_transport: dict[str, Any], smtp_sink: Any
+) -> None:
+    port, _ = smtp_sink
+    status, other = await api.post("/v1/transports", {
+        "name": "second", "type": "email",
+        "config": {"host": "127.0.0.1", "port": port, "from": "a@example.com"}})
+    assert status == 201, other
+    status, err = await api.call("PATCH", f"/v1/transports/{other['id']}",
+                                 {"name": email_transport["name"]})
+    assert status == 409 and err["error_id"] == "transport-name-taken", err
+    assert (await api.get(f"/v1/transports/{other['id']}"))[1]["name"] == "second"
