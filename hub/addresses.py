@@ -18,6 +18,7 @@ _SIMPLE_EMAIL = re.compile(
 )
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
 _PHONE_JUNK = re.compile(r"[\s().-]")
+_DIALABLE = re.compile(r"\+?[0-9]+")
 
 
 def normalize_email(raw: str) -> str:
@@ -43,8 +44,16 @@ def normalize_email(raw: str) -> str:
 
 
 def normalize_phone(raw: str, default_region: str | None = None) -> str:
-    """Any dialable form → E.164 (`+9779812345678`); a default region allows national forms."""
+    """Any dialable form → E.164 (`+9779812345678`); a default region allows national forms.
+    Only ASCII digits with the usual separators: letters (vanity numbers) are refused."""
     text = _PHONE_JUNK.sub("", raw.strip())
+    if not _DIALABLE.fullmatch(text):
+        # phonenumbers would read letters as keypad digits (+1-800-FLOWERS): a typo or a
+        # vanity form is not what the caller may think it is, so it is refused.
+        if any(ch.isalpha() for ch in text):
+            raise ValueError("not a valid phone number (letters are not allowed; digits only)")
+        raise ValueError("not a valid phone number (digits, spaces, '+', '-', '.', '(' and ')'"
+                         " only)")
     if text.startswith("00"):
         text = "+" + text[2:]
     if not text.startswith("+") and not default_region:

@@ -2,12 +2,14 @@
 a message saying what happened and what to do, and optional `details`.
 
     HubError
-    ├── BadRequest (400)        malformed-json, bad-parameter
+    ├── BadRequest (400)        malformed-json, json-too-deep, bad-parameter, bad-cursor,
+    │                           malformed-body, bad-idempotency-key
     ├── Unauthorized (401)      missing-api-key, invalid-api-key
     ├── Forbidden (403)         admin-key-required, invalid-signature
     ├── NotFound (404)          session-not-found, transport-not-found, ...
     ├── Conflict (409)          session-not-waiting, idempotency-in-progress, ...
     ├── TooLarge (413)          body-too-large, audience-too-large, message-too-long
+    ├── UnsupportedMediaType (415) unsupported-media-type
     ├── Unprocessable (422)     invalid-instruction, transport-not-configured, ...
     └── Unavailable (503)       dependency-unavailable
 """
@@ -68,6 +70,11 @@ class Conflict(HubError):
 class TooLarge(HubError):
     status = 413
     error_id = "too-large"
+
+
+class UnsupportedMediaType(HubError):
+    status = 415
+    error_id = "unsupported-media-type"
 
 
 class Unprocessable(HubError):

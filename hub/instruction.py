@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from hub.config import Settings
@@ -23,6 +31,10 @@ TransportType = Literal["email", "sms", "whatsapp", "voice", "slack", "api"]
 Trigger = Literal["immediate", "scheduled", "manual"]
 MAX_DETAILS = 1000
 MAX_RETRIES = 100
+# A scheduledTimestamp up to this far in the past is taken as "now" (a client's clock may
+# lag ours); older ones are refused, as are ones further ahead than SCHEDULE_AHEAD_MAX.
+CLOCK_SKEW = timedelta(seconds=60)
+SCHEDULE_AHEAD_MAX = timedelta(days=3660)
 T = TypeVar("T")
 
 
@@ -30,6 +42,13 @@ class WireModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
+
+
+def _interval_input(value: Any) -> Any:
+    """`"15,60"` or a number of minutes; not `true` (a bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError('expected comma-separated minutes ("15,60,120") or a number')
+    return value
 
 
 class TransportPart(WireModel):
@@ -40,12 +59,16 @@ class TransportPart(WireModel):
     extras: dict[str, Any] = Field(default_factory=dict)
 
 
+
 class Options(WireModel):
     trigger: Trigger = "immediate"
-    scheduled_timestamp: datetime | None = None
-    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
-    retry_interval_minutes: str | float = "60"
+    scheduled_timestamp: datetime | None = Field(default=None, description=(
+        "ISO-8601; no offset means UTC. Required iff trigger is scheduled. Up to 60 s in the"
+        " past is accepted as now (clock skew); earlier, or more than 3660 days ahead, is refused."))
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES, strict=True)
+    retry_interval_minutes: Annotated[str | float, BeforeValidator(_interval_input)] = "60"
     webhook_url: str | None = None
+
 
     @field_validator("scheduled_timestamp")
     @classmethod
@@ -194,11 +217,24 @@ def _check_options(opts: Options, settings: Settings) -> list[dict[str, Any]]:
     if opts.trigger != "scheduled" and opts.scheduled_timestamp is not None:
         problems.append(detail(["options", "scheduledTimestamp"],
                                "only allowed when trigger is scheduled"))
+    elif opts.scheduled_timestamp is not None:
+        why = _schedulable(opts.scheduled_timestamp)
+        if why:
+            problems.append(detail(["options", "scheduledTimestamp"], why))
     if opts.webhook_url is not None:
         why = check_public_url(opts.webhook_url, Guard.of(settings))
         if why:
             problems.append(detail(["options", "webhookUrl"], why))
     return problems
+
+
+def _schedulable(at: datetime) -> str | None:
+    now = datetime.now(UTC)
+    if at < now - CLOCK_SKEW:
+        return f"is in the past (more than {CLOCK_SKEW.seconds} s before now, {now:%Y-%m-%dT%H:%M:%SZ})"
+    if at > now + SCHEDULE_AHEAD_MAX:
+        return f"is more than {SCHEDULE_AHEAD_MAX.days} days ahead"
+    return None
 
 
 def _normalise_audience(

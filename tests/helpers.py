@@ -37,6 +37,7 @@ class Api:
         hdrs = {"Authorization": f"Bearer {key or self.key}", **(headers or {})}
         kwargs: dict[str, Any] = {"headers": hdrs}
         if raw is not None:
+            hdrs.setdefault("Content-Type", "application/json")
             kwargs["data"] = raw
         elif body is not None:
             kwargs["json"] = body

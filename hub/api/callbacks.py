@@ -12,8 +12,9 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from hub.api import state as st
+from hub.api.body import printable, text_problem
 from hub.api.receipts import ReceiptBatcher
-from hub.errors import Forbidden, NotFound
+from hub.errors import BadRequest, Forbidden, NotFound, detail
 from hub.store import suppressions
 from hub.store import transports as transports_store
 from hub.transports.twilio import receipt_result
@@ -41,6 +42,22 @@ async def _transport(request: web.Request, tid: uuid.UUID) -> dict[str, Any] | N
     return found
 
 
+async def _form(request: web.Request) -> dict[str, str]:
+    """The callback's form fields; a body that cannot be read as a form is a 400."""
+    try:
+        form = await request.post()
+    except (ValueError, AssertionError, LookupError) as exc:  # aiohttp's multipart parser
+        raise BadRequest(f"the body is not a readable form ({type(exc).__name__})",
+                         error_id="malformed-body", details=[detail(["body"], "unreadable")]) from None
+    params = {k: str(v) for k, v in form.items()}
+    problems = [detail(["body", printable(k)], why) for k, v in params.items()
+                if (why := text_problem(k) or text_problem(v))]
+    if problems:
+        raise BadRequest("a form field holds characters that cannot be stored",
+                         error_id="malformed-body", details=problems)
+    return params
+
+
 async def _signed_twilio(request: web.Request) -> tuple[dict[str, str], dict[str, Any]]:
     try:
         tid = uuid.UUID(request.match_info["id"])
@@ -49,7 +66,7 @@ async def _signed_twilio(request: web.Request) -> tuple[dict[str, str], dict[str
     transport = await _transport(request, tid)
     if transport is None or transport["provider"] != "twilio":
         raise NotFound("no such Twilio transport", error_id="transport-not-found")
-    params = {k: str(v) for k, v in (await request.post()).items()}
+    params = await _form(request)
     url = st.settings(request).base_url + request.path_qs  # the public URL Twilio called
     signature = request.headers.get("X-Twilio-Signature", "")
     validator = RequestValidator(transport["full_config"]["authToken"])

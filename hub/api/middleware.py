@@ -1,4 +1,5 @@
-"""One middleware renders every error as `{error_id, message, details}`; one authenticates."""
+"""One middleware renders every error as `{error_id, message, details}` (and refuses query
+and path values that cannot be stored before any handler runs); one authenticates."""
 
 from __future__ import annotations
 
@@ -6,16 +7,30 @@ import hmac
 import logging
 import uuid
 
+import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from hub.api import state as st
+from hub.api.body import printable, text_problem
 from hub.api.callbacks import PREFIX as CALLBACKS
 from hub.api.ops import PUBLIC_PATHS
-from hub.errors import Forbidden, HubError, NotFound, TooLarge, Unauthorized
+from hub.errors import (
+    BadRequest,
+    Forbidden,
+    HubError,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    detail,
+)
 from hub.store import apps
 
 log = logging.getLogger(__name__)
+# A restarting PostgreSQL or a failover: 503 with Retry-After, not an internal error.
+DATABASE_AWAY = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                 asyncpg.InterfaceError, ConnectionError)
 
 
 def _json_error(err: HubError) -> web.Response:
@@ -25,6 +40,7 @@ def _json_error(err: HubError) -> web.Response:
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        _check_parameters(request)
         return await handler(request)
     except HubError as err:
         return _json_error(err)
@@ -40,18 +56,42 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             http_err.status = exc.status
             return _json_error(http_err)
         raise
+    except DATABASE_AWAY as exc:
+        log.warning("%s %s: the database is unavailable: %s", request.method, request.path, exc)
+        return _json_error(Unavailable("the database is unavailable right now; retry shortly",
+                                       error_id="dependency-unavailable",
+                                       headers={"Retry-After": "2"}))
     except Exception:
         ref = uuid.uuid4().hex[:12]
         log.exception("unhandled error %s on %s %s", ref, request.method, request.path)
         return _json_error(HubError(f"internal error (reference {ref}); the request may be retried"))
 
 
+def _check_parameters(request: web.Request) -> None:
+    """Query parameters and path segments with a NUL or a lone surrogate (from bytes that
+    are not UTF-8) are refused before any handler sees them: PostgreSQL cannot store them."""
+    problems = []
+    for where, items in (("query", request.query.items()), ("path", request.match_info.items())):
+        for name, value in items:
+            why = text_problem(name) or text_problem(value)
+            if why:
+                problems.append(detail([where, printable(name)], why))
+    if problems:
+        raise BadRequest(f"a {problems[0]['loc'][0]} parameter {problems[0]['msg']}",
+                         error_id="bad-parameter", details=problems)
+
+
 def _bearer(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("send 'Authorization: Bearer <api key>'", error_id="missing-api-key")
-    return token.strip()
+        raise Unauthorized("send 'Authorization: Bearer <api key>'", error_id="missing-api-key",
+                           details=[detail(["header", "Authorization"], "missing")])
+    token = token.strip()
+    if not (token.isascii() and token.isprintable()):  # keys are ASCII; so is every header we read
+        raise Unauthorized("the API key is not valid", error_id="invalid-api-key",
+                           details=[detail(["header", "Authorization"], "not an API key")])
+    return token
 
 
 @web.middleware

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from typing import Any
 
 import asyncpg
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from hub import constants as c
 from hub import reports
+from hub.api import body
 from hub.api import state as st
 from hub.constants import MAX_PARALLEL_JOBS_PER_SESSION
 from hub.errors import BadRequest, Conflict, HubError, NotFound, Unprocessable, detail
@@ -19,29 +22,38 @@ from hub.instruction import parse_instruction
 from hub.store import deliveries, idempotency, sessions
 from hub.store import transports as transports_store
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 MAX_IDEMPOTENCY_KEY = 255
 
 
 def _request_hash(raw: bytes) -> bytes:
     try:
-        canonical = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
-    except (ValueError, UnicodeDecodeError):
+        canonical = json.dumps(body.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    except HubError:  # refused below, with the same answer for the same bytes
         canonical = raw
     return hashlib.sha256(canonical).digest()
 
 
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii()
+                                and key.isprintable()):
+        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII"
+                         " characters", error_id="bad-idempotency-key",
+                         details=[detail(["header", "Idempotency-Key"], "invalid")])
+    return key
+
+
 @routes.post("/v1/sessions")
 async def create_session(request: web.Request) -> web.Response:
-    key = request.headers.get("Idempotency-Key")
+    st.require_json(request)  # before a key can keep this answer
+    key = _idempotency_key(request)
     if key is None:
         async with st.pool(request).acquire() as conn:
-            row, body = await _create(request, conn, None)
+            row, out = await _create(request, conn, None)
         await _kick_new(request, row)
-        return web.json_response(body, status=201)
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
-        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
-                         error_id="bad-idempotency-key")
+        return web.json_response(out, status=201)
     request_hash = _request_hash(await request.read())
     async with idempotency.claim(st.pool(request), st.app_id(request), key, request_hash,
                                  st.settings(request).idempotency_ttl_h) as held:
@@ -56,13 +68,13 @@ async def create_session(request: web.Request) -> web.Response:
             return web.json_response(seen.body, status=seen.status,
                                      headers={"Idempotency-Replay": "true"})
         try:
-            row, body = await _create(request, held.conn, held)
+            row, out = await _create(request, held.conn, held)
         except HubError as exc:
             if exc.status < 500:  # a refusal is the answer; an outage is not
                 await held.answer(exc.status, exc.body())
             raise
     await _kick_new(request, row)
-    return web.json_response(body, status=201)
+    return web.json_response(out, status=201)
 
 
 async def _create(request: web.Request, conn: asyncpg.Connection,
@@ -70,10 +82,10 @@ async def _create(request: web.Request, conn: asyncpg.Connection,
     """Validate, then store the session, its deliveries and the key's answer in one
     transaction. Every query runs on `conn` (a request never holds two connections)."""
     settings, app_id = st.settings(request), st.app_id(request)
-    body = await st.read_json(request)
-    transport = await _transport_for(request, conn, body)
+    doc = await st.read_json(request, "invalid-instruction")
+    transport = await _transport_for(request, conn, doc)
     region = transport["config"].get("defaultRegion") if transport else None
-    valid = parse_instruction(body, settings, default_region=region)
+    valid = parse_instruction(doc, settings, default_region=region)
     if transport is None:
         type_ = valid.instruction.transport.type
         raise Unprocessable(
@@ -92,12 +104,18 @@ async def _create(request: web.Request, conn: asyncpg.Connection,
 
 
 async def _kick_new(request: web.Request, row: asyncpg.Record) -> None:
-    """Hand a just-created session to the workers (the reconciler does it if this fails)."""
-    if row["status"] == c.S_QUEUED:
-        batches = math.ceil(row["audience_count"] / st.settings(request).batch_size)
-        await st.kick(request, row, parallel=min(MAX_PARALLEL_JOBS_PER_SESSION, batches))
-    elif row["status"] == c.S_SCHEDULED:
-        await st.kick(request, row, at=row["scheduled_at"])
+    """Hand a just-created session to the workers. The session is committed: nothing here
+    may turn its 201 into an error (a retry would submit it twice); if the hand-off fails,
+    the reconciler does it."""
+    try:
+        if row["status"] == c.S_QUEUED:
+            batches = math.ceil(row["audience_count"] / st.settings(request).batch_size)
+            await st.kick(request, row, parallel=min(MAX_PARALLEL_JOBS_PER_SESSION, batches))
+        elif row["status"] == c.S_SCHEDULED:
+            await st.kick(request, row, at=row["scheduled_at"])
+    except (RedisError, OSError, ValueError, OverflowError) as exc:
+        log.warning("session %s stored; hand-off to workers failed (%s: %s), the reconciler"
+                    " will start it", row["id"], type(exc).__name__, exc)
 
 
 async def _transport_for(request: web.Request, conn: asyncpg.Connection,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -12,8 +11,9 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from hub.api import body
 from hub.config import Settings
-from hub.errors import BadRequest, NotFound, Unprocessable, detail
+from hub.errors import BadRequest, NotFound, Unprocessable, UnsupportedMediaType, detail
 from hub.jobs.queueing import Kicker
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -22,6 +22,9 @@ KICKER = web.AppKey("kicker", Kicker)
 APP_ID = web.RequestKey("app_id", uuid.UUID)
 M = TypeVar("M", bound=BaseModel)
 MAX_LIMIT = 1000
+# Timestamps in query filters; beyond these, UTC conversions overflow (year 1 and 9999).
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def settings(request: web.Request) -> Settings:
@@ -44,12 +47,21 @@ async def kick(request: web.Request, session: Any, *, parallel: int = 1,
                             parallel=parallel, at=at)
 
 
-async def read_json(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", error_id="malformed-json") from None
+def require_json(request: web.Request) -> None:
+    """A JSON body must say so: `application/json` (or a `+json` type), charset utf-8 if any."""
+    ctype = request.content_type
+    charset = (request.charset or "utf-8").lower()
+    if (ctype == "application/json" or ctype.endswith("+json")) and charset in ("utf-8", "utf8"):
+        return
+    raise UnsupportedMediaType(
+        "the body must be JSON sent with 'Content-Type: application/json'",
+        details=[detail(["header", "Content-Type"], "expected application/json")])
+
+
+async def read_json(request: web.Request, error_id: str = "invalid-body") -> Any:
+    """The JSON body, strictly parsed (hub.api.body); strings it holds are storable."""
+    require_json(request)
+    return body.loads(await request.read(), error_id)
 
 
 def parse_model(model: type[M], body: Any, error_id: str = "invalid-body") -> M:
@@ -72,7 +84,7 @@ def path_uuid(request: web.Request, name: str, what: str) -> uuid.UUID:
 
 def query_limit(request: web.Request, default: int = 100) -> int:
     raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 1 <= int(raw) <= MAX_LIMIT:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}",
                          error_id="bad-parameter", details=[detail(["query", "limit"], "invalid")])
     return int(raw)
@@ -92,10 +104,14 @@ def query_time(request: web.Request, name: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be an ISO-8601 timestamp", error_id="bad-parameter",
+        parsed = parsed.replace(tzinfo=parsed.tzinfo or UTC).astimezone(UTC)
+        if not MIN_TIME <= parsed <= MAX_TIME:
+            raise ValueError("out of range")
+    except (ValueError, OverflowError):
+        raise BadRequest(f"{name} must be an ISO-8601 timestamp from {MIN_TIME.date()} to"
+                         f" {MAX_TIME.date()}", error_id="bad-parameter",
                          details=[detail(["query", name], "invalid")]) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed
 
 
 def page(items: list[Any], next_cursor: str | None) -> web.Response:

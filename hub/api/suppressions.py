@@ -36,12 +36,21 @@ def _normalise(address: str, transport: str | None) -> str:
 @routes.post("/v1/suppressions")
 async def add(request: web.Request) -> web.Response:
     body = st.parse_model(SuppressionIn, await st.read_json(request))
-    entries = []
+    first: dict[str, int] = {}
+    problems = []
     for i, raw in enumerate(body.addresses):
-        if not raw.strip():
-            raise Unprocessable("an address is empty", error_id="invalid-body",
-                                details=[detail(["addresses", i], "must not be empty")])
-        entries.append((_normalise(raw, body.transport), body.transport))
+        address = _normalise(raw, body.transport) if raw.strip() else ""
+        if not address:
+            problems.append(detail(["addresses", i], "must not be empty"))
+        elif address in first:
+            problems.append(detail(["addresses", i],
+                                   f"the same address as addresses[{first[address]}]"))
+        else:
+            first[address] = i
+    if problems:
+        raise Unprocessable(f"{len(problems)} of the addresses are empty or repeated; list each"
+                            " address once", error_id="invalid-body", details=problems[:1000])
+    entries = [(address, body.transport) for address in first]
     rows = await suppressions.add(st.pool(request), st.app_id(request), entries, body.reason)
     return web.json_response({"items": rows, "nextCursor": None}, status=201)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -138,8 +139,14 @@ async def patch(request: web.Request) -> web.Response:
         _, public, secrets = split_config(current["type"], merged,
                                           Guard.of(st.settings(request)))
         await check_voice_trunk(request, current["type"], public)
-    row = await store.update(st.pool(request), st.app_id(request), current["id"],
-                             name=body.name, config=public, secrets=secrets, default=body.default)
+    try:
+        row = await store.update(st.pool(request), st.app_id(request), current["id"],
+                                 name=body.name, config=public, secrets=secrets,
+                                 default=body.default)
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"a transport named {body.name!r} already exists",
+                       error_id="transport-name-taken",
+                       details=[detail(["name"], "already taken")]) from None
     if row is None:
         raise NotFound(f"no transport {current['id']} in this app", error_id="transport-not-found")
     return web.json_response(row)

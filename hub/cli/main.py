@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from hub import logs
 from hub.cli.client import ApiError, Client
 from hub.config import Settings, load_settings
 
@@ -355,8 +355,7 @@ def _one_line(exc: ApiError) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level)
     try:
         return int(args.func(settings, args))
     except ApiError as exc:

@@ -33,6 +33,9 @@ async def create(
     """Insert; None when the name is taken. The first transport of a type is the default."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1::text))", str(app_id))
+        if await conn.fetchval("SELECT 1 FROM transports WHERE app_id = $1 AND name = $2",
+                               app_id, name):
+            return None  # taken: change nothing (the app's default stays as it is)
         has_default = await conn.fetchval(
             "SELECT 1 FROM transports WHERE app_id = $1 AND type = $2 AND is_default", app_id, type_
         )

@@ -64,6 +64,8 @@ async def test_postgres_restart_mid_campaign(
         at_stop = len(sink.received)
         await asyncio.sleep(1.0)
         assert await ready(http, api.base) == 503
+        status, body = await api.get("/v1/sessions")  # a clear 503, never a 500
+        assert status == 503 and body["error_id"] == "dependency-unavailable", body
         after_stop = len(sink.received)
         await asyncio.sleep(4.0)
         # Nothing goes out while results cannot be recorded (only what was in flight).

@@ -39,7 +39,7 @@ async def server(settings: Settings, db: Any) -> AsyncIterator[Factory]:
 async def post(url: str, key: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as http, http.post(
         url + "/v1/sessions", json=body if raw is None else None, data=raw,
-        headers={"Authorization": f"Bearer {key}"},
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     ) as resp:
         return resp.status, await resp.json()
 
