@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import statistics
@@ -13,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -101,6 +103,20 @@ async def new_app_key() -> str:
         return (await create_app(pool, "bench")).api_key
     finally:
         await pool.close()
+
+
+async def run_session(http: Any, url: str, body: dict[str, Any],
+                      poll_s: float = 0.05) -> tuple[dict[str, Any], float]:
+    """Submit an instruction and wait for its session to complete: (session, seconds)."""
+    start = time.perf_counter()
+    async with http.post(url + "/v1/sessions", data=json.dumps(body)) as r:
+        sid = (await r.json())["sessionId"]
+    while True:
+        async with http.get(f"{url}/v1/sessions/{sid}") as r:
+            session: dict[str, Any] = await r.json()
+        if session["status"] == "completed":
+            return session, time.perf_counter() - start
+        await asyncio.sleep(poll_s)
 
 
 def run(coro: object) -> object:

@@ -12,7 +12,15 @@ from email.message import EmailMessage
 import aiohttp
 import aiosmtplib
 
-from bench.common import free_port, fresh_database, new_app_key, processes, spawn, wait_http
+from bench.common import (
+    free_port,
+    fresh_database,
+    new_app_key,
+    processes,
+    run_session,
+    spawn,
+    wait_http,
+)
 
 MESSAGES = 10_000
 CONCURRENCY = 20
@@ -61,16 +69,7 @@ async def through_hub(url: str, key: str, smtp_port: int) -> float:
             assert r.status == 201, await r.text()
         body = {"transport": {"type": "email", "subject": "Bench", "message": "Hello"},
                 "audience": [f"hub{i}@example.com" for i in range(MESSAGES)]}
-        start = time.perf_counter()
-        async with http.post(url + "/v1/sessions", data=json.dumps(body)) as r:
-            sid = (await r.json())["sessionId"]
-        while True:
-            async with http.get(f"{url}/v1/sessions/{sid}") as r:
-                session = await r.json()
-            if session["status"] == "completed":
-                break
-            await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - start
+        session, elapsed = await run_session(http, url, body)
         assert session["counts"] == {"delivered": MESSAGES}, session["counts"]
     return MESSAGES / elapsed
 

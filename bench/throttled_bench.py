@@ -8,11 +8,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import time
 
 import aiohttp
 
-from bench.common import free_port, fresh_database, new_app_key, processes, spawn, wait_http
+from bench.common import (
+    free_port,
+    fresh_database,
+    new_app_key,
+    processes,
+    run_session,
+    spawn,
+    wait_http,
+)
 from hub.dev.fake_http import HttpSink
 
 MESSAGES = 600
@@ -39,16 +46,7 @@ async def main() -> dict[str, float]:
                     assert r.status == 201, await r.text()
                 audience = [f"+9779813{i:06d}" for i in range(MESSAGES)]
                 body = {"transport": {"type": "api", "message": "Hi"}, "audience": audience}
-                start = time.perf_counter()
-                async with http.post(url + "/v1/sessions", data=json.dumps(body)) as r:
-                    sid = (await r.json())["sessionId"]
-                while True:
-                    async with http.get(f"{url}/v1/sessions/{sid}") as r:
-                        session = await r.json()
-                    if session["status"] == "completed":
-                        break
-                    await asyncio.sleep(0.2)
-                elapsed = time.perf_counter() - start
+                session, elapsed = await run_session(http, url, body, poll_s=0.2)
     finally:
         await sink.stop()
     got = collections.Counter(s.body["to"] for s in sink.seen)

@@ -25,6 +25,7 @@ from hub.dev.phones import Phones, RtpCounter
 from hub.store.apps import NewApp, create_app
 from hub.store.db import create_pool, migrate
 from tests.helpers import Api, WebhookReceiver, free_port
+from tests.netfakes import Listener
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_URL = os.environ.get("HUB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/hub_test")
@@ -183,6 +184,15 @@ async def email_transport(api: Api, smtp_sink: tuple[int, smtp.SmtpSink]) -> dic
         "config": {"host": "127.0.0.1", "port": port, "from": "Hub <hub@example.com>"}})
     assert status == 201, body
     return body
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[Listener]:
+    """A loopback listener counting connections: what the guard must never let through."""
+    counting = Listener()
+    await counting.start()
+    yield counting
+    await counting.stop()
 
 
 @pytest.fixture

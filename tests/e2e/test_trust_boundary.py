@@ -6,7 +6,7 @@ counting listener on loopback proves nothing behind the guard is ever reached. O
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -29,14 +29,6 @@ PRIVATE_HOSTS = ["127.0.0.1", "127.1", "0x7f000001", "2130706433", "0177.0.0.1",
 def names() -> Iterator[None]:
     with hosts_entries("internal-svc.test", "redirector.test", "relay.test"):
         yield
-
-
-@pytest.fixture
-async def listener() -> AsyncIterator[Listener]:
-    counting = Listener()
-    await counting.start()
-    yield counting
-    await counting.stop()
 
 
 GuardedApi = Callable[..., Awaitable[Api]]

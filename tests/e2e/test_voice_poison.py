@@ -28,14 +28,6 @@ def media_name() -> Iterator[str]:
 
 
 @pytest.fixture
-async def listener() -> AsyncIterator[Listener]:
-    counting = Listener()
-    await counting.start()
-    yield counting
-    await counting.stop()
-
-
-@pytest.fixture
 async def media(listener: Listener, media_name: str) -> AsyncIterator[str]:
     """Audio answers by a trusted name: a redirect into loopback, garbage, a bad Location."""
     async def to_loopback(request: web.Request) -> web.Response:

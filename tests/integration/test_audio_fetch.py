@@ -24,14 +24,6 @@ def redirector_name() -> Iterator[str]:
 
 
 @pytest.fixture
-async def listener() -> AsyncIterator[Listener]:
-    counting = Listener()
-    await counting.start()
-    yield counting
-    await counting.stop()
-
-
-@pytest.fixture
 async def redirector(listener: Listener) -> AsyncIterator[Redirector]:
     server = Redirector(f"http://127.0.0.1:{listener.port}/a.wav")
     await server.start()
