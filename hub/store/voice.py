@@ -117,3 +117,11 @@ async def owned_open_calls(conn: asyncpg.Connection, owner: str) -> list[Any]:
         "SELECT d.id, d.address, d.attempts, d.tries, d.session_id, a.id AS attempt_id"
         " FROM deliveries d JOIN attempts a ON a.delivery_id = d.id AND a.ended_at IS NULL"
         " WHERE d.status = 'in_progress' AND d.claimed_by = $1", owner))
+
+
+async def endpoint_configs(conn: asyncpg.Connection, endpoint: str) -> list[dict[str, Any]]:
+    """The configs of every voice transport, in any app, that dials PJSIP endpoint
+    `endpoint` (their limits together are the carrier's)."""
+    return [r["config"] for r in await conn.fetch(
+        "SELECT config FROM transports WHERE type = 'voice' AND config->>'trunk' = $1",
+        endpoint)]

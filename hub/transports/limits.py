@@ -8,7 +8,8 @@ transport's theoretical arrival time (TAT), the earliest moment the next message
 Each send reserves the slot `max(TAT, now)` and moves TAT one interval (1/mps) past it,
 in one script on Redis's clock, so every worker process agrees; the sender then sleeps
 until its slot. Sends are never closer than one interval, below 1 per second too, and an
-idle transport saves up no burst.
+idle transport saves up no burst. `reserve_slot` is the one implementation, shared with the
+voice carrier's calls per second (hub/voice/carrier.py).
 """
 
 from __future__ import annotations
@@ -24,13 +25,19 @@ from hub.constants import REDIS_PREFIX
 US_PER_S = 1_000_000
 RATE_KEY_SLACK_MS = 1000  # the TAT outlives its last slot by this, then vanishes
 
-# KEYS[1] = the transport's TAT (µs since the epoch, Redis time); ARGV[1] = interval (µs),
-# ARGV[2] = slack (ms). Reserves the next slot; returns µs from now until it.
+# KEYS[1] = the TAT (µs since the epoch, Redis time); ARGV[1] = interval (µs),
+# ARGV[2] = slack (ms), ARGV[3] = the furthest slot to reserve (µs from now; < 0: any).
+# Reserves the next slot; returns µs from now until it, or -1 (nothing reserved) when the
+# slot is further away than ARGV[3].
 RESERVE_SLOT_LUA = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local slot = math.max(tat, now)
+local horizon = tonumber(ARGV[3])
+if horizon >= 0 and slot - now > horizon then
+  return -1
+end
 local next_tat = slot + tonumber(ARGV[1])
 local ttl_ms = math.ceil((next_tat - now) / 1000) + tonumber(ARGV[2])
 redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', ttl_ms)
@@ -70,9 +77,18 @@ class Limiter:
 
     async def _slot(self, mps: float) -> None:
         """Reserve the next send slot across all workers and sleep until it comes."""
-        interval_us = math.ceil(US_PER_S / mps)  # rounded up: never faster than `mps`
-        wait_us = await self.redis.eval(
-            RESERVE_SLOT_LUA, 1, f"{REDIS_PREFIX}rate:{self.transport_id}", interval_us,
-            RATE_KEY_SLACK_MS)
-        if wait_us > 0:
-            await asyncio.sleep(wait_us / US_PER_S)
+        wait_s = await reserve_slot(self.redis, f"{REDIS_PREFIX}rate:{self.transport_id}", mps)
+        if wait_s:
+            await asyncio.sleep(wait_s)
+
+
+async def reserve_slot(redis: Redis, key: str, per_s: float,
+                       max_wait_s: float | None = None) -> float | None:
+    """Reserve the next of `per_s` slots per second kept under `key` (GCRA on Redis's
+    clock); seconds from now until it. With `max_wait_s`, a slot further away than that is
+    not reserved: None."""
+    interval_us = math.ceil(US_PER_S / per_s)  # rounded up: never faster than `per_s`
+    horizon_us = -1 if max_wait_s is None else math.floor(max_wait_s * US_PER_S)
+    wait_us = int(await redis.eval(RESERVE_SLOT_LUA, 1, key, interval_us, RATE_KEY_SLACK_MS,
+                                   horizon_us))
+    return None if wait_us < 0 else max(wait_us, 0) / US_PER_S

@@ -18,13 +18,13 @@ from hub.store import grants
 from hub.store.db import Pool
 from hub.transports.base import Sender
 from hub.voice.menu import menu_problems
-from hub.voice.trunks import VoiceConfig, amd_override
+from hub.voice.trunks import VoiceRegistration, amd_override
 
 
 class VoiceSpec:
     type = "voice"
     provider = "asterisk"
-    config_model = VoiceConfig
+    config_model = VoiceRegistration
     secret_fields: frozenset[str] = frozenset()
 
     def validate_content(self, part: TransportPart) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from hub.store.claims import Claimed
 from hub.transports.base import Result
 from hub.voice.audio import Media
 from hub.voice.menu import Menu
-from hub.voice.outcomes import cause_text, classify
+from hub.voice.outcomes import cause_text, classify, trunk_problem_note
 from hub.voice.trunks import Amd, VoiceConfig
 
 CHANNEL_PREFIX = "hub-"
@@ -64,7 +64,7 @@ class Call:
     menu: Menu | None = None          # the menu waiting for a digit, if any
     menu_deadline: float | None = None
     playing: str | None = None        # id of the playback in progress
-    after_playback: str = "hangup"    # hangup | menu
+    after_playback: str = "hangup"    # hangup | menu | digit
     note: str | None = None           # why the hub ended or lost the call
     originating: bool = False         # the originate request has not been answered yet
 
@@ -93,7 +93,11 @@ class Call:
         }
         if self.machine:
             info["amd"] = "MACHINE"
-        error = None if verdict.delivered else self.note or _why(verdict.outcome, cause, sip_code)
+        if verdict.trunk_problem:
+            info["trunkProblem"] = True
+        error = None if verdict.delivered else self.note or (
+            trunk_problem_note(sip_code) if verdict.trunk_problem and sip_code
+            else _why(verdict.outcome, cause, sip_code))
         return Result(verdict.outcome, delivered=verdict.delivered, retryable=verdict.retryable,
                       provider_ref=self.channel, detail=info, error=error)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from hub import constants as c
 from hub.config import Settings
@@ -35,9 +36,11 @@ from hub.transports.base import Recipient, Result
 from hub.voice.ari import Ari, AriError
 from hub.voice.audio import AudioError, AudioStore, Media
 from hub.voice.calls import Call, SessionInfo, attempt_of, channel_id, now_utc
+from hub.voice.carrier import RENEW_EVERY_S, Carrier, Limits, LimitsReader, take_turns
 from hub.voice.flow import CallFlow
 from hub.voice.menu import parse_menu
-from hub.voice.trunks import Pacer, VoiceConfig, amd_override, next_window_start
+from hub.voice.outcomes import is_trunk_problem, trunk_problem_note
+from hub.voice.trunks import VoiceConfig, amd_override
 
 log = logging.getLogger(__name__)
 STASIS_APP = "hub"
@@ -48,6 +51,8 @@ RECORD_TRIES = 200  # about 15 minutes of trying while the database is away
 RECONCILE_EVERY_S = 60.0
 GRANT_CACHE_S = 5.0
 ASTERISK_SETTLE_S = 3.0
+MAX_CPS_WAIT_S = 5.0
+SESSION_CACHE_MAX = 256
 
 
 @dataclass
@@ -55,7 +60,6 @@ class Trunk:
     id: uuid.UUID
     name: str
     config: VoiceConfig
-    pacer: Pacer
     calls: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -63,7 +67,7 @@ class Trunk:
 
 class Controller:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, ari: Ari, kicker: Kicker,
-                 audio: AudioStore) -> None:
+                 audio: AudioStore, carrier: Carrier) -> None:
         self.settings = settings
         self.pool = pool
         self.ari = ari
@@ -78,6 +82,8 @@ class Controller:
         self.remotes: dict[str, Ari] = {}  # other controllers' Asterisks, to ask about calls
         self.chains: dict[str, asyncio.Task[None]] = {}  # per-channel event handling
         self.grants: dict[tuple[uuid.UUID, str], tuple[float, bool]] = {}
+        self.carrier = carrier  # the trunks' limits, held in Redis for every controller
+        self.limits = LimitsReader(pool)
         self.setup_times: list[float] = []
         self.flow = CallFlow(ari, pool)
         ari.on_event = self.on_event
@@ -89,7 +95,8 @@ class Controller:
         async with self.pool.acquire() as conn:
             await store.register(conn, self.owner, self.settings.ari_url)
         await self.ari.start()
-        loops = [self._discover(), self._renew_leases(), self._menu_timeouts(), self._publish()]
+        loops = [self._discover(), self._renew_leases(), self._menu_timeouts(), self._publish(),
+                 self._renew_channels()]
         try:
             await asyncio.gather(*loops)
         finally:
@@ -111,10 +118,13 @@ class Controller:
                     rows = await store.trunks_with_work(conn)
                 for row in rows:
                     trunk = self.trunks.get(row["id"])
-                    config = VoiceConfig.model_validate(row["config"])
+                    try:
+                        config = VoiceConfig.model_validate(row["config"])
+                    except ValueError as exc:  # one bad stored trunk never stops the others
+                        log.warning("voice: trunk %s has an unusable config: %s", row["name"], exc)
+                        continue
                     if trunk is None:
-                        trunk = self.trunks[row["id"]] = Trunk(row["id"], row["name"], config,
-                                                               Pacer(config.cps))
+                        trunk = self.trunks[row["id"]] = Trunk(row["id"], row["name"], config)
                     trunk.config = config
                     if trunk.task is None or trunk.task.done():
                         trunk.task = asyncio.create_task(self._dial(trunk), name=f"trunk-{row['name']}")
@@ -134,12 +144,14 @@ class Controller:
         goes wrong with one call or one database round stops the trunk's dialler."""
         while not self.stopping.is_set():
             await self.ari.connected.wait()  # set only once reconciling is done
-            free = trunk.config.max_channels - len(trunk.calls)
+            limits = await self._limits(trunk.config)
+            held = await self.carrier.held(trunk.config.trunk)  # every controller's calls
+            free = 0 if held is None else limits.max_channels - held
             if free <= 0:
                 trunk.wake.clear()
-                await self._wait(trunk.wake, 1.0)
+                await self._wait(trunk.wake, 0.5)  # another controller's release does not wake us
                 continue
-            want = min(free, max(1, int(trunk.config.cps * 2)))
+            want = min(free, max(1, int(limits.cps * 2)))
             try:
                 await self._recover_lapsed(trunk)
                 async with self.pool.acquire() as conn:
@@ -154,7 +166,7 @@ class Controller:
                 await self._wait(trunk.wake, self.settings.voice_poll_s)
                 continue
             self.held.update(item.recipient.delivery_id for item, _ in claimed)
-            for item, session_id in claimed:
+            for item, session_id in take_turns(claimed, lambda c: c[1]):
                 try:
                     await self._start_call(trunk, item, session_id)
                 except Exception as exc:  # one call's trouble never stops the dialler
@@ -222,13 +234,11 @@ class Controller:
     async def _start_call(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID) -> None:
         session = await self._session(session_id)
         address = item.recipient.address
-        window = trunk.config.calling_window
-        if window is not None:
-            opens = next_window_start(address, window, datetime.now(UTC))
-            if opens is not None:
-                await self._give_back(item, session_id, opens, "outside the calling window;"
-                                      f" next call at {opens.isoformat()}")
-                return
+        opens = trunk.config.window_opens(address, datetime.now(UTC))
+        if opens is not None:
+            await self._give_back(item, session_id, opens, "outside the calling window;"
+                                  f" next call at {opens.isoformat()}")
+            return
         if not await self._granted(session.app_id, trunk.config.trunk):
             await self._record(Call(item, session, trunk.id, trunk.config, ""),
                                Result("failed", error=f"trunk {trunk.config.trunk!r} is not"
@@ -240,8 +250,11 @@ class Controller:
                                    Result(c.O_SUPPRESSED,
                                           error="address is on the do-not-contact list"))
                 return
-        await trunk.pacer.wait()
         channel = channel_id(item.recipient.attempt_id)
+        if not await self._carrier_slot(trunk.config, channel):
+            await self._give_back(item, session_id, None, "the trunk's channels or calls per"
+                                  " second are all in use (across every controller)")
+            return
         call = Call(item, session, trunk.id, trunk.config, channel, originating=True)
         self.calls[channel] = call
         trunk.calls.add(channel)
@@ -257,6 +270,36 @@ class Controller:
             await self._originate_failed(call, exc)
         finally:
             call.originating = False
+
+    async def _limits(self, cfg: VoiceConfig) -> Limits:
+        """The endpoint's limits: the smallest over every transport naming it (any app)."""
+        return await self.limits.get(cfg.trunk) or Limits(cfg.max_channels, cfg.cps)
+
+    async def _carrier_slot(self, cfg: VoiceConfig, channel: str) -> bool:
+        """A channel under the endpoint's cap and a call slot within its cps, both held in
+        Redis across every controller; false when either is not to be had now."""
+        limits = await self._limits(cfg)
+        if not await self.carrier.acquire_channel(cfg.trunk, channel, limits.max_channels):
+            return False
+        wait_s = await self.carrier.reserve_call(cfg.trunk, limits.cps, MAX_CPS_WAIT_S)
+        if wait_s is None:
+            await self.carrier.release(cfg.trunk, channel)
+            return False
+        await asyncio.sleep(wait_s)
+        return True
+
+    async def _renew_channels(self) -> None:
+        """Keep this controller's channel leases alive (a dead one's lapse by themselves)."""
+        while not self.stopping.is_set():
+            await self._sleep(RENEW_EVERY_S)
+            by_endpoint: dict[str, list[str]] = {}
+            for call in list(self.calls.values()):
+                by_endpoint.setdefault(call.config.trunk, []).append(call.channel)
+            for endpoint, channels in by_endpoint.items():
+                lost = await self.carrier.renew(endpoint, channels)
+                if lost:
+                    log.warning("carrier %s: %d live calls had lost their channel lease;"
+                                " counted again", endpoint, lost)
 
     async def _granted(self, app_id: uuid.UUID, endpoint: str) -> bool:
         """Whether the app may dial through `endpoint` now (a grant revoked with --force
@@ -283,7 +326,7 @@ class Controller:
                 if check.status == 0:
                     call.note = "Asterisk did not answer whether the call was placed"
                     return  # reconcile decides once Asterisk answers again
-        self._forget(call)
+        await self._forget(call)
         if exc.status == 0:
             await self._give_back(call.claimed, call.session.id, None,
                                   f"not dialled, Asterisk unreachable: {exc}")
@@ -302,8 +345,9 @@ class Controller:
             self.held.discard(item.recipient.delivery_id)
 
     async def _session(self, session_id: uuid.UUID) -> SessionInfo:
-        info = self.sessions.get(session_id)
+        info = self.sessions.pop(session_id, None)
         if info is not None:
+            self.sessions[session_id] = info  # most recently used last
             return info
         async with self.pool.acquire() as conn:
             row = await sessions.get(conn, None, session_id)
@@ -322,6 +366,11 @@ class Controller:
                            Media(row["media"]["name"], row["media"]["durationS"]), menu, prompts,
                            amd_override(row["instruction"].get("extras") or {}))
         self.sessions[session_id] = info
+        if len(self.sessions) > SESSION_CACHE_MAX:  # forget the oldest not in a live call
+            live = {c.session.id for c in self.calls.values()}
+            for old in [k for k in self.sessions if k not in live][:len(self.sessions)
+                                                                    - SESSION_CACHE_MAX]:
+                del self.sessions[old]
         return info
 
     async def _prepare_media(self, conn: asyncpg.Connection, row: Any) -> None:
@@ -372,7 +421,7 @@ class Controller:
             except AriError as exc:
                 if exc.status == 404 and call.channel in self.calls:
                     call.ended, call.note = now, LOST_NOTE
-                    self._forget(call)
+                    await self._forget(call)
                     await self._record(call, call.result(None, None))
                 continue
             call.note = "the call lasted too long; hung up"
@@ -444,18 +493,24 @@ class Controller:
             await self.flow.dtmf(call, event.get("digit", ""))
         elif kind == "ChannelDestroyed":
             call.ended = time.monotonic()
-            self._forget(call)
-            sip = event.get("tech_cause")
-            await self._record(call, call.result(event.get("cause"), int(sip) if sip else None))
+            await self._forget(call)
+            sip = int(event["tech_cause"]) if event.get("tech_cause") else None
+            if not call.answered and is_trunk_problem(sip):
+                note = trunk_problem_note(sip or 0)
+                log.warning("trunk %s: %s (%s)", call.config.trunk, note, call.channel)
+                await self.carrier.note_problem(call.config.trunk, sip or 0, note)
+            await self._record(call, call.result(event.get("cause"), sip))
 
     # ---- recording -------------------------------------------------------------------
 
-    def _forget(self, call: Call) -> None:
+    async def _forget(self, call: Call) -> None:
         self.calls.pop(call.channel, None)
         trunk = self.trunks.get(call.trunk_id)
         if trunk is not None:
             trunk.calls.discard(call.channel)
             trunk.wake.set()
+        if call.channel:
+            await self.carrier.release(call.config.trunk, call.channel)
 
     async def _record(self, call: Call, result: Result) -> None:
         """Record the attempt; while the database is away, keep the result (and the
@@ -511,7 +566,7 @@ class Controller:
             if channel not in live and not call.originating:
                 call.ended = time.monotonic()
                 call.note = LOST_NOTE
-                self._forget(call)
+                await self._forget(call)
                 await self._record(call, call.result(None, None))
         async with self.pool.acquire() as conn:
             orphans = await store.owned_open_calls(conn, self.owner)
@@ -536,6 +591,7 @@ class Controller:
             self.calls[call.channel] = call
             if trunk:
                 trunk.calls.add(call.channel)
+            await self.carrier.renew(config.trunk, [call.channel])  # counted, whatever the cap
             log.info("voice: adopted live call %s", call.channel)
             if live.get("state") == "Up":
                 call.up = time.monotonic()
@@ -557,9 +613,12 @@ async def serve(settings: Settings) -> None:
     pool = await create_pool(settings.database_url, min_size=1, max_size=10)
     redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     ari = Ari(settings.ari_url, settings.ari_user, settings.ari_password, STASIS_APP)
-    controller = Controller(settings, pool, ari, Kicker(redis), AudioStore(settings))
+    aredis = AsyncRedis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
+    controller = Controller(settings, pool, ari, Kicker(redis), AudioStore(settings),
+                            Carrier(aredis))
     try:
         await controller.run()
     finally:
         await pool.close()
         redis.close()
+        await aredis.aclose()

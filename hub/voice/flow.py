@@ -14,6 +14,7 @@ from hub.store import suppressions
 from hub.voice.ari import Ari, AriError
 from hub.voice.audio import Media
 from hub.voice.calls import MAIN_PLAYBACK, Call
+from hub.voice.menu import WAIT, Step, after_playback, choose, enter
 
 log = logging.getLogger(__name__)
 
@@ -69,42 +70,33 @@ class CallFlow:
         if ".main." in playback["id"]:
             call.played = done
             if done and call.session.menu is not None:
-                await self._enter_menu(call, call.session.menu)
+                await self._step(call, enter(call.session.menu))
                 return
-        if done and call.after_playback == "menu" and call.menu is not None:
-            call.menu_deadline = time.monotonic() + call.menu.timeout_s
-            return
-        # Done, or failed (the callee hung up, or the audio could not be played): either way
-        # hang up now, never leave the callee in silence; a failed playback is retried
-        # (`played: false`).
-        await self.hangup(call)
-
-    async def _enter_menu(self, call: Call, menu: Any) -> None:
-        call.menu = menu
-        if menu.prompt:
-            call.after_playback = "menu"
-            await self._play(call, call.session.prompts[menu.prompt], "prompt")
-        else:
-            call.menu_deadline = time.monotonic() + menu.timeout_s
+        if done:
+            await self._step(call, after_playback(call.after_playback, call.menu))
+        else:  # failed (the callee hung up, or the audio could not be played): hang up now,
+            await self.hangup(call)  # never leave the callee in silence; retried (played false)
 
     async def dtmf(self, call: Call, digit: str) -> None:
         call.dtmf += digit
-        menu = call.menu
-        if menu is None or digit not in menu.options:
+        step = None if call.menu is None else choose(call.menu, digit)
+        if step is None:
             return
-        option = menu.options[digit]
         call.menu, call.menu_deadline = None, None
-        if option.opt_out:
+        if step.opt_out:
             async with self.pool.acquire() as conn:
                 await suppressions.add_one(conn, call.session.app_id, call.claimed.recipient.address,
                                            "voice", "opted out by DTMF during a call")
-        if option.menu is not None:
-            call.menu = option.menu
-        call.after_playback = "menu" if option.menu is not None else "hangup"
-        if option.say:
-            await self._play(call, call.session.prompts[option.say], "say")
-        elif option.menu is not None:
-            await self._enter_menu(call, option.menu)
+        await self._step(call, step)
+
+    async def _step(self, call: Call, step: Step) -> None:
+        """Carry out a menu step: speak its text, or wait for a digit, or hang up."""
+        call.menu, call.after_playback, call.menu_deadline = step.menu, step.then, None
+        if step.say:
+            await self._play(call, call.session.prompts[step.say],
+                             "prompt" if step.then == WAIT else "say")
+        elif step.then == WAIT and step.menu is not None:
+            call.menu_deadline = time.monotonic() + step.menu.timeout_s
         else:
             await self.hangup(call)
 

@@ -6,12 +6,19 @@
                  "2": {"say": "More options.", "menu": {"options": {...}}}}}
 
 The prompt plays after the main audio; the first digit picks an option, whose `say` is
-spoken; `optOut` adds the number to the app's do-not-contact list; `menu` goes deeper.
+spoken; `optOut` adds the number to the app's do-not-contact list; `menu` goes deeper:
+after the option's `say` (if any) its prompt plays and the caller picks again. An option
+with no `menu` hangs up after its `say`.
+
+`enter`, `choose` and `after_playback` are the whole of that logic, as `Step`s the call
+flow carries out (hub/voice/flow.py): speak a text, then hang up, enter a menu or wait for
+a digit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -19,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hub.errors import detail
 
 DIGITS = set("0123456789*#")
+HANGUP, ENTER, WAIT = "hangup", "menu", "digit"  # what follows a step's text
 
 
 class MenuOption(BaseModel):
@@ -67,3 +75,40 @@ def menu_problems(extras: dict[str, Any]) -> list[dict[str, Any]]:
         return [detail(["transport", "extras", "menu", *e["loc"]], e["msg"])
                 for e in exc.errors(include_url=False)]
     return []
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a call does next: speak `say` (if any), then `then`: HANGUP; ENTER `menu`
+    (speak its prompt, then wait); or WAIT in `menu` for a digit."""
+
+    say: str | None
+    then: str
+    menu: Menu | None = None
+    opt_out: bool = False
+
+
+def enter(menu: Menu) -> Step:
+    """Going into a menu: its prompt, then a digit (at once when it has no prompt)."""
+    return Step(menu.prompt, WAIT, menu)
+
+
+def choose(menu: Menu, digit: str) -> Step | None:
+    """The caller pressed `digit` in `menu`; None when it is not one of the options."""
+    option = menu.options.get(digit)
+    if option is None:
+        return None
+    if option.menu is None:
+        return Step(option.say, HANGUP, None, option.opt_out)
+    if option.say:
+        return Step(option.say, ENTER, option.menu, option.opt_out)
+    return replace(enter(option.menu), opt_out=option.opt_out)
+
+
+def after_playback(then: str, menu: Menu | None) -> Step:
+    """A step's text was played to its end: what comes after it."""
+    if menu is not None and then == ENTER:
+        return enter(menu)
+    if menu is not None and then == WAIT:
+        return Step(None, WAIT, menu)
+    return Step(None, HANGUP)

@@ -3,6 +3,12 @@ cause and the SIP status of `ChannelDestroyed`, and whether the audio played to 
 
 "Answered" comes from the channel reaching Up, never from the cause: a callee's own
 hang-up can end an answered call with cause 0.
+
+The SIP status (`tech_cause`) is read before the cause: Asterisk maps the trunk's own
+refusals 401/403/407 (expired credentials, no credit) to cause 21, the same cause as a
+callee's 603 Decline. Those, and the 5xx a trunk answers for its own failure, are
+`failed` (retried) and flagged `trunk_problem`; only 603 (or cause 21 with no SIP status)
+is `rejected`. 502/503/504 stay `congestion`: the trunk could not get onward.
 """
 
 from __future__ import annotations
@@ -29,7 +35,11 @@ SIP_BUSY = {486, 600}
 SIP_NO_ANSWER = {408, 480}
 SIP_INVALID = {404, 410, 484, 485}
 SIP_REJECTED = {603}
-SIP_CONGESTION = {500, 502, 503, 504}
+SIP_CONGESTION = {502, 503, 504}
+SIP_TRUNK_REFUSED = {401: "Unauthorized", 403: "Forbidden", 407: "Proxy Authentication Required"}
+SIP_TRUNK_FAILED = {500: "Server Internal Error", 501: "Not Implemented",
+                    505: "Version Not Supported", 513: "Message Too Large",
+                    580: "Precondition Failure"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,22 @@ class CallOutcome:
     outcome: str
     delivered: bool
     retryable: bool
+    trunk_problem: bool = False  # the trunk, not the callee, refused or failed the call
+
+
+def is_trunk_problem(sip_code: int | None) -> bool:
+    """The trunk refused (401/403/407) or failed (5xx other than 502/503/504) the call."""
+    code = sip_code or 0
+    return code in SIP_TRUNK_REFUSED or (500 <= code < 600 and code not in SIP_CONGESTION)
+
+
+def trunk_problem_note(sip_code: int) -> str:
+    """The attempt's error and the controller's log line for a trunk problem."""
+    if sip_code in SIP_TRUNK_REFUSED:
+        return (f"the trunk refused the call: SIP {sip_code} {SIP_TRUNK_REFUSED[sip_code]}"
+                " (credentials, credit or account)")
+    reason = SIP_TRUNK_FAILED.get(sip_code)
+    return f"the trunk failed the call: SIP {sip_code}" + (f" {reason}" if reason else "")
 
 
 def cause_text(cause: int | None) -> str | None:
@@ -52,15 +78,34 @@ def classify(*, answered: bool, played: bool, cause: int | None, sip_code: int |
         if played:
             return CallOutcome("answered", delivered=True, retryable=False)
         return CallOutcome("answered", delivered=False, retryable=True)  # hung up early
-    code, sip = cause or 0, sip_code or 0
-    if code in BUSY_CAUSES or sip in SIP_BUSY:
+    if is_trunk_problem(sip_code):
+        return CallOutcome("failed", False, True, trunk_problem=True)
+    return _by_sip(sip_code or 0) or _by_cause(cause or 0)
+
+
+def _by_sip(sip: int) -> CallOutcome | None:
+    if sip in SIP_BUSY:
         return CallOutcome("busy", False, True)
-    if code in NO_ANSWER_CAUSES or sip in SIP_NO_ANSWER:
+    if sip in SIP_NO_ANSWER:
         return CallOutcome("no_answer", False, True)
-    if code in INVALID_CAUSES or sip in SIP_INVALID:
+    if sip in SIP_INVALID:
         return CallOutcome("invalid_number", False, False)
-    if code in REJECTED_CAUSES or sip in SIP_REJECTED:
+    if sip in SIP_REJECTED:
         return CallOutcome("rejected", False, False)
-    if code in CONGESTION_CAUSES or sip in SIP_CONGESTION:
+    if sip in SIP_CONGESTION:
+        return CallOutcome("congestion", False, True)
+    return None
+
+
+def _by_cause(code: int) -> CallOutcome:
+    if code in BUSY_CAUSES:
+        return CallOutcome("busy", False, True)
+    if code in NO_ANSWER_CAUSES:
+        return CallOutcome("no_answer", False, True)
+    if code in INVALID_CAUSES:
+        return CallOutcome("invalid_number", False, False)
+    if code in REJECTED_CAUSES:
+        return CallOutcome("rejected", False, False)
+    if code in CONGESTION_CAUSES:
         return CallOutcome("congestion", False, True)
     return CallOutcome("failed", False, True)

@@ -338,7 +338,7 @@ async def test_calling_window_defers_without_spending_an_attempt(
         start, end = local - timedelta(hours=3), local - timedelta(hours=2)
     window = {"start": start.strftime("%H:%M"), "end": end.strftime("%H:%M")}
     status, body = await api.post("/v1/transports", {"name": "windowed", "type": "voice",
-        "config": {"trunk": "trunk", "callingWindow": window}})
+        "config": {"trunk": "trunk", "callingWindow": window, "timeZone": "Asia/Kathmandu"}})
     assert status == 201, body
     procs.start("voice")
     created = await api.submit(voice([num(10)], message="Not now."))

@@ -149,6 +149,26 @@ async def test_transport_config_is_validated(api: Api) -> None:
     assert ["config", "host"] in locs and ["config", "port"] in locs
 
 
+async def test_voice_calling_windows_are_checked_at_registration(api: Api) -> None:
+    window = {"start": "22:00", "end": "06:00"}
+    status, err = await api.post("/v1/transports", {"name": "v", "type": "voice", "config": {
+        "trunk": "trunk", "callingWindow": window}})
+    assert status == 422 and err["error_id"] == "invalid-transport-config"
+    assert [d["loc"] for d in err["details"]] == [["config", "timeZone"]]
+    status, err = await api.post("/v1/transports", {"name": "v", "type": "voice", "config": {
+        "trunk": "trunk", "callingWindow": {"start": "09:00", "end": "09:00"},
+        "timeZone": "Nowhere/Atlantis"}})
+    assert status == 422
+    assert [d["loc"] for d in err["details"]] == [["config", "callingWindow", "end"],
+                                                  ["config", "timeZone"]]
+    status, body = await api.post("/v1/transports", {"name": "v", "type": "voice", "config": {
+        "trunk": "trunk", "callingWindow": window, "timeZone": "America/Chicago"}})
+    assert status == 201 and body["config"]["timeZone"] == "America/Chicago"
+    status, err = await api.call("PATCH", f"/v1/transports/{body['id']}",
+                                 {"config": {"callingWindow": {"start": "25:00", "end": "06:00"}}})
+    assert status == 422 and err["details"][0]["loc"] == ["config", "callingWindow", "start"]
+
+
 async def test_sessions_list_filters_and_paginates(api: Api, email_transport: dict[str, Any]) -> None:
     ids = [(await api.submit({**GOOD, "xref": f"batch-{i % 2}",
                               "options": {"trigger": "manual"}}))["sessionId"] for i in range(5)]

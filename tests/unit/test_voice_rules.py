@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime
 
 import pytest
@@ -11,7 +9,7 @@ from pydantic import ValidationError
 
 from hub.voice.menu import Menu, menu_problems
 from hub.voice.outcomes import classify
-from hub.voice.trunks import CallingWindow, Pacer, VoiceConfig, next_window_start
+from hub.voice.trunks import CallingWindow, VoiceConfig, next_window_start
 
 
 @pytest.mark.parametrize(("cause", "sip", "outcome", "retry"), [
@@ -48,24 +46,6 @@ def test_trunk_config_is_validated() -> None:
         VoiceConfig.model_validate({"trunk": "bad name", "cps": 0})
     with pytest.raises(ValidationError):
         VoiceConfig.model_validate({"trunk": "t", "callingWindow": {"start": "9am"}})
-
-
-async def test_pacer_spaces_calls_exactly() -> None:
-    pacer = Pacer(cps=50)
-    start = time.monotonic()
-    stamps = []
-    for _ in range(26):
-        await pacer.wait()
-        stamps.append(time.monotonic() - start)
-    assert 0.48 <= stamps[-1] <= 0.8  # 25 gaps of 20 ms (upper bound: a loaded machine)
-    assert min(b - a for a, b in zip(stamps, stamps[1:], strict=False)) >= 0.015
-
-
-async def test_pacer_is_shared_fairly_by_concurrent_callers() -> None:
-    pacer = Pacer(cps=100)
-    start = time.monotonic()
-    await asyncio.gather(*(pacer.wait() for _ in range(51)))
-    assert 0.45 <= time.monotonic() - start <= 0.8
 
 
 def test_calling_window_in_the_recipients_zone() -> None:
