@@ -18,7 +18,7 @@ demo: deps services
 # pytest exits 5 when it collects nothing: that is a failure here as everywhere else.
 # Whatever happens, the embedded Asterisk is stopped and unmounted afterwards.
 test: deps services lint
-	$(BIN)/pytest $(PYTEST_ARGS); status=$$?; scripts/asterisk.sh down; exit $$status
+	$(BIN)/pytest $(PYTEST_ARGS); status=$$?; scripts/asterisk.sh down; HUB_ASTERISK_INSTANCE=2 scripts/asterisk.sh down; exit $$status
 
 bench: deps services
 	$(BIN)/python bench/run_all.py

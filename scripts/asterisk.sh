@@ -6,17 +6,31 @@
 #   scripts/asterisk.sh status        exit 0 if running
 # Fixed bed: ARI http://127.0.0.1:8088, AMI 127.0.0.1:5038, SIP 127.0.0.1:5060, PJSIP
 # trunk endpoint `trunk` whose contact is sip:127.0.0.1:5070 (the demo's and tests' SIPp).
+# HUB_ASTERISK_INSTANCE=2 runs a second Asterisk beside it, for tests of several hosts:
+# its own root state (a hard-linked copy of the root folder), ARI 8089, AMI 5039, SIP
+# 5062, RTP 20002-30000, the same trunk and phones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=$(pwd)
 
-ROOT=${HUB_ASTERISK_ROOT:-/var/cache/connect-hub/asterisk-sid}
+BASE_ROOT=${HUB_ASTERISK_ROOT:-/var/cache/connect-hub/asterisk-sid}
+INSTANCE=${HUB_ASTERISK_INSTANCE:-1}
+if [ "$INSTANCE" = 1 ]; then
+    ROOT=$BASE_ROOT
+    export HUB_ASTERISK_HTTP_PORT=8088 HUB_AMI_PORT=5038 HUB_RTP_START=10000 HUB_RTP_END=20000
+    DEFAULT_SIP=127.0.0.1:5060
+else
+    ROOT=$BASE_ROOT-$INSTANCE
+    export HUB_ASTERISK_HTTP_PORT=$((8087 + INSTANCE)) HUB_AMI_PORT=$((5037 + INSTANCE))
+    export HUB_RTP_START=$((20002 + (INSTANCE - 2) * 10000)) HUB_RTP_END=$((29998 + (INSTANCE - 2) * 10000))
+    DEFAULT_SIP=127.0.0.1:$((5058 + 2 * INSTANCE))
+fi
 MEDIA=${HUB_MEDIA_DIR:-/var/lib/connect-hub/media}
 export HUB_ARI_USER=${HUB_ARI_USER:-hub} HUB_ARI_PASSWORD=${HUB_ARI_PASSWORD:-hub}
 export HUB_AMI_USER=${HUB_AMI_USER:-hub} HUB_AMI_PASSWORD=${HUB_AMI_PASSWORD:-hub}
 export HUB_ASTERISK_HTTP_BIND=${HUB_ASTERISK_HTTP_BIND:-127.0.0.1}
 export HUB_ASTERISK_AMI_BIND=${HUB_ASTERISK_AMI_BIND:-127.0.0.1}
-export HUB_SIP_BIND=${HUB_SIP_BIND:-127.0.0.1:5060}
+export HUB_SIP_BIND=${HUB_SIP_BIND:-$DEFAULT_SIP}
 export HUB_TRUNK_CONTACT=${HUB_TRUNK_CONTACT:-127.0.0.1:5070}
 export HUB_TRUNK_MATCH=${HUB_TRUNK_MATCH:-127.0.0.1}
 
@@ -31,6 +45,17 @@ mirror() {
 
 build_root() {
     [ -x "$ROOT/usr/sbin/asterisk" ] && return 0
+    if [ "$ROOT" != "$BASE_ROOT" ]; then  # a further instance: its own copy of the first
+        ROOT=$BASE_ROOT build_root
+        rm -rf --one-file-system "$ROOT.copy"
+        # Programs hard-linked (one file system only: never what is mounted into the base),
+        # the state under var/ copied for real (its database, logs and spool are its own).
+        cp -alx "$BASE_ROOT" "$ROOT.copy"
+        rm -rf --one-file-system "$ROOT.copy/var"
+        cp -ax "$BASE_ROOT/var" "$ROOT.copy/var"
+        mv "$ROOT.copy" "$ROOT"
+        return 0
+    fi
     command -v debootstrap >/dev/null || {
         apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
     local tmp="$ROOT.tmp"
@@ -87,12 +112,12 @@ running() { [ -n "$(pids)" ] && chroot "$ROOT" asterisk -rx "core show version" 
 
 wait_ari() {
     for _ in $(seq 1 150); do
-        if curl -sf -u "$HUB_ARI_USER:$HUB_ARI_PASSWORD" http://127.0.0.1:8088/ari/asterisk/info >/dev/null; then
+        if curl -sf -u "$HUB_ARI_USER:$HUB_ARI_PASSWORD" http://127.0.0.1:$HUB_ASTERISK_HTTP_PORT/ari/asterisk/info >/dev/null; then
             return 0
         fi
         sleep 0.2
     done
-    log "ARI did not answer on 127.0.0.1:8088; see $ROOT/var/log/asterisk/messages.log"
+    log "ARI did not answer on 127.0.0.1:$HUB_ASTERISK_HTTP_PORT; see $ROOT/var/log/asterisk/messages.log"
     return 1
 }
 
@@ -114,10 +139,10 @@ up() {
         sleep 0.25
     done
     if [ "${1:-}" = "--json" ]; then
-        printf '{"ari": {"url": "http://127.0.0.1:8088", "user": "%s", "password": "%s"}, "ami": {"host": "127.0.0.1", "port": 5038, "user": "%s", "password": "%s"}, "root": "%s", "media": "%s"}\n' \
-            "$HUB_ARI_USER" "$HUB_ARI_PASSWORD" "$HUB_AMI_USER" "$HUB_AMI_PASSWORD" "$ROOT" "$MEDIA"
+        printf '{"ari": {"url": "http://127.0.0.1:%s", "user": "%s", "password": "%s"}, "ami": {"host": "127.0.0.1", "port": %s, "user": "%s", "password": "%s"}, "root": "%s", "media": "%s"}\n' \
+            "$HUB_ASTERISK_HTTP_PORT" "$HUB_ARI_USER" "$HUB_ARI_PASSWORD" "$HUB_AMI_PORT" "$HUB_AMI_USER" "$HUB_AMI_PASSWORD" "$ROOT" "$MEDIA"
     else
-        log "up: ARI http://127.0.0.1:8088 (user $HUB_ARI_USER), AMI 127.0.0.1:5038, trunk -> sip:$HUB_TRUNK_CONTACT"
+        log "up: ARI http://127.0.0.1:$HUB_ASTERISK_HTTP_PORT (user $HUB_ARI_USER), AMI 127.0.0.1:$HUB_AMI_PORT, SIP $HUB_SIP_BIND, trunk -> sip:$HUB_TRUNK_CONTACT"
     fi
 }
 

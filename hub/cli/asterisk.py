@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import urllib.error
 import urllib.request
 from typing import Any
 
+from redis.asyncio import Redis
+
 from hub.config import Settings
+from hub.voice.carrier import Carrier
 
 
 def ari_get(settings: Settings, path: str) -> Any:
@@ -41,9 +45,30 @@ def trunks(settings: Settings) -> list[dict[str, Any]]:
         if name.startswith("PJSIP/"):
             endpoint = name[6:].rsplit("-", 1)[0]
             active[endpoint] = active.get(endpoint, 0) + 1
-    return [{"endpoint": ep["resource"], "state": ep["state"],
+    rows = [{"endpoint": ep["resource"], "state": ep["state"],
              "activeCalls": active.get(ep["resource"], 0)}
             for ep in ari_get(settings, "/endpoints/PJSIP")]
+    carrier = asyncio.run(_carrier_view(settings, [r["endpoint"] for r in rows]))
+    for row in rows:
+        row.update(carrier.get(row["endpoint"], {}))
+    return rows
+
+
+async def _carrier_view(settings: Settings, endpoints: list[str]) -> dict[str, dict[str, Any]]:
+    """Per endpoint, from Redis: channels held by every controller (the carrier's count,
+    against the cap) and the trunk's latest problem (e.g. SIP 403 from the carrier)."""
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
+    carrier = Carrier(redis)
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        for endpoint in endpoints:
+            problem = await carrier.last_problem(endpoint)
+            found[endpoint] = {
+                "heldChannels": await carrier.held(endpoint),
+                "lastProblem": f"{problem['at']} {problem['note']}" if problem else None}
+    finally:
+        await redis.aclose()
+    return found
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:

@@ -90,7 +90,8 @@ def cmd_trunks(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print(rows)
     else:
-        asterisk.print_table(rows, ["endpoint", "state", "activeCalls"])
+        asterisk.print_table(rows, ["endpoint", "state", "activeCalls", "heldChannels",
+                                    "lastProblem"])
     return 0
 
 

@@ -71,7 +71,9 @@ class Ari:
             await self._http.close()
 
     async def request(self, method: str, path: str, **params: Any) -> Any:
-        assert self._http is not None
+        if self._http is None:  # REST only (e.g. asking another Asterisk about a call)
+            self._http = aiohttp.ClientSession(headers=self._headers,
+                                               timeout=aiohttp.ClientTimeout(total=5))
         body = params.pop("json", None)
         clean = {k: (str(v).lower() if isinstance(v, bool) else v)
                  for k, v in params.items() if v is not None}

@@ -52,6 +52,7 @@ RECONCILE_EVERY_S = 60.0
 GRANT_CACHE_S = 5.0
 ASTERISK_SETTLE_S = 3.0
 MAX_CPS_WAIT_S = 5.0
+ASTERISK_GONE_S = 5.0
 SESSION_CACHE_MAX = 256
 
 
@@ -83,6 +84,7 @@ class Controller:
         self.chains: dict[str, asyncio.Task[None]] = {}  # per-channel event handling
         self.grants: dict[tuple[uuid.UUID, str], tuple[float, bool]] = {}
         self.carrier = carrier  # the trunks' limits, held in Redis for every controller
+        self.ari_lost_at: float | None = None
         self.limits = LimitsReader(pool)
         self.setup_times: list[float] = []
         self.flow = CallFlow(ari, pool)
@@ -292,6 +294,8 @@ class Controller:
         """Keep this controller's channel leases alive (a dead one's lapse by themselves)."""
         while not self.stopping.is_set():
             await self._sleep(RENEW_EVERY_S)
+            if self._asterisk_gone():
+                continue  # free the carrier's channels for the controllers that can dial
             by_endpoint: dict[str, list[str]] = {}
             for call in list(self.calls.values()):
                 by_endpoint.setdefault(call.config.trunk, []).append(call.channel)
@@ -300,6 +304,16 @@ class Controller:
                 if lost:
                     log.warning("carrier %s: %d live calls had lost their channel lease;"
                                 " counted again", endpoint, lost)
+
+    def _asterisk_gone(self) -> bool:
+        """True once our Asterisk has been unreachable for ASTERISK_GONE_S: its calls ended
+        with it, so their claims and channels are no longer ours to keep."""
+        if self.ari.connected.is_set():
+            self.ari_lost_at = None
+            return False
+        if self.ari_lost_at is None:
+            self.ari_lost_at = time.monotonic()
+        return time.monotonic() - self.ari_lost_at > ASTERISK_GONE_S
 
     async def _granted(self, app_id: uuid.UUID, endpoint: str) -> bool:
         """Whether the app may dial through `endpoint` now (a grant revoked with --force
@@ -402,6 +416,8 @@ class Controller:
                 last_reconcile = time.monotonic()
                 with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                     await self.reconcile()  # anything of ours that nobody follows any more
+            if self._asterisk_gone():
+                continue  # its calls are gone with it: let their claims lapse, to be retried
             ids = self.held | {call.claimed.recipient.delivery_id for call in self.calls.values()}
             try:
                 async with self.pool.acquire() as conn:
