@@ -26,7 +26,7 @@ WHERE s.transport_type = 'voice' AND s.status = 'running'
 
 # A controller never takes over its own expired claims here: those are calls it still
 # follows (its lease lapsed while the database was away) or will adopt when it reconciles.
-CLAIM_SQL = claim_sql("s.transport_id = $1 AND s.status = 'running' AND s.media IS NOT NULL"
+CLAIM_SQL = claim_sql("d.session_id = $1 AND s.status = 'running' AND s.media IS NOT NULL"
                       " AND d.claimed_by IS DISTINCT FROM $5")
 
 EXPIRED_SQL = """
@@ -60,11 +60,28 @@ async def trunks_with_work(conn: asyncpg.Connection) -> list[Any]:
 
 
 async def claim(conn: asyncpg.Connection, transport_id: uuid.UUID, limit: int, lease_s: float,
-                owner: str) -> list[tuple[Claimed, uuid.UUID]]:
-    async with conn.transaction():
-        rows = await conn.fetch(CLAIM_SQL, transport_id, limit, lease_s, INTERRUPTED_ERROR, owner)
-        claimed = await open_attempts(conn, rows)
-    return [(c, r["session_id"]) for c, r in zip(claimed, rows, strict=True)]
+                owner: str, turn: int = 0) -> list[tuple[Claimed, uuid.UUID]]:
+    """Claim up to `limit` due calls on the trunk, shared out between its running sessions
+    (each gets its part, the first in line changing with `turn`), so sessions sharing a
+    trunk are served in turn rather than one after the other."""
+    sessions = [r["id"] for r in await conn.fetch(
+        "SELECT id FROM sessions WHERE transport_id = $1 AND status = 'running'"
+        " AND media IS NOT NULL ORDER BY created_at, id", transport_id)]
+    if not sessions:
+        return []
+    start = turn % len(sessions)
+    order = sessions[start:] + sessions[:start]
+    share = -(-limit // len(order))  # ceiling
+    found: list[tuple[Claimed, uuid.UUID]] = []
+    for session_id in order:
+        if len(found) >= limit:
+            break
+        async with conn.transaction():
+            rows = await conn.fetch(CLAIM_SQL, session_id, min(share, limit - len(found)),
+                                    lease_s, INTERRUPTED_ERROR, owner)
+            claimed = await open_attempts(conn, rows)
+        found += [(c, session_id) for c in claimed]
+    return found
 
 
 async def register(conn: asyncpg.Connection, owner: str, ari_url: str) -> None:

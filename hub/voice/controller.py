@@ -62,6 +62,7 @@ class Trunk:
     name: str
     config: VoiceConfig
     calls: set[str] = field(default_factory=set)
+    turn: int = 0  # which of the trunk's sessions is first in line for the next claim
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -158,7 +159,9 @@ class Controller:
                 await self._recover_lapsed(trunk)
                 async with self.pool.acquire() as conn:
                     claimed = await store.claim(conn, trunk.id, want,
-                                                self.settings.voice_lease_s, self.owner)
+                                                self.settings.voice_lease_s, self.owner,
+                                                turn=trunk.turn)
+                trunk.turn += 1
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("voice: trunk %s cannot claim now: %s", trunk.name, exc)
                 await self._sleep(1.0)
