@@ -48,11 +48,21 @@ build_root() {
     if [ "$ROOT" != "$BASE_ROOT" ]; then  # a further instance: its own copy of the first
         ROOT=$BASE_ROOT build_root
         rm -rf --one-file-system "$ROOT.copy"
-        # Programs hard-linked (one file system only: never what is mounted into the base),
-        # the state under var/ copied for real (its database, logs and spool are its own).
-        cp -alx "$BASE_ROOT" "$ROOT.copy"
-        rm -rf --one-file-system "$ROOT.copy/var"
-        cp -ax "$BASE_ROOT/var" "$ROOT.copy/var"
+        # Programs hard-linked, the state under var/ copied for real (its database, logs and
+        # spool are its own); never what is mounted into the base (proc, dev, the media).
+        mkdir -p "$ROOT.copy/proc" "$ROOT.copy/dev" "$ROOT.copy/run" "$ROOT.copy/tmp"
+        chmod 1777 "$ROOT.copy/tmp"
+        local entry
+        for entry in "$BASE_ROOT"/*; do
+            case "$(basename "$entry")" in
+                proc|dev|var|run|tmp) ;;  # mounts, state, sockets: never shared
+                *) cp -al "$entry" "$ROOT.copy/" ;;
+            esac
+        done
+        tar -C "$BASE_ROOT" --exclude=./var/lib/asterisk/sounds/hub --exclude=./var/run \
+            --exclude=./var/lock -cf - ./var \
+            | tar -C "$ROOT.copy" -xf -
+        mkdir -p "$ROOT.copy/var/lib/asterisk/sounds/hub"
         mv "$ROOT.copy" "$ROOT"
         return 0
     fi
