@@ -17,6 +17,8 @@ from hub.voice.calls import MAIN_PLAYBACK, Call
 from hub.voice.menu import WAIT, Step, after_playback, choose, enter
 
 log = logging.getLogger(__name__)
+STEP_VARIABLE = "HUB_STEP"  # channel variable: where the call is (adoption resumes there)
+MENU_STEP = "menu"
 
 
 class CallFlow:
@@ -44,8 +46,13 @@ class CallFlow:
         await self._play(call, call.session.media, MAIN_PLAYBACK)
 
     async def resume_playback(self, call: Call) -> None:
-        """An adopted call that is up: follow its playback, or play from the start if
+        """An adopted call that is up: if it had reached the menu (the channel says so),
+        offer the menu again; else follow its main playback, or play it from the start if
         none is running (what it heard while we were away is unknown)."""
+        if call.session.menu is not None and await self._step_of(call) == MENU_STEP:
+            call.played = True
+            await self._step(call, enter(call.session.menu))
+            return
         playing = call.playback_id(MAIN_PLAYBACK)
         try:
             await self.ari.request("GET", f"/playbacks/{playing}")
@@ -89,8 +96,20 @@ class CallFlow:
                                            "voice", "opted out by DTMF during a call")
         await self._step(call, step)
 
+    async def _step_of(self, call: Call) -> str | None:
+        try:
+            got = await self.ari.request("GET", f"/channels/{call.channel}/variable",
+                                         variable=STEP_VARIABLE)
+        except AriError:
+            return None
+        return str(got.get("value")) if isinstance(got, dict) else None
+
     async def _step(self, call: Call, step: Step) -> None:
         """Carry out a menu step: speak its text, or wait for a digit, or hang up."""
+        if step.menu is not None:  # remembered on the channel: a controller that adopts
+            await self.quietly(self.ari.request(  # the call resumes the menu
+                "POST", f"/channels/{call.channel}/variable", variable=STEP_VARIABLE,
+                value=MENU_STEP))
         call.menu, call.after_playback, call.menu_deadline = step.menu, step.then, None
         if step.say:
             await self._play(call, call.session.prompts[step.say],

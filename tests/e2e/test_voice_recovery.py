@@ -10,15 +10,17 @@ import collections
 import os
 import shutil
 import signal
+import subprocess
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from hub.dev import siplog
-from tests.conftest import Procs, TestPhones
+from tests.conftest import ROOT, Procs, TestPhones
 from tests.e2e.test_postgres_restart import pg
 from tests.e2e.test_voice import attempts, media, num, tone, voice  # noqa: F401 (fixtures)
-from tests.helpers import Api, eventually
+from tests.helpers import Api, eventually, local_server
 
 pytestmark = pytest.mark.e2e
 LEASE = {"HUB_VOICE_LEASE_S": "4"}
@@ -80,3 +82,72 @@ async def test_database_away_longer_than_the_voice_lease_never_dials_twice(
         assert len(await attempts(api, sid, address)) == 1
     assert len(siplog.calls(phones.phones.logs)) == 3
     await phones_saw_each_call_once(api, phones, sid)
+
+
+@pytest.mark.timeout(180)
+async def test_asterisk_stopped_while_originating_spends_no_try_on_calls_never_placed(
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs,
+    media: str,  # noqa: F811
+) -> None:
+    """Asterisk stops while the dialler is placing calls one a second: an originate that
+    never reached it gives the recipient back without an attempt; after the restart every
+    recipient is delivered, and no attempt exists that the phones did not see dialled."""
+    status, body = await api.call("PATCH", f"/v1/transports/{voice_transport['id']}",
+                                  {"config": {"cps": 1}})
+    assert status == 200, body
+    procs.start("voice")
+    audience = [num(10 * i) for i in range(1, 7)]
+    created = await api.submit(voice(audience, file_url=f"{media}/tone2.wav", retries=1,
+                                     retryIntervalMinutes="0.02"))
+    sid = created["sessionId"]
+    await eventually(lambda: _now(len(siplog.calls(phones.phones.logs)) >= 2), 30,
+                     "two calls placed")
+    subprocess.run(["bash", str(ROOT / "scripts" / "asterisk.sh"), "down"], check=True,
+                   capture_output=True, timeout=120)
+    await asyncio.sleep(3)
+    subprocess.run(["bash", str(ROOT / "scripts" / "asterisk.sh"), "up"], check=True,
+                   capture_output=True, timeout=300)
+    done = await api.wait_status(sid, timeout_s=120)
+    assert done["counts"] == {"delivered": 6}, done["counts"]
+    dialled = collections.Counter(c.number for c in siplog.calls(phones.phones.logs))
+    for address in audience:  # every attempt is a call the phone saw
+        assert len(await attempts(api, sid, address)) == dialled[address], address
+    await phones_saw_each_call_once(api, phones, sid)
+
+
+async def _now(value: Any) -> Any:
+    return value
+
+
+async def test_failed_audio_is_prepared_again_when_failed_recipients_rerun(
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs,
+    tone: dict[str, bytes],  # noqa: F811
+) -> None:
+    """The audio's server answers 404, so the session fails before anyone is called; once
+    the file is there, re-running the failed recipients prepares the audio again and
+    delivers (and the trunk's dialler kept serving other sessions meanwhile)."""
+    available: dict[str, bytes] = {}
+
+    async def serve(request: web.Request) -> web.Response:
+        body = available.get(request.match_info["name"])
+        return web.Response(body=body, content_type="audio/wav") if body else \
+            web.Response(status=404)
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    runner, base = await local_server(app)
+    try:
+        procs.start("voice")
+        created = await api.submit(voice([num(10)], file_url=f"{base}/late.wav"))
+        sid = created["sessionId"]
+        first = await api.wait_status(sid, timeout_s=30)
+        assert first["counts"] == {"failed": 1}
+        other = await api.submit(voice([num(20)], message="Still calling."))
+        assert (await api.wait_status(other["sessionId"], timeout_s=40))["counts"] == {
+            "delivered": 1}
+        available["late.wav"] = tone["tone2.wav"]
+        status, body = await api.post(f"/v1/sessions/{sid}/trigger?includeFailed=true")
+        assert status == 202, body
+        done = await api.wait_status(sid, timeout_s=40)
+        assert done["counts"] == {"delivered": 1}
+    finally:
+        await runner.cleanup()

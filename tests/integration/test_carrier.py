@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from hub.store import grants
 from hub.voice.carrier import Carrier, Limits, LimitsReader, take_turns
 from tests.conftest import REDIS_URL
 from tests.helpers import Api, free_port
@@ -176,6 +177,8 @@ async def test_trunk_problems_are_kept_for_hub_trunks(carriers: tuple[Carrier, C
 async def test_limits_are_the_smallest_of_every_app_on_the_endpoint(
         api: Api, make_app: Any, db: asyncpg.Pool) -> None:
     other = Api(api.http, api.base, await make_app("other"))
+    for client, trunk in ((api, "shared"), (other, "shared"), (api, "other")):
+        await grants.grant(db, uuid.UUID(str(client.app.app_id)), trunk)  # operator's grants
     ids = []
     for client, cps, channels in ((api, 5, 10), (other, 2, 30)):
         status, body = await client.post("/v1/transports", {"name": "sip", "type": "voice",
