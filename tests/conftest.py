@@ -18,7 +18,7 @@ import pytest
 from redis import Redis
 
 from hub.config import Settings
-from hub.dev import smtp
+from hub.dev import siplog, smtp
 from hub.dev.fake_http import FakeSlack, HttpSink
 from hub.dev.fake_twilio import FakeTwilio
 from hub.dev.phones import Phones, RtpCounter
@@ -239,6 +239,10 @@ async def phones(asterisk: None, tmp_path: Path) -> AsyncIterator[TestPhones]:
     rtp.stop()
     subprocess.run(["bash", str(ROOT / "scripts" / "asterisk.sh"), "hangup-all"],
                    capture_output=True, timeout=30)
+    # Every voice test: the phones' own trace shows no number dialled while an earlier
+    # call to it was still live.
+    twice = siplog.overlapping(siplog.calls(p.logs))
+    assert twice == [], f"dialled while an earlier call was live: {twice}"
 
 
 @pytest.fixture
