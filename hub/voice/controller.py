@@ -332,8 +332,9 @@ class Controller:
         return hit[1]
 
     async def _originate_failed(self, call: Call, exc: AriError) -> None:
-        """Refused by Asterisk: a failed attempt. Never reached it: given back, no try
-        spent. No answer in time: ask whether the channel exists, and follow it if so."""
+        """Refused by Asterisk: a failed attempt. Never reached it (or it answered 503,
+        not serving): given back, no try spent. No answer in time: ask whether the channel
+        exists, and follow it if so."""
         if exc.status == 0 and exc.reached:
             try:
                 await self.ari.request("GET", f"/channels/{call.channel}")
@@ -344,9 +345,9 @@ class Controller:
                     call.note = "Asterisk did not answer whether the call was placed"
                     return  # reconcile decides once Asterisk answers again
         await self._forget(call)
-        if exc.status == 0:
+        if exc.status in (0, 503):  # unreachable, or up but not serving ARI (shutting down)
             await self._give_back(call.claimed, call.session.id, None,
-                                  f"not dialled, Asterisk unreachable: {exc}")
+                                  f"not dialled, Asterisk unavailable: {str(exc)[:120]}")
             return
         await self._record(call, Result("failed", retryable=True, provider_ref=call.channel,
                                         error=f"originate refused: {exc}"))
