@@ -94,8 +94,10 @@ class Pipeline:
             with suppress(asyncio.CancelledError):
                 await renewing
             self.recorder.close()
-            await recording
-            await self._give_back()
+            try:
+                await recording
+            finally:  # even when recording gave up: what was never sent goes back
+                await self._give_back()
         return self.sent
 
     async def _record_loop(self) -> None:

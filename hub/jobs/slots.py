@@ -49,6 +49,8 @@ class Slot:
                 await self.redis.set(self._key(), "running", ex=SLOT_RUNNING_TTL_S)
         except RedisError as exc:
             log.warning("job slot of session %s not marked: %s", self.session_id, exc)
+            if self.slot is None:
+                return False  # no slot of our own: leave the session to its other jobs
         self._beat = asyncio.create_task(self._heartbeat())
         return True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -26,8 +27,11 @@ WHERE s.transport_type = 'voice' AND s.status = 'running'
 
 # A controller never takes over its own expired claims here: those are calls it still
 # follows (its lease lapsed while the database was away) or will adopt when it reconciles.
+# A lapsed claim is only taken if it lapsed before $6: those were checked with the
+# Asterisk that placed their call (`expired_claims`), later ones not yet.
 CLAIM_SQL = claim_sql("d.session_id = $1 AND s.status = 'running' AND s.media IS NOT NULL"
-                      " AND d.claimed_by IS DISTINCT FROM $5")
+                      " AND d.claimed_by IS DISTINCT FROM $5"
+                      " AND (d.status <> 'in_progress' OR d.lease_until < $6)")
 
 EXPIRED_SQL = """
 SELECT d.id, d.address, d.attempts, d.tries, d.session_id, d.role, d.claimed_by,
@@ -37,7 +41,6 @@ JOIN attempts a ON a.delivery_id = d.id AND a.attempt = d.attempts AND a.ended_a
 LEFT JOIN voice_controllers c ON c.id = d.claimed_by
 WHERE s.transport_id = $1 AND d.status = 'in_progress' AND d.lease_until < now()
   AND d.claimed_by IS DISTINCT FROM $2 AND d.claimed_by IS DISTINCT FROM 'receipt'
-LIMIT 100
 """
 
 
@@ -60,7 +63,8 @@ async def trunks_with_work(conn: asyncpg.Connection) -> list[Any]:
 
 
 async def claim(conn: asyncpg.Connection, transport_id: uuid.UUID, limit: int, lease_s: float,
-                owner: str, turn: int = 0) -> list[tuple[Claimed, uuid.UUID]]:
+                owner: str, turn: int = 0, lapsed_before: datetime | None = None
+                ) -> list[tuple[Claimed, uuid.UUID]]:
     """Claim up to `limit` due calls on the trunk, shared out between its running sessions
     (each gets its part, the first in line changing with `turn`), so sessions sharing a
     trunk are served in turn rather than one after the other."""
@@ -78,7 +82,8 @@ async def claim(conn: asyncpg.Connection, transport_id: uuid.UUID, limit: int, l
             break
         async with conn.transaction():
             rows = await conn.fetch(CLAIM_SQL, session_id, min(share, limit - len(found)),
-                                    lease_s, INTERRUPTED_ERROR, owner)
+                                    lease_s, INTERRUPTED_ERROR, owner,
+                                    lapsed_before or datetime.fromtimestamp(0, UTC))
             claimed = await open_attempts(conn, rows)
         found += [(c, session_id) for c in claimed]
     return found
@@ -91,10 +96,13 @@ async def register(conn: asyncpg.Connection, owner: str, ari_url: str) -> None:
 
 
 async def expired_claims(conn: asyncpg.Connection, transport_id: uuid.UUID, owner: str
-                         ) -> list[Any]:
+                         ) -> tuple[list[Any], datetime]:
     """Other controllers' calls on this trunk whose lease ran out, with the attempt that
-    may still be live and the ARI URL of the Asterisk it was dialled through."""
-    return list(await conn.fetch(EXPIRED_SQL, transport_id, owner))
+    may still be live and the ARI URL of the Asterisk it was dialled through; and the
+    database's time of the look (claims lapsing later were not seen)."""
+    async with conn.transaction():
+        now: datetime = await conn.fetchval("SELECT now()")
+        return list(await conn.fetch(EXPIRED_SQL, transport_id, owner)), now
 
 
 async def take_over(conn: asyncpg.Connection, row: Any, owner: str, lease_s: float) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
 
 from hub import constants as c
 from hub.config import Settings
@@ -86,6 +87,7 @@ class Controller:
         self.grants: dict[tuple[uuid.UUID, str], tuple[float, bool]] = {}
         self.carrier = carrier  # the trunks' limits, held in Redis for every controller
         self.ari_lost_at: float | None = None
+        self.claiming = asyncio.Lock()  # claim + mark held, atomically for reconcile
         self.limits = LimitsReader(pool)
         self.setup_times: list[float] = []
         self.flow = CallFlow(ari, pool)
@@ -147,56 +149,68 @@ class Controller:
         goes wrong with one call or one database round stops the trunk's dialler."""
         while not self.stopping.is_set():
             await self.ari.connected.wait()  # set only once reconciling is done
-            limits = await self._limits(trunk.config)
-            held = await self.carrier.held(trunk.config.trunk)  # every controller's calls
-            free = 0 if held is None else limits.max_channels - held
-            if free <= 0:
-                trunk.wake.clear()
-                await self._wait(trunk.wake, 0.5)  # another controller's release does not wake us
-                continue
-            want = min(free, max(1, int(limits.cps * 2)))
             try:
-                await self._recover_lapsed(trunk)
-                async with self.pool.acquire() as conn:
-                    claimed = await store.claim(conn, trunk.id, want,
-                                                self.settings.voice_lease_s, self.owner,
-                                                turn=trunk.turn)
-                trunk.turn += 1
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("voice: trunk %s cannot claim now: %s", trunk.name, exc)
+                await self._dial_round(trunk)
+            except Exception:  # e.g. another app's unusable config naming this endpoint
+                log.exception("voice: trunk %s: dialling round failed", trunk.name)
                 await self._sleep(1.0)
-                continue
-            if not claimed:
-                trunk.wake.clear()
-                await self._wait(trunk.wake, self.settings.voice_poll_s)
-                continue
-            self.held.update(item.recipient.delivery_id for item, _ in claimed)
-            for item, session_id in take_turns(claimed, lambda c: c[1]):
-                try:
-                    await self._start_call(trunk, item, session_id)
-                except Exception as exc:  # one call's trouble never stops the dialler
-                    log.exception("voice: starting a call to %s failed", item.recipient.address)
-                    await self._fail_unstarted(trunk, item, session_id, exc)
+
+    async def _dial_round(self, trunk: Trunk) -> None:
+        limits = await self._limits(trunk.config)
+        held = await self.carrier.held(trunk.config.trunk)  # every controller's calls
+        free = 0 if held is None else limits.max_channels - held
+        if free <= 0:
+            trunk.wake.clear()
+            await self._wait(trunk.wake, 0.5)  # another controller's release does not wake us
+            return
+        want = min(free, max(1, int(limits.cps * 2)))
+        try:
+            cutoff = await self._recover_lapsed(trunk)
+            async with self.claiming, self.pool.acquire() as conn:  # reconcile waits
+                claimed = await store.claim(conn, trunk.id, want,
+                                            self.settings.voice_lease_s, self.owner,
+                                            turn=trunk.turn, lapsed_before=cutoff)
+                self.held.update(item.recipient.delivery_id for item, _ in claimed)
+            trunk.turn += 1
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("voice: trunk %s cannot claim now: %s", trunk.name, exc)
+            await self._sleep(1.0)
+            return
+        if not claimed:
+            trunk.wake.clear()
+            await self._wait(trunk.wake, self.settings.voice_poll_s)
+            return
+        for item, session_id in take_turns(claimed, lambda c: c[1]):
+            try:
+                await self._start_call(trunk, item, session_id)
+            except Exception as exc:  # one call's trouble never stops the dialler
+                log.exception("voice: starting a call to %s failed", item.recipient.address)
+                await self._fail_unstarted(trunk, item, session_id, exc)
 
     async def _fail_unstarted(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
                               exc: Exception) -> None:
         channel = channel_id(item.recipient.attempt_id)
         self.calls.pop(channel, None)
         trunk.calls.discard(channel)
-        info = self.sessions.get(session_id) or SessionInfo(
-            session_id, uuid.UUID(int=0), 0, [60.0], Media("", 0.0), None)
+        await self.carrier.release(trunk.config.trunk, channel)
+        info = self.sessions.get(session_id)
         with contextlib.suppress(Exception):  # the database may be the trouble
-            await self._record(Call(item, info, trunk.id, trunk.config, channel),
-                               Result("failed", retryable=True, provider_ref=channel,
-                                      error=f"the call could not be started: {exc}"[:300]))
+            if info is None or isinstance(exc, (OSError, asyncpg.PostgresError,
+                                                asyncpg.InterfaceError, RedisError)):
+                await self._give_back(item, session_id, None,  # nothing dialled: no try spent
+                                      f"not dialled: {type(exc).__name__}: {exc}"[:300])
+            else:
+                await self._record(Call(item, info, trunk.id, trunk.config, channel),
+                                   Result("failed", retryable=True, provider_ref=channel,
+                                          error=f"the call could not be started: {exc}"[:300]))
         self.held.discard(item.recipient.delivery_id)
 
-    async def _recover_lapsed(self, trunk: Trunk) -> None:
+    async def _recover_lapsed(self, trunk: Trunk) -> datetime:
         """Before dialling anyone whose claim lapsed (its controller died or lost the
         database), ask the Asterisk that call went through whether it is still live: adopt
         it if it is ours to see, leave it to its owner if it lives elsewhere."""
         async with self.pool.acquire() as conn:
-            rows = await store.expired_claims(conn, trunk.id, self.owner)
+            rows, cutoff = await store.expired_claims(conn, trunk.id, self.owner)
         for row in rows:
             attempt = str(row["attempt_id"])
             live = await self._live(row["ari_url"], channel_id(attempt))
@@ -211,6 +225,7 @@ class Controller:
             log.info("voice: took over the live call %s of %s", channel_id(attempt),
                      row["claimed_by"])
             await self._adopt_or_close(row, live, attempt)
+        return cutoff  # claims lapsing after this were not checked: not claimable yet
 
     async def _live(self, ari_url: str | None, channel: str) -> dict[str, Any] | None:
         """The channel if it is up on the Asterisk at `ari_url` (ours when unknown); None
@@ -297,7 +312,7 @@ class Controller:
         """Keep this controller's channel leases alive (a dead one's lapse by themselves)."""
         while not self.stopping.is_set():
             await self._sleep(RENEW_EVERY_S)
-            if self._asterisk_gone():
+            if await self._asterisk_gone():
                 continue  # free the carrier's channels for the controllers that can dial
             by_endpoint: dict[str, list[str]] = {}
             for call in list(self.calls.values()):
@@ -308,15 +323,22 @@ class Controller:
                     log.warning("carrier %s: %d live calls had lost their channel lease;"
                                 " counted again", endpoint, lost)
 
-    def _asterisk_gone(self) -> bool:
-        """True once our Asterisk has been unreachable for ASTERISK_GONE_S: its calls ended
-        with it, so their claims and channels are no longer ours to keep."""
+    async def _asterisk_gone(self) -> bool:
+        """True once our Asterisk has not answered for ASTERISK_GONE_S (a websocket blip or
+        a slow reconcile is not enough): its calls ended with it, so their claims and
+        channels are no longer ours to keep."""
         if self.ari.connected.is_set():
             self.ari_lost_at = None
             return False
         if self.ari_lost_at is None:
             self.ari_lost_at = time.monotonic()
-        return time.monotonic() - self.ari_lost_at > ASTERISK_GONE_S
+        if time.monotonic() - self.ari_lost_at <= ASTERISK_GONE_S:
+            return False
+        try:
+            await asyncio.wait_for(self.ari.request("GET", "/asterisk/info", only="status"), 2)
+        except (AriError, TimeoutError):
+            return True
+        return False
 
     async def _granted(self, app_id: uuid.UUID, endpoint: str) -> bool:
         """Whether the app may dial through `endpoint` now (a grant revoked with --force
@@ -418,9 +440,11 @@ class Controller:
             await self._sweep()
             if self.ari.connected.is_set() and time.monotonic() - last_reconcile > RECONCILE_EVERY_S:
                 last_reconcile = time.monotonic()
-                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                try:
                     await self.reconcile()  # anything of ours that nobody follows any more
-            if self._asterisk_gone():
+                except Exception:  # never stops the controller: the next pass tries again
+                    log.exception("voice: periodic reconcile failed")
+            if await self._asterisk_gone():
                 continue  # its calls are gone with it: let their claims lapse, to be retried
             ids = self.held | {call.claimed.recipient.delivery_id for call in self.calls.values()}
             try:
@@ -577,26 +601,45 @@ class Controller:
     async def reconcile(self) -> None:
         """After (re)connecting: record calls that vanished, adopt those still up."""
         await self._settled()
+        listed_at = time.monotonic()
         try:
             live = {ch["id"]: ch for ch in await self.ari.channels()}
         except AriError as exc:
             log.warning("voice: cannot list channels to reconcile: %s", exc)
             return
         for channel, call in list(self.calls.items()):
-            if channel not in live and not call.originating:
-                call.ended = time.monotonic()
-                call.note = LOST_NOTE
-                await self._forget(call)
-                await self._record(call, call.result(None, None))
-        async with self.pool.acquire() as conn:
+            if channel in live or call.originating or call.started > listed_at:
+                continue
+            pending = self.chains.get(channel)
+            if pending is not None:  # its own events (e.g. ChannelDestroyed) come first
+                await asyncio.wait([pending])
+            if channel not in self.calls or await self._still_there(channel):
+                continue
+            call.ended = time.monotonic()
+            call.note = LOST_NOTE
+            await self._forget(call)
+            await self._record(call, call.result(None, None))
+        async with self.claiming, self.pool.acquire() as conn:  # no claim half-marked held
             orphans = await store.owned_open_calls(conn, self.owner)
+            skip = set(self.held)
         for row in orphans:
             attempt = str(row["attempt_id"])
             channel = channel_id(attempt)
-            if channel in self.calls or row["id"] in self.held:
+            if channel in self.calls or row["id"] in skip:
                 continue  # followed here, or claimed and about to be dialled
-            await self._adopt_or_close(row, live.get(channel), attempt)
+            try:
+                await self._adopt_or_close(row, live.get(channel), attempt)
+            except Exception:  # one row's trouble never blocks reconciling the rest
+                log.exception("voice: reconciling %s failed", channel)
         log.info("voice: reconciled with %d live channels", len(live))
+
+    async def _still_there(self, channel: str) -> bool:
+        """Whether Asterisk still has the channel (only a 404 says it is gone)."""
+        try:
+            await self.ari.request("GET", f"/channels/{channel}")
+        except AriError as exc:
+            return exc.status != 404
+        return True
 
     async def _adopt_or_close(self, row: Any, live: dict[str, Any] | None, attempt: str) -> None:
         session = await self._session(row["session_id"])

@@ -91,9 +91,13 @@ class CallFlow:
             return
         call.menu, call.menu_deadline = None, None
         if step.opt_out:
-            async with self.pool.acquire() as conn:
-                await suppressions.add_one(conn, call.session.app_id, call.claimed.recipient.address,
-                                           "voice", "opted out by DTMF during a call")
+            try:
+                async with self.pool.acquire() as conn:
+                    await suppressions.add_one(conn, call.session.app_id,
+                                               call.claimed.recipient.address, "voice",
+                                               "opted out by DTMF during a call")
+            except Exception:  # the call goes on (the digit is kept in `dtmf`)
+                log.exception("voice: recording the opt-out of %s failed", call.channel)
         await self._step(call, step)
 
     async def _step_of(self, call: Call) -> str | None:
