@@ -83,29 +83,25 @@ def classify(*, answered: bool, played: bool, cause: int | None, sip_code: int |
     return _by_sip(sip_code or 0) or _by_cause(cause or 0)
 
 
+# (outcome, retryable, SIP statuses, Q.850 causes): the first matching row decides.
+_RULES = (
+    ("busy", True, SIP_BUSY, BUSY_CAUSES),
+    ("no_answer", True, SIP_NO_ANSWER, NO_ANSWER_CAUSES),
+    ("invalid_number", False, SIP_INVALID, INVALID_CAUSES),
+    ("rejected", False, SIP_REJECTED, REJECTED_CAUSES),
+    ("congestion", True, SIP_CONGESTION, CONGESTION_CAUSES),
+)
+
+
 def _by_sip(sip: int) -> CallOutcome | None:
-    if sip in SIP_BUSY:
-        return CallOutcome("busy", False, True)
-    if sip in SIP_NO_ANSWER:
-        return CallOutcome("no_answer", False, True)
-    if sip in SIP_INVALID:
-        return CallOutcome("invalid_number", False, False)
-    if sip in SIP_REJECTED:
-        return CallOutcome("rejected", False, False)
-    if sip in SIP_CONGESTION:
-        return CallOutcome("congestion", False, True)
+    for outcome, retryable, sips, _ in _RULES:
+        if sip in sips:
+            return CallOutcome(outcome, False, retryable)
     return None
 
 
 def _by_cause(code: int) -> CallOutcome:
-    if code in BUSY_CAUSES:
-        return CallOutcome("busy", False, True)
-    if code in NO_ANSWER_CAUSES:
-        return CallOutcome("no_answer", False, True)
-    if code in INVALID_CAUSES:
-        return CallOutcome("invalid_number", False, False)
-    if code in REJECTED_CAUSES:
-        return CallOutcome("rejected", False, False)
-    if code in CONGESTION_CAUSES:
-        return CallOutcome("congestion", False, True)
+    for outcome, retryable, _, causes in _RULES:
+        if code in causes:
+            return CallOutcome(outcome, False, retryable)
     return CallOutcome("failed", False, True)
