@@ -31,9 +31,19 @@ ROOT = Path(__file__).resolve().parent.parent
 DB_URL = os.environ.get("HUB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/hub_test")
 REDIS_URL = os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 DB_NAME = DB_URL.rsplit("/", 1)[1]
+# Which embedded Asterisk (scripts/asterisk.sh instance) and SIPp port this run uses, so that
+# two runs on one machine can each have their own: instance N >= 2 has ARI on 8087+N, AMI on
+# 5037+N, SIP on 5058+2N, and its trunk points at phones on 5070+2*(N-1).
+ASTERISK_INSTANCE = int(os.environ.get("HUB_TEST_ASTERISK_INSTANCE", "1"))
+ARI_URL = f"http://127.0.0.1:{8087 + ASTERISK_INSTANCE}"
+AMI_PORT = 5037 + ASTERISK_INSTANCE
+SIP_PORT = 5060 if ASTERISK_INSTANCE == 1 else 5058 + 2 * ASTERISK_INSTANCE
+PHONES_PORT = 5070 + 2 * (ASTERISK_INSTANCE - 1)
+ASTERISK_ENV = {**os.environ, "HUB_ASTERISK_INSTANCE": str(ASTERISK_INSTANCE),
+                "HUB_TRUNK_CONTACT": f"127.0.0.1:{PHONES_PORT}"}
 TABLES = ("webhook_attempts", "webhook_events", "attempts", "deliveries", "sessions",
           "idempotency_keys", "suppressions", "transports", "api_keys", "apps", "blobs",
-          "early_receipts")
+          "early_receipts", "callbacks")
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -45,6 +55,8 @@ def base_env(**extra: str) -> dict[str, str]:
         "HUB_OPEN_TRUNKS": "trunk",
         "HUB_RECONCILE_INTERVAL_S": "1",
         "HUB_WEBHOOK_RETRY_SCHEDULE": "0,1,2,3",
+        "HUB_ARI_URL": ARI_URL,
+        "HUB_AMI_PORT": str(AMI_PORT),
         "HUB_LOG_LEVEL": os.environ.get("HUB_TEST_LOG_LEVEL", "INFO"),
         "PYTHONUNBUFFERED": "1",
     })
@@ -55,7 +67,8 @@ def base_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return Settings(database_url=DB_URL, redis_url=REDIS_URL, allow_private_urls=True,
-                    open_trunks="trunk", reconcile_interval_s=1, webhook_retry_schedule="0,1,2,3")
+                    open_trunks="trunk", reconcile_interval_s=1, webhook_retry_schedule="0,1,2,3",
+                    ari_url=ARI_URL, ami_port=AMI_PORT)
 
 
 @pytest.fixture(scope="session")
@@ -208,11 +221,13 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
 def asterisk() -> Iterator[None]:
     """The embedded Asterisk test bed, up for the whole run and always taken down."""
     script = ROOT / "scripts" / "asterisk.sh"
-    up = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, timeout=900)
+    env = ASTERISK_ENV
+    up = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, timeout=900,
+                        env=env)
     if up.returncode != 0:
         raise RuntimeError(f"embedded Asterisk did not start:\n{up.stderr}")
     yield
-    subprocess.run(["bash", str(script), "down"], capture_output=True, timeout=120)
+    subprocess.run(["bash", str(script), "down"], capture_output=True, timeout=120, env=env)
 
 
 class TestPhones:
@@ -232,13 +247,13 @@ class TestPhones:
 async def phones(asterisk: None, tmp_path: Path) -> AsyncIterator[TestPhones]:
     rtp = RtpCounter()
     await rtp.start()
-    p = Phones(tmp_path, rtp.port, keep_log=True)
+    p = Phones(tmp_path, rtp.port, keep_log=True, sip_port=PHONES_PORT)
     p.start()
     yield TestPhones(p, rtp)
     p.stop()
     rtp.stop()
     subprocess.run(["bash", str(ROOT / "scripts" / "asterisk.sh"), "hangup-all"],
-                   capture_output=True, timeout=30)
+                   capture_output=True, timeout=30, env=ASTERISK_ENV)
     # Every voice test: the phones' own trace shows no number dialled while an earlier
     # call to it was still live.
     twice = siplog.overlapping(siplog.calls(p.logs))

@@ -26,8 +26,10 @@ class PhonesError(Exception):
 
 
 class Phones:
-    def __init__(self, workdir: Path, rtp_port: int, *, keep_log: bool = False) -> None:
+    def __init__(self, workdir: Path, rtp_port: int, *, keep_log: bool = False,
+                 sip_port: int = TRUNK_CONTACT_PORT) -> None:
         self.workdir = workdir
+        self.sip_port = sip_port
         self.rtp_port = rtp_port
         self.proc: subprocess.Popen[bytes] | None = None
         self.keep_log = keep_log
@@ -62,14 +64,14 @@ class Phones:
         path.write_text(self.render(dtmf_delay_ms, digits))
         errors = self.workdir / "sipp-errors.log"
         self.proc = subprocess.Popen(
-            ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", str(TRUNK_CONTACT_PORT),
+            ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", str(self.sip_port),
              "-nostdin", "-trace_err", "-error_file", str(errors), "-max_socket", "4000",
              *(["-trace_msg", "-message_file", str(self._next_log())] if self.keep_log else [])],
             cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.3)
         if self.proc.poll() is not None:
             raise PhonesError("sipp did not start: " + (errors.read_text() if errors.exists() else
-                                                        "is port 5070 taken?"))
+                                                        f"is port {self.sip_port} taken?"))
 
     def _next_log(self) -> Path:
         self.logs.append(self.workdir / f"sip-messages-{len(self.logs)}.log")
