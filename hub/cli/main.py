@@ -4,37 +4,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import logging
+import os
 import sys
-import time
+import tempfile
+import traceback
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
 from hub import logs
-from hub.cli.client import ApiError, Client
+from hub.cli import admin, sessions
+from hub.cli.client import DEFAULT_TIMEOUT_S
+from hub.cli.output import (
+    EXIT_CODES_HELP,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_UNREACHABLE,
+    CliError,
+    HubParser,
+    add_json,
+    command,
+    one_line,
+    print_json,
+)
 from hub.config import Settings, load_settings
 
-FINAL_SESSION = ("completed", "cancelled")
-
-
-def _client(settings: Settings, args: argparse.Namespace) -> Client:
-    key = args.api_key or settings.api_key
-    if not key:
-        raise SystemExit("hub: an API key is needed: --api-key KEY or HUB_API_KEY")
-    return Client(args.api_url or settings.client_api_url, key)
-
-
-def _operator_client(settings: Settings, args: argparse.Namespace) -> Client:
-    """For `hub apps keys|trunks`: --api-key, else the admin key, else the app's own key."""
-    key = args.api_key or settings.admin_key or settings.api_key
-    if not key:
-        raise SystemExit("hub: a key is needed: --api-key KEY, HUB_ADMIN_KEY or HUB_API_KEY")
-    return Client(args.api_url or settings.client_api_url, key)
-
-
-def _print(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+PROCESSES = ("api", "worker", "voice")  # long-running: they log to stderr, tracebacks included
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -76,7 +70,7 @@ def cmd_calls(settings: Settings, args: argparse.Namespace) -> int:
 
     rows = asterisk.calls(settings)
     if args.json:
-        _print(rows)
+        print_json(rows)
     else:
         asterisk.print_table(rows, ["id", "state", "number", "name", "createdAt"])
         print(f"{len(rows)} active channel(s)")
@@ -88,173 +82,10 @@ def cmd_trunks(settings: Settings, args: argparse.Namespace) -> int:
 
     rows = asterisk.trunks(settings)
     if args.json:
-        _print(rows)
+        print_json(rows)
     else:
         asterisk.print_table(rows, ["endpoint", "state", "activeCalls", "heldChannels",
                                     "lastProblem"])
-    return 0
-
-
-def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from hub.store.db import migrate
-
-    applied = asyncio.run(migrate(settings.database_url))
-    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
-    return 0
-
-
-def cmd_apps_create(settings: Settings, args: argparse.Namespace) -> int:
-    from hub.store.apps import create_app
-    from hub.store.db import create_pool
-
-    async def go() -> Any:
-        pool = await create_pool(settings.database_url, max_size=1)
-        try:
-            return await create_app(pool, args.name)
-        finally:
-            await pool.close()
-
-    new = asyncio.run(go())
-    out = {"appId": str(new.app_id), "apiKey": new.api_key, "webhookSecret": new.webhook_secret}
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"app {args.name}: {out['appId']}\nAPI key (shown once): {out['apiKey']}\n"
-              f"webhook secret: {out['webhookSecret']}")
-    return 0
-
-
-def cmd_apps_keys(settings: Settings, args: argparse.Namespace) -> int:
-    client = _operator_client(settings, args)
-    path = f"/v1/apps/{quote(args.app, safe='')}/keys"
-    if args.action == "create":
-        key = client.call("POST", path)
-        if args.json:
-            print(json.dumps(key))
-        else:
-            print(f"key {key['id']}\nAPI key (shown once): {key['apiKey']}")
-    elif args.action == "revoke":
-        if not args.key_id:
-            raise SystemExit("hub: apps keys revoke needs APP and KEY_ID")
-        client.call("DELETE", f"{path}/{quote(args.key_id, safe='')}")
-        print(f"key {args.key_id} revoked")
-    else:
-        items = client.call("GET", path)["items"]
-        if args.json:
-            _print(items)
-        for k in [] if args.json else items:
-            state = f"revoked {k['revokedAt']}" if k["revokedAt"] else "active"
-            print(f"{k['id']}  {k['prefix']}...  created {k['createdAt']}  {state}")
-    return 0
-
-
-def cmd_apps_trunks(settings: Settings, args: argparse.Namespace) -> int:
-    client = _operator_client(settings, args)
-    path = f"/v1/apps/{quote(args.app, safe='')}/trunks"
-    if args.action == "list":
-        items = client.call("GET", path)["items"]
-        if args.json:
-            _print(items)
-        for g in [] if args.json else items:
-            print(f"{g['trunk']}  granted {g['createdAt']}")
-        return 0
-    if not args.trunk:
-        raise SystemExit(f"hub: apps trunks {args.action} needs APP and TRUNK")
-    if args.action == "grant":
-        client.call("POST", path, {"trunk": args.trunk})
-        print(f"trunk {args.trunk} granted to app {args.app}")
-    else:
-        suffix = "?force=true" if args.force else ""
-        client.call("DELETE", f"{path}/{quote(args.trunk, safe='')}{suffix}")
-        print(f"trunk {args.trunk} revoked from app {args.app}")
-    return 0
-
-
-def cmd_transports_add(settings: Settings, args: argparse.Namespace) -> int:
-    body = {"name": args.name, "type": args.type, "config": json.loads(args.config)}
-    if args.default:
-        body["default"] = True
-    _print(_client(settings, args).call("POST", "/v1/transports", body))
-    return 0
-
-
-def cmd_transports_list(settings: Settings, args: argparse.Namespace) -> int:
-    items = _client(settings, args).call("GET", "/v1/transports")["items"]
-    if args.json:
-        _print(items)
-        return 0
-    for t in items:
-        mark = "*" if t["default"] else " "
-        print(f"{mark} {t['id']}  {t['type']:<8} {t['name']:<20} {t['provider']}")
-    return 0
-
-
-def _progress(session: dict[str, Any]) -> str:
-    counts = session.get("counts", {})
-    total = session["audienceCount"] or 1
-    done = sum(counts.get(s, 0) for s in ("delivered", "failed", "cancelled"))
-    width = 30
-    filled = int(width * done / total)
-    bar = "#" * filled + "-" * (width - filled)
-    parts = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-    return f"[{bar}] {done}/{total} {session['status']} {parts}"
-
-
-def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
-    body = json.loads(Path(args.file).read_text())
-    client = _client(settings, args)
-    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
-    created = client.call("POST", "/v1/sessions", body, headers)
-    if args.json:
-        print(json.dumps(created))
-    else:
-        print(f"session {created['sessionId']} {created['status']}: "
-              f"{created['audienceCount']} recipients, {created['duplicatesRemoved']} duplicates removed")
-    if args.no_follow or created["status"] not in ("queued", "running"):
-        return 0
-    while True:
-        session = client.call("GET", f"/v1/sessions/{created['sessionId']}")
-        if not args.json:
-            print("\r" + _progress(session), end="", file=sys.stderr, flush=True)
-        if session["status"] in FINAL_SESSION:
-            if not args.json:
-                print(file=sys.stderr)
-            return 0
-        time.sleep(args.interval)
-
-
-def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
-    client = _client(settings, args)
-    if args.action == "list":
-        items = client.call("GET", f"/v1/sessions?limit={args.limit}")["items"]
-        if args.json:
-            _print(items)
-        for s in [] if args.json else items:
-            print(f"{s['sessionId']}  {s['transport']:<8} {s['status']:<17} "
-                  f"{s['audienceCount']:>8}  {s['createdAt']}")
-        return 0
-    if not args.id:
-        raise SystemExit(f"hub: sessions {args.action} needs a SESSION id")
-    if args.action == "show":
-        _print(client.call("GET", f"/v1/sessions/{args.id}"))
-    else:
-        suffix = "?includeFailed=true" if getattr(args, "include_failed", False) else ""
-        _print(client.call("POST", f"/v1/sessions/{args.id}/{args.action}{suffix}"))
-    return 0
-
-
-def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
-    client = _client(settings, args)
-    if args.csv:
-        print(client.call("GET", f"/v1/sessions/{args.id}/report?format=csv"), end="")
-        return 0
-    report = client.call("GET", f"/v1/sessions/{args.id}/report")
-    if args.json:
-        print(json.dumps(report))
-    else:
-        from hub.reports import to_text
-
-        print(to_text(report))
     return 0
 
 
@@ -264,107 +95,157 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings)
 
 
+def cmd_completion(settings: Settings, args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
+TOP_EXAMPLES = """
+hub apps create acme --json                       # an app and its API key
+export HUB_API_KEY=hub_... HUB_API_URL=http://127.0.0.1:8080
+hub transports add --name smtp --type email --config '{"host": "127.0.0.1", "port": 25}'
+hub send broadcast.json                           # submit and follow with a progress bar
+hub sessions list --json
+hub report SESSION --csv > report.csv
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hub", description="Connect Hub operator CLI")
+    p = HubParser(prog="hub", description="Connect Hub: run the hub's processes and operate it.",
+                  epilog="Examples:\n" + "\n".join(f"  {line}" for line in
+                                                   TOP_EXAMPLES.strip().splitlines())
+                  + "\n\nEvery command has --help with examples; listings take --json.\n"
+                  "HUB_DEBUG=1 shows the traceback of an unexpected error.\n\n" + EXIT_CODES_HELP,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--api-url", help="the hub API (default HUB_API_URL or HUB_PUBLIC_URL)")
     p.add_argument("--api-key", help="an app's API key (default HUB_API_KEY)")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("api", help="run the HTTP API").set_defaults(func=cmd_api)
-    w = sub.add_parser("worker", help="run an RQ worker with the reconciler")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"give up on an API request after this long (default {DEFAULT_TIMEOUT_S:g})")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=HubParser)
+    command(sub, "api", help="run the HTTP API", examples="""
+            hub api
+            HUB_API_PORT=9000 hub api
+            """).set_defaults(func=cmd_api)
+    w = command(sub, "worker", help="run an RQ worker with the reconciler", examples="""
+                hub worker
+                hub worker --queues email,sms --burst
+                """)
     w.add_argument("--queues", help="comma-separated queues (default: all but voice)")
     w.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     w.set_defaults(func=cmd_worker)
-    sub.add_parser("voice", help="run the ARI voice controller").set_defaults(func=cmd_voice)
-    dev = sub.add_parser("dev", help="embedded Asterisk for development: up|down|status")
+    command(sub, "voice", help="run the ARI voice controller", examples="""
+            hub voice
+            HUB_ARI_URL=http://127.0.0.1:8088 hub voice
+            """).set_defaults(func=cmd_voice)
+    dev = command(sub, "dev", help="embedded Asterisk for development: up|down|status",
+                  examples="""
+                  hub dev up --json
+                  hub dev status
+                  hub dev down
+                  """)
     dev.add_argument("action", choices=["up", "down", "status"])
-    dev.add_argument("--json", action="store_true")
+    add_json(dev, "where ARI and AMI listen (with up)")
     dev.set_defaults(func=cmd_dev)
-    for name, func, text in (("calls", cmd_calls, "live channels on Asterisk (ARI)"),
-                             ("trunks", cmd_trunks, "PJSIP endpoints and their active calls")):
-        sp = sub.add_parser(name, help=text)
-        sp.add_argument("--json", action="store_true")
-        sp.set_defaults(func=func)
-    sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
-        func=cmd_migrate)
-    apps = sub.add_parser("apps").add_subparsers(dest="sub", required=True)
-    ac = apps.add_parser("create", help="create an app and its first API key")
-    ac.add_argument("name")
-    ac.add_argument("--json", action="store_true")
-    ac.set_defaults(func=cmd_apps_create)
-    ak = apps.add_parser("keys", help="an app's API keys: list|create|revoke (admin key or"
-                         " the app's own key)")
-    ak.add_argument("action", choices=["list", "create", "revoke"])
-    ak.add_argument("app", metavar="APP", help="the app id")
-    ak.add_argument("key_id", metavar="KEY_ID", nargs="?", help="the key to revoke")
-    ak.add_argument("--json", action="store_true")
-    ak.set_defaults(func=cmd_apps_keys)
-    at = apps.add_parser("trunks", help="voice trunks granted to an app: grant|list|revoke"
-                         " (admin key)")
-    at.add_argument("action", choices=["grant", "list", "revoke"])
-    at.add_argument("app", metavar="APP", help="the app id")
-    at.add_argument("trunk", metavar="TRUNK", nargs="?", help="a PJSIP endpoint")
-    at.add_argument("--force", action="store_true",
-                    help="revoke even if voice transports of the app name the trunk")
-    at.add_argument("--json", action="store_true")
-    at.set_defaults(func=cmd_apps_trunks)
-    tr = sub.add_parser("transports").add_subparsers(dest="sub", required=True)
-    ta = tr.add_parser("add", help="register a transport")
-    ta.add_argument("--name", required=True)
-    ta.add_argument("--type", required=True)
-    ta.add_argument("--config", required=True, help="JSON object")
-    ta.add_argument("--default", action="store_true")
-    ta.set_defaults(func=cmd_transports_add)
-    tl = tr.add_parser("list")
-    tl.add_argument("--json", action="store_true")
-    tl.set_defaults(func=cmd_transports_list)
-    s = sub.add_parser("send", help="submit an instruction file and follow its progress")
-    s.add_argument("file")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--no-follow", action="store_true")
-    s.add_argument("--idempotency-key")
-    s.add_argument("--interval", type=float, default=1.0)
-    s.set_defaults(func=cmd_send)
-    ss = sub.add_parser("sessions", help="list|show|cancel|trigger|pause|resume")
-    ss.add_argument("action", choices=["list", "show", "cancel", "trigger", "pause", "resume"])
-    ss.add_argument("id", nargs="?")
-    ss.add_argument("--limit", type=int, default=20)
-    ss.add_argument("--include-failed", action="store_true")
-    ss.add_argument("--json", action="store_true")
-    ss.set_defaults(func=cmd_sessions)
-    r = sub.add_parser("report", help="a session's report")
-    r.add_argument("id")
-    fmt = r.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true")
-    fmt.add_argument("--csv", action="store_true")
-    r.set_defaults(func=cmd_report)
-    sub.add_parser("demo", help="run the demo broadcast end to end").set_defaults(func=cmd_demo)
+    calls = command(sub, "calls", help="live channels on Asterisk (ARI)", examples="""
+                    hub calls
+                    hub calls --json
+                    """)
+    add_json(calls, "the channels")
+    calls.set_defaults(func=cmd_calls)
+    trunks = command(sub, "trunks", help="PJSIP endpoints and their active calls", examples="""
+                     hub trunks
+                     hub trunks --json
+                     """)
+    add_json(trunks, "the endpoints")
+    trunks.set_defaults(func=cmd_trunks)
+    admin.register(sub)  # migrate, apps, transports
+    sessions.register(sub)  # send, sessions, report
+    command(sub, "demo", help="run the demo broadcast end to end", examples="""
+            hub demo
+            """).set_defaults(func=cmd_demo)
+    comp = command(sub, "completion", help="print a shell completion script (bash or zsh)",
+                   examples="""
+                   source <(hub completion bash)                          # this shell only
+                   hub completion bash > /etc/bash_completion.d/hub       # every bash
+                   hub completion zsh > "${fpath[1]}/_hub"                # zsh
+                   """)
+    comp.add_argument("shell", choices=["bash", "zsh"])
+    comp.set_defaults(func=cmd_completion)
     return p
 
 
-def _one_line(exc: ApiError) -> str:
-    """`HTTP 422: message (config.trunk: why; ...)`: an API error on one line."""
-    details = exc.body.get("details") if isinstance(exc.body, dict) else None
-    if isinstance(details, list):
-        parts = [f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" if isinstance(d, dict)
-                 else str(d) for d in details]
-        return f"{exc} ({'; '.join(parts)})".replace("\n", " ")
-    if details:
-        return f"{exc} ({json.dumps(details)})".replace("\n", " ")
-    return str(exc).replace("\n", " ")
+def _unexpected(exc: BaseException) -> int:
+    """One line and where the traceback went, for errors no command expected."""
+    text = "".join(traceback.format_exception(exc))
+    where = ""
+    try:
+        fd, path = tempfile.mkstemp(prefix="hub-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        where = f"; traceback in {path}"
+    except OSError:
+        pass
+    print(f"hub: unexpected error: {type(exc).__name__}: {one_line(str(exc))[:300]}"
+          f"{where} (HUB_DEBUG=1 shows it here)", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return load_settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"HUB_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                             for e in exc.errors())
+        raise CliError(f"bad setting: {one_line(problems)}") from None
+    except ValueError as exc:  # e.g. hub.toml is not valid TOML
+        raise CliError(f"bad settings: {one_line(str(exc))}") from None
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = _settings()
+    process = args.command in PROCESSES
+    debug = bool(os.environ.get("HUB_DEBUG"))
+    logs.configure(settings.log_level if process or debug else logging.WARNING)
+    try:
+        return int(args.func(settings, args))
+    except CliError:
+        raise
+    except (ConnectionError, TimeoutError) as exc:
+        raise CliError(one_line(str(exc)), EXIT_UNREACHABLE) from None
+    except OSError as exc:
+        raise CliError(one_line(str(exc))) from None
+    except Exception as exc:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+            raise CliError(f"cannot reach Redis: {one_line(str(exc))} (check HUB_REDIS_URL)",
+                           EXIT_UNREACHABLE) from None
+        if process or debug:
+            raise
+        return _unexpected(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = load_settings()
-    logs.configure(settings.log_level)
+    """`hub`: every error a user can cause is one line on stderr and a non-zero exit."""
     try:
-        return int(args.func(settings, args))
-    except ApiError as exc:
-        print(f"hub: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as exc:
-        print(f"hub: {exc}", file=sys.stderr)
-        return 1
+        return run(argv)
+    except CliError as exc:
+        print(f"hub: {one_line(str(exc))}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("hub: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `hub sessions list | head -1`: the reader left, nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":
