@@ -22,6 +22,7 @@ from hub.cli.output import (
     one_line,
     print_json,
     print_table,
+    reason,
     uuid_arg,
 )
 from hub.cli.output import EXIT_UNREACHABLE as UNREACHABLE
@@ -43,8 +44,7 @@ def run_db(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
     except asyncpg.PostgresError as exc:
         raise CliError(f"the database at {where} refused: {one_line(str(exc))}") from None
     except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
-        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
-        raise CliError(f"cannot reach the database at {where}: {one_line(reason or 'timed out')}"
+        raise CliError(f"cannot reach the database at {where}: {reason(exc)}"
                        " (is PostgreSQL running? check HUB_DATABASE_URL)", UNREACHABLE) from None
     except ValueError as exc:  # e.g. a port that is not a number
         raise CliError(f"HUB_DATABASE_URL {where} is not valid: {one_line(str(exc))}") from None

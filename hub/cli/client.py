@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
-from hub.cli.output import EXIT_ERROR, EXIT_UNREACHABLE, CliError, one_line
+from hub.cli.output import EXIT_ERROR, EXIT_UNREACHABLE, CliError, one_line, reason
 from hub.config import Settings
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -50,22 +50,6 @@ def _describe(status: int, body: Any) -> str:
     return one_line(text)
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.URLError) and not isinstance(exc.reason, str):
-        exc = exc.reason
-    if isinstance(exc, socket.gaierror):
-        return f"the host name cannot be resolved ({exc.strerror})"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "no answer in time (timed out)"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    if isinstance(exc, urllib.error.URLError):
-        return str(exc.reason)
-    return str(exc) or type(exc).__name__
-
-
 class Client:
     def __init__(self, base_url: str, api_key: str,
                  timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
@@ -76,6 +60,10 @@ class Client:
     def call(self, method: str, path: str, body: Any = None,
              headers: dict[str, str] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
+        parts = urllib.parse.urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise CliError(f"the API URL {self.base_url!r} is not valid: it needs http:// or"
+                           " https:// and a host (set --api-url or HUB_API_URL)", EXIT_ERROR)
         try:
             req = urllib.request.Request(self.base_url + path, data=data, method=method)
         except ValueError as exc:  # no scheme, bad characters in the URL
@@ -97,7 +85,7 @@ class Client:
                 parsed = raw.decode(errors="replace").strip()
             raise ApiError(exc.code, parsed) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise Unreachable(f"cannot reach the API at {self.base_url}: {_reason(exc)}"
+            raise Unreachable(f"cannot reach the API at {self.base_url}: {reason(exc)}"
                               " (is `hub api` running? set --api-url or HUB_API_URL)") from None
         except (ValueError, UnicodeError) as exc:  # e.g. a host name label too long
             raise CliError(f"the API URL {self.base_url!r} is not valid: {one_line(str(exc))}"

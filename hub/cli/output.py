@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import textwrap
+import urllib.error
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
@@ -124,3 +126,20 @@ def uuid_arg(what: str) -> Callable[[str], str]:
 def counts_text(counts: dict[str, int], order: Iterable[str] = ()) -> str:
     keys = [k for k in order if counts.get(k)] + sorted(k for k in counts if k not in order)
     return " ".join(f"{k}={counts[k]}" for k in keys if counts.get(k))
+
+
+def reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words (`connection refused`, `timed out`, ...)."""
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc.reason, str):
+        exc = exc.reason
+    if isinstance(exc, socket.gaierror):
+        return f"the host name cannot be resolved ({exc.strerror})"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "no answer in time (timed out)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    return str(exc) or type(exc).__name__

@@ -49,7 +49,7 @@ async def test_cli_round_trip(
     sid = created["sessionId"]
     assert {r.rcpt for r in sink.received} == {"one@example.com", "two@example.com"}
 
-    out = hub("sessions", "show", sid, **env)
+    out = hub("sessions", "show", sid, "--json", **env)
     assert json.loads(out.stdout)["status"] == "completed"
     out = hub("sessions", "list", **env)
     assert sid in out.stdout
