@@ -103,10 +103,12 @@ def cmd_sessions_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_sessions_show(settings: Settings, args: argparse.Namespace) -> int:
     client = app_client(settings, args)
     session = client.call("GET", f"/v1/sessions/{args.id}")
-    if not args.follow or session["status"] not in FOLLOWED:
+    if not args.follow:
         emit(args, session, _show_text)
-        return outcome_code(session) if args.follow and session["status"] != "awaiting_trigger" \
-            else EXIT_OK
+        return EXIT_OK
+    if session["status"] not in FOLLOWED:  # already over, or waiting for a trigger
+        emit(args, session, _show_text)
+        return _end(session)
     if not args.json:
         _show_text(session)
     final = follow(client, args.id, _progress(args), args.interval)
