@@ -42,7 +42,8 @@ def run_db(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
     except asyncpg.ClientConfigurationError as exc:
         raise CliError(f"HUB_DATABASE_URL {where} is not valid: {one_line(str(exc))}") from None
     except asyncpg.PostgresError as exc:
-        raise CliError(f"the database at {where} refused: {one_line(str(exc))}") from None
+        hint = " (run `hub migrate` first)" if isinstance(exc, asyncpg.UndefinedTableError) else ""
+        raise CliError(f"the database at {where} refused: {one_line(str(exc))}{hint}") from None
     except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
         raise CliError(f"cannot reach the database at {where}: {reason(exc)}"
                        " (is PostgreSQL running? check HUB_DATABASE_URL)", UNREACHABLE) from None

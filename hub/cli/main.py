@@ -24,6 +24,7 @@ from hub.cli.output import (
     add_json,
     command,
     one_line,
+    positive_seconds,
     print_json,
 )
 from hub.config import Settings, load_settings
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--api-url", help="the hub API (default HUB_API_URL or HUB_PUBLIC_URL)")
     p.add_argument("--api-key", help="an app's API key (default HUB_API_KEY)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help=f"give up on an API request after this long (default {DEFAULT_TIMEOUT_S:g})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                            parser_class=HubParser)
@@ -214,7 +215,7 @@ def run(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level if process or debug else logging.WARNING)
     try:
         return int(args.func(settings, args))
-    except CliError:
+    except (CliError, BrokenPipeError):
         raise
     except (ConnectionError, TimeoutError) as exc:
         raise CliError(one_line(str(exc)), EXIT_UNREACHABLE) from None

@@ -123,6 +123,17 @@ def uuid_arg(what: str) -> Callable[[str], str]:
     return parse
 
 
+def positive_seconds(value: str) -> float:
+    """An argparse type: a number of seconds greater than zero."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 86400:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0")
+    return seconds
+
+
 def counts_text(counts: dict[str, int], order: Iterable[str] = ()) -> str:
     keys = [k for k in order if counts.get(k)] + sorted(k for k in counts if k not in order)
     return " ".join(f"{k}={counts[k]}" for k in keys if counts.get(k))

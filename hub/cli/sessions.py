@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import shtab
+
 from hub.cli.client import Client, app_client
 from hub.cli.output import (
     EXIT_OK,
@@ -18,6 +20,7 @@ from hub.cli.output import (
     counts_text,
     emit,
     one_line,
+    positive_seconds,
     print_json,
     print_table,
     uuid_arg,
@@ -142,7 +145,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _follow_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+    p.add_argument("--interval", type=positive_seconds, default=1.0, metavar="SECONDS",
                    help="how often to poll the session while following (default 1)")
 
 
@@ -159,7 +162,8 @@ def register(sub: Any) -> None:
                 hub send broadcast.json --json > created.json   # the created session, one line
                 hub send broadcast.json --idempotency-key campaign-42 || [ $? -eq 3 ]
                 """)
-    s.add_argument("file", metavar="FILE", help="the instruction, a JSON object")
+    s.add_argument("file", metavar="FILE", help="the instruction, a JSON object"
+                   ).complete = shtab.FILE  # type: ignore[attr-defined]
     add_json(s, "the created session (one line); progress then goes to stderr if it is a terminal")
     s.add_argument("--no-follow", action="store_true", help="submit and return at once")
     s.add_argument("--idempotency-key", metavar="KEY",

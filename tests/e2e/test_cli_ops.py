@@ -163,6 +163,8 @@ async def test_unknown_and_malformed_session_ids(api_server: str, api: Api) -> N
                  ("sessions", "pause", "1 2")):
         one_line_error(hub(*args, **env), 2, "is not a session id")
     one_line_error(hub("sessions", "frobnicate", **env), 2, "invalid choice")
+    one_line_error(hub("--timeout", "0", "sessions", "list", **env), 2, "seconds above 0")
+    one_line_error(hub("send", "x.json", "--interval", "soon", **env), 2, "seconds above 0")
     one_line_error(hub("apps", "keys", "revoke", str(api.app.app_id), "nope", **env), 2,
                    "is not a key id")
 
@@ -301,6 +303,9 @@ async def test_bash_completion_loads_and_completes() -> None:
         got = subprocess.run(["bash", "-c", probe], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=60)
         assert expected in got.stdout.split(), (line, got.stdout, got.stderr)
+    cut = subprocess.run(["bash", "-c", f"{' '.join(HUB)} completion bash | head -1"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert cut.stdout.startswith("#") and cut.stderr == "", cut.stderr  # a closed pipe: no noise
     zsh = hub("completion", "zsh")
     assert zsh.returncode == 0 and zsh.stdout.startswith("#compdef hub")
 
