@@ -27,7 +27,6 @@ from hub.cli.output import (
 )
 from hub.cli.output import EXIT_UNREACHABLE as UNREACHABLE
 from hub.config import Settings
-from hub.net import without_credentials
 
 T = TypeVar("T")
 
@@ -35,6 +34,8 @@ T = TypeVar("T")
 def run_db(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
     """Runs `work` against the database; its failures become one-line errors."""
     import asyncpg
+
+    from hub.net import without_credentials
 
     where = without_credentials(settings.database_url) or "(unset)"
     try:
