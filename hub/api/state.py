@@ -41,10 +41,10 @@ def lookups(request: web.Request) -> LookupCache:
     return request.app[LOOKUPS]
 
 
-def forget_lookups(request: web.Request) -> None:
-    """After this app's keys or transports changed: this process's next request sees it
-    (other processes hear of it through the store's NOTIFY)."""
-    request.app[LOOKUPS].forget(app_id(request))
+def forget_lookups(request: web.Request, app: uuid.UUID | None = None) -> None:
+    """After an app's keys or transports changed (the caller's app by default): this
+    process's next request sees it (other processes hear of it through the store's NOTIFY)."""
+    request.app[LOOKUPS].forget(app or app_id(request))
 
 
 def app_id(request: web.Request) -> uuid.UUID:
