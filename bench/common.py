@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +53,7 @@ def options(argv: Sequence[str] | None = None, description: str = "") -> Options
     return Options(quick=args.quick, trials=max(1, trials))
 
 
-def cli(main: Callable[[Options], Awaitable[list[Figure]]], doc: str | None) -> None:
+def cli(main: Callable[[Options], Coroutine[Any, Any, list[Figure]]], doc: str | None) -> None:
     """Run a bench's `main` from the command line; print and record its figures."""
     opts = options(None, (doc or "").strip().splitlines()[0] if doc else "")
     figures = asyncio.run(main(opts))
