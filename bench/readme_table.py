@@ -28,7 +28,7 @@ def table(doc: dict[str, Any]) -> str:
     lines = [
         f"Measured {doc.get('date', '?')} on {m.get('cpu', '?')} ({m.get('cores', '?')} cores,"
         f" {m.get('memoryMB', '?')} MB), {m.get('os', '?')}; Python {v.get('python', '?')},"
-        f" {v.get('postgresql', '?')}, {v.get('redis', '?')}; hub {v.get('hub', '?')}."
+        f" {v.get('postgresql', '?')}, {v.get('redisServer', '?')}; hub {v.get('hub', '?')}."
         " Each value is the median of its trials, with the range (min–max) over them.",
         "",
         "| figure | value | range | baseline | ratio | target | met | trials |",

@@ -41,7 +41,7 @@ class Figure:
     unit: str
     values: list[float]
     op: Op
-    target: float
+    target: float | None  # None: informational (no target; `met` is true)
     baseline: list[float] | None = None
     on_ratio: bool = False
     note: str = ""
@@ -60,12 +60,16 @@ class Figure:
 
     @property
     def met(self) -> bool:
+        if self.target is None:
+            return True
         judged = self.ratio if self.on_ratio else self.value
         if judged is None:
             return False
         return judged >= self.target if self.op == ">=" else judged <= self.target
 
     def target_text(self) -> str:
+        if self.target is None:
+            return "none (informational)"
         return f"{self.op} {self.target:g}" + ("× baseline" if self.on_ratio else f" {self.unit}")
 
     def as_dict(self) -> dict[str, Any]:
@@ -122,7 +126,7 @@ def versions(database_url: str | None = None) -> dict[str, str]:
     found = {"python": sys.version.split()[0],
              "hub": _command("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"),
              "postgresql": _command("psql", "--version"),
-             "redis": _command("redis-server", "--version"),
+             "redisServer": _command("redis-server", "--version"),
              "asterisk": _asterisk_version(),
              "sipp": _command("sipp", "-v")}
     for name in PACKAGES:

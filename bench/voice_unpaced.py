@@ -114,7 +114,7 @@ async def main(opts: Options) -> list[Figure]:
         media.stop()
     best = max(raw, key=lambda k: statistics.median(r["createdPerS"] for r in raw[k]))
     figures = [Figure(f"voice.raw.created_per_s.inflight{k}", "calls/s",
-                      [r["createdPerS"] for r in rs], ">=", 0.0,
+                      [r["createdPerS"] for r in rs], ">=", None,
                       extra={"answeredPerS": [r["answeredPerS"] for r in rs],
                              "setupP99Ms": [r["setupP99Ms"] for r in rs],
                              "failedOriginates": [r["failedOriginates"] for r in rs]},
