@@ -105,3 +105,22 @@ async def test_a_transport_change_takes_effect_at_once_on_every_replica(
 
     await until(one_forgets_the_name, OTHER_REPLICA_S)
     assert (await one.submit(email("renamed")))["transportId"] == ids["named"]
+
+
+async def test_pooled_connections_keep_no_lock_between_requests(
+        api: Api, email_transport: dict[str, Any], db: Any) -> None:
+    """The API's pool skips the reset query on release, so nothing a request takes on its
+    connection may outlive its transaction: after submissions with keys (created, replayed,
+    refused, reused with another body) no advisory lock is held by anyone."""
+    ok = email()
+    bad = {**email(), "audience": []}
+    for key, body, want in (("k1", ok, 201), ("k1", ok, 201), ("k2", bad, 422),
+                            ("k2", bad, 422), ("k1", bad, 422)):
+        status, answer = await api.post("/v1/sessions", body, headers={"Idempotency-Key": key})
+        assert status == want, answer
+    for _ in range(5):
+        assert (await api.post("/v1/sessions", ok))[0] == 201
+    held = await db.fetch(
+        "SELECT pid, objid FROM pg_locks WHERE locktype = 'advisory' AND database ="
+        " (SELECT oid FROM pg_database WHERE datname = current_database())")
+    assert held == []
