@@ -20,8 +20,11 @@ demo: deps services
 test: deps services lint
 	$(BIN)/pytest $(PYTEST_ARGS); status=$$?; scripts/asterisk.sh down; HUB_ASTERISK_INSTANCE=2 scripts/asterisk.sh down; exit $$status
 
+# Every benchmark (3 trials each; voice ones need the embedded Asterisk and SIPp), writing
+# bench/results.json and the README's table. `make bench BENCH_ARGS=--quick` is a smoke run.
+BENCH_ARGS ?=
 bench: deps services
-	$(BIN)/python bench/run_all.py
+	ulimit -n 65536 2>/dev/null; $(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 lint:
 	$(BIN)/ruff check hub tests bench

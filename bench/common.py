@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -11,19 +12,57 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bench.results import MIN_TRIALS, Figure, record, show
 from hub.dev.procs import stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_URL = os.environ.get("HUB_BENCH_DATABASE_URL",
                         "postgresql://postgres:postgres@127.0.0.1:5432/hub_bench")
 REDIS_URL = os.environ.get("HUB_BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What every bench script accepts: `--quick` (a smoke run of a few seconds: small
+    sizes, one trial, figures marked as such) and `--trials N`."""
+
+    quick: bool
+    trials: int
+
+    def pick(self, full: Any, quick: Any) -> Any:
+        return quick if self.quick else full
+
+
+def options(argv: Sequence[str] | None = None, description: str = "") -> Options:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: tiny sizes, one trial (proves the script works)")
+    parser.add_argument("--trials", type=int, default=None,
+                        help=f"trials per figure (default {MIN_TRIALS}; 1 with --quick)")
+    args = parser.parse_args(argv)
+    trials = args.trials if args.trials is not None else (1 if args.quick else MIN_TRIALS)
+    return Options(quick=args.quick, trials=max(1, trials))
+
+
+def cli(main: Callable[[Options], Coroutine[Any, Any, list[Figure]]], doc: str | None) -> None:
+    """Run a bench's `main` from the command line; print and record its figures."""
+    opts = options(None, (doc or "").strip().splitlines()[0] if doc else "")
+    figures = asyncio.run(main(opts))
+    finish(figures, opts)
+
+
+def finish(figures: list[Figure], opts: Options) -> None:
+    show(figures)
+    record(figures, quick=opts.quick, database_url=DB_URL)
 
 
 def free_port() -> int:
@@ -45,8 +84,10 @@ def env(**extra: str) -> dict[str, str]:
 async def fresh_database() -> None:
     from hub.store.db import migrate
 
-    admin = await asyncpg.connect(DB_URL.rsplit("/", 1)[0] + "/postgres")
-    await admin.execute("DROP DATABASE IF EXISTS hub_bench WITH (FORCE)")
+    parts = urlsplit(DB_URL)
+    name = parts.path.lstrip("/")
+    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.close()
     await migrate(DB_URL)
     from redis import Redis
@@ -55,8 +96,12 @@ async def fresh_database() -> None:
 
 
 def spawn(*args: str, **extra: str) -> subprocess.Popen[bytes]:
+    """`python -m ARGS` with the bench's environment; its stderr goes to bench/logs/."""
+    logs = ROOT / "bench" / "logs"
+    logs.mkdir(exist_ok=True)
+    log = open(logs / f"{args[0].rsplit('.', 1)[-1]}-{'-'.join(args[1:2])}.log", "ab")  # noqa: SIM115
     return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env(**extra),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=log, stderr=log)
 
 
 @contextmanager
@@ -78,11 +123,27 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory now."""
+    return _status_mb(pid, "VmRSS")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The most resident memory the process ever had (VmHWM): the figure that matters."""
+    return _status_mb(pid, "VmHWM")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:

@@ -1,5 +1,17 @@
-"""(c) 10,000 emails through the hub to a local aiosmtpd vs a raw aiosmtplib loop with the
-same concurrency, against the same SMTP server process, in the same run."""
+"""Email throughput (issue 12 part 3): N emails through the hub vs a raw aiosmtplib loop
+with the same concurrency, to the same counting SMTP sink process (`bench.smtp_sink`).
+
+- raw: CONCURRENCY connections, each building and sending its share one message at a
+  time; its time ends when the last message is accepted.
+- hub: one immediate session of N recipients handled by one `hub worker`; its time is
+  the session's `endedAt − createdAt` read from the database (every delivery recorded,
+  the session closed), not when the sink saw the last message.
+Every count is asserted: the session's `delivered` = N with nothing else, one attempt
+per delivery, and the sink got exactly N messages for N recipients in each run.
+Trials alternate raw and hub. Target: hub ≥ 0.9× raw.
+
+    python -m bench.email_bench [--quick] [--trials N]
+"""
 
 from __future__ import annotations
 
@@ -11,43 +23,43 @@ from email.message import EmailMessage
 
 import aiohttp
 import aiosmtplib
+import asyncpg
 
 from bench.common import (
+    DB_URL,
+    Options,
+    cli,
     free_port,
     fresh_database,
     new_app_key,
     processes,
-    run_session,
     spawn,
     wait_http,
 )
+from bench.results import Figure
 
 MESSAGES = 10_000
+QUICK_MESSAGES = 300
 CONCURRENCY = 20
 
 
-async def wait_smtp(port: int) -> None:
-    for _ in range(100):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise RuntimeError("SMTP sink did not start")
+async def sink_count(http: aiohttp.ClientSession, stats: str) -> tuple[int, int]:
+    async with http.get(stats) as r:
+        got = await r.json()
+    return int(got["messages"]), int(got["recipients"])
 
 
-async def raw_loop(port: int) -> float:
+async def raw_loop(port: int, n: int) -> float:
     """Baseline: CONCURRENCY connections, each sending its share one message at a time."""
-    per_conn = MESSAGES // CONCURRENCY
+    shares = [n // CONCURRENCY + (1 if i < n % CONCURRENCY else 0) for i in range(CONCURRENCY)]
 
-    async def conn(n: int) -> None:
+    async def conn(c: int, share: int) -> None:
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port)
         await client.connect()
-        for i in range(per_conn):
+        for i in range(share):
             msg = EmailMessage()
             msg["From"] = "a@example.com"
-            msg["To"] = f"raw{n}-{i}@example.com"
+            msg["To"] = f"raw{c}-{i}@example.com"
             msg["Subject"] = "Bench"
             msg["Message-ID"] = f"<{uuid.uuid4()}@bench>"
             msg.set_content("Hello")
@@ -55,45 +67,74 @@ async def raw_loop(port: int) -> float:
         await client.quit()
 
     start = time.perf_counter()
-    await asyncio.gather(*(conn(n) for n in range(CONCURRENCY)))
-    return MESSAGES / (time.perf_counter() - start)
+    await asyncio.gather(*(conn(c, s) for c, s in enumerate(shares)))
+    return n / (time.perf_counter() - start)
 
 
-async def through_hub(url: str, key: str, smtp_port: int) -> float:
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.post(url + "/v1/transports", data=json.dumps({
-            "name": "smtp", "type": "email",
-            "config": {"host": "127.0.0.1", "port": smtp_port, "from": "a@example.com",
-                       "max_connections": CONCURRENCY}})) as r:
-            assert r.status == 201, await r.text()
-        body = {"transport": {"type": "email", "subject": "Bench", "message": "Hello"},
-                "audience": [f"hub{i}@example.com" for i in range(MESSAGES)]}
-        session, elapsed = await run_session(http, url, body)
-        assert session["counts"] == {"delivered": MESSAGES}, session["counts"]
-    return MESSAGES / elapsed
+async def through_hub(http: aiohttp.ClientSession, url: str, n: int, trial: int) -> float:
+    body = {"transport": {"type": "email", "subject": "Bench", "message": "Hello"},
+            "audience": [f"hub{trial}-{i}@example.com" for i in range(n)],
+            "options": {"trigger": "immediate"}}
+    async with http.post(url + "/v1/sessions", data=json.dumps(body)) as r:
+        assert r.status == 201, await r.text()
+        sid = uuid.UUID((await r.json())["sessionId"])
+    conn = await asyncpg.connect(DB_URL)
+    try:
+        while True:
+            row = await conn.fetchrow(
+                "SELECT status, extract(epoch FROM ended_at - created_at) AS s FROM sessions"
+                " WHERE id = $1", sid)
+            if row["status"] == "completed":
+                break
+            await asyncio.sleep(0.05)
+        counts = dict(await conn.fetch(
+            "SELECT status, count(*) FROM deliveries WHERE session_id = $1 GROUP BY 1", sid))
+        attempts = await conn.fetchval(
+            "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+            " WHERE d.session_id = $1", sid)
+    finally:
+        await conn.close()
+    assert counts == {"delivered": n}, counts
+    assert attempts == n, f"{attempts} attempts for {n} deliveries"
+    return n / float(row["s"])
 
 
-async def main() -> dict[str, float]:
+async def main(opts: Options) -> list[Figure]:
+    n = opts.pick(MESSAGES, QUICK_MESSAGES)
     await fresh_database()
     key = await new_app_key()
-    smtp_port, api_port = free_port(), free_port()
-    sink = spawn("hub.dev.smtp", str(smtp_port))
-    api = spawn("hub.cli.main", "api", HUB_API_PORT=str(api_port))
-    worker = spawn("hub.cli.main", "worker", HUB_SEND_CONCURRENCY=str(CONCURRENCY))
+    smtp_port, stats_port, api_port = free_port(), free_port(), free_port()
+    stats = f"http://127.0.0.1:{stats_port}/_count"
     url = f"http://127.0.0.1:{api_port}"
-    with processes(sink, api, worker):
-        await wait_smtp(smtp_port)
+    procs = [spawn("bench.smtp_sink", str(smtp_port), str(stats_port)),
+             spawn("hub.cli.main", "api", HUB_API_PORT=str(api_port)),
+             spawn("hub.cli.main", "worker", HUB_SEND_CONCURRENCY=str(CONCURRENCY))]
+    raw: list[float] = []
+    hub: list[float] = []
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    with processes(*procs):
+        wait_http(stats)
         wait_http(url + "/healthz")
-        raw = await raw_loop(smtp_port)
-        hub = await through_hub(url, key, smtp_port)
-        raw2 = await raw_loop(smtp_port)
-    baseline = (raw + raw2) / 2
-    print(f"(c) {MESSAGES:,} emails, concurrency {CONCURRENCY}: hub {hub:.0f} msg/s, raw aiosmtplib"
-          f" {baseline:.0f} msg/s (runs {raw:.0f}, {raw2:.0f}); ratio {hub / baseline:.2f}"
-          " (target >= 0.70)")
-    return {"hub_msgs_s": hub, "raw_msgs_s": baseline, "ratio": hub / baseline}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.post(url + "/v1/transports", data=json.dumps({
+                "name": "smtp", "type": "email",
+                "config": {"host": "127.0.0.1", "port": smtp_port, "from": "a@example.com",
+                           "max_connections": CONCURRENCY}})) as r:
+                assert r.status == 201, await r.text()
+            for trial in range(opts.trials):
+                for kind, runs in (("raw", raw), ("hub", hub)):
+                    before = await sink_count(http, stats)
+                    if kind == "raw":
+                        runs.append(await raw_loop(smtp_port, n))
+                    else:
+                        runs.append(await through_hub(http, url, n, trial))
+                    after = await sink_count(http, stats)
+                    got = (after[0] - before[0], after[1] - before[1])
+                    assert got == (n, n), f"{kind}: the sink got {got}, expected {(n, n)}"
+    return [Figure("email.throughput", "msg/s", hub, ">=", 0.9, baseline=raw, on_ratio=True,
+                   note=f"{n:,} emails, concurrency {CONCURRENCY}; hub timed to endedAt in"
+                        " the database; baseline: raw aiosmtplib loop")]
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    cli(main, __doc__)

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     trusted_hosts: str = ""  # comma-separated names/IPs exempt from the private-address guard
     metrics_token: str = ""
     metrics_cache_s: float = Field(default=2.0, ge=0)
+    lookup_cache_s: float = Field(default=2.0, ge=0)
     max_keys_per_app: PositiveInt = 20
     open_trunks: str = ""
 

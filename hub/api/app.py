@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -14,6 +16,7 @@ from hub.api.receipts import ReceiptBatcher
 from hub.config import Settings
 from hub.jobs.queueing import Kicker
 from hub.store.db import create_pool
+from hub.store.lookups import LookupCache, listen
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -21,13 +24,18 @@ def create_app(settings: Settings) -> web.Application:
     app[st.SETTINGS] = settings
     app[callbacks.TRANSPORT_CACHE] = {}
     app[ops.METRICS_CACHE] = ops.MetricsCache(settings.metrics_cache_s)
+    app[st.LOOKUPS] = LookupCache(settings.lookup_cache_s)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[st.POOL] = await create_pool(settings.database_url, min_size=0, max_size=20)
         redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         app[st.KICKER] = Kicker(redis)
         app[callbacks.RECEIPTS] = ReceiptBatcher(app[st.POOL], settings.base_url)
+        listener = asyncio.create_task(listen(settings.database_url, app[st.LOOKUPS]))
         yield
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
         await app[st.POOL].close()
         redis.close()
 

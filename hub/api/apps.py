@@ -105,6 +105,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     key_id = st.path_uuid(request, "keyId", "key")
     if not await apps.revoke_key(st.pool(request), app_id, key_id):
         raise NotFound(f"no key {key_id} in app {app_id}", error_id="key-not-found")
+    st.forget_lookups(request, app_id)  # the admin key has no app of its own
     return web.Response(status=204)
 
 

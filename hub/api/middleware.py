@@ -108,7 +108,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/v1/apps":
             raise Forbidden("creating apps needs the admin key (HUB_ADMIN_KEY)",
                             error_id="admin-key-required")
-    app_id = await apps.app_for_key(st.pool(request), token)
+    app_id = await apps.app_for_key(st.pool(request), token, st.lookups(request))
     if app_id is None:
         raise Unauthorized("the API key is not valid", error_id="invalid-api-key")
     if request.path.startswith("/v1/apps/") and request.match_info.get("id") != str(app_id):

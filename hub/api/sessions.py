@@ -47,16 +47,31 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 @routes.post("/v1/sessions")
 async def create_session(request: web.Request) -> web.Response:
+    """The whole submission takes one pooled connection and (with an Idempotency-Key) one
+    transaction; without a key the session and its deliveries are one statement."""
     st.require_json(request)  # before a key can keep this answer
     key = _idempotency_key(request)
-    if key is None:
-        async with st.pool(request).acquire() as conn:
+    request_hash = _request_hash(await request.read()) if key is not None else b""
+    async with st.pool(request).acquire() as conn:
+        if key is None:
             row, out = await _create(request, conn, None)
-        await _kick_new(request, row)
-        return web.json_response(out, status=201)
-    request_hash = _request_hash(await request.read())
-    async with idempotency.claim(st.pool(request), st.app_id(request), key, request_hash,
-                                 st.settings(request).idempotency_ttl_h) as held:
+        else:
+            replay, row, out = await _create_once(request, conn, key, request_hash)
+            if replay is not None:
+                return replay
+    await _kick_new(request, row)
+    return web.json_response(out, status=201)
+
+
+async def _create_once(request: web.Request, conn: asyncpg.Connection, key: str,
+                       request_hash: bytes
+                       ) -> tuple[web.Response | None, asyncpg.Record, dict[str, Any]]:
+    """Create under an idempotency key, in one transaction holding the key: (a replay of
+    the first answer, or None with the new session and its view)."""
+    refused: HubError | None = None
+    async with conn.transaction():
+        held = await idempotency.claim(conn, st.app_id(request), key, request_hash,
+                                       st.settings(request).idempotency_ttl_h)
         if held is None:
             raise Conflict("the first request with this Idempotency-Key is still running",
                            error_id="idempotency-in-progress", headers={"Retry-After": "1"})
@@ -66,21 +81,24 @@ async def create_session(request: web.Request) -> web.Response:
                                 error_id="idempotency-key-reused")
         if seen is not None:
             return web.json_response(seen.body, status=seen.status,
-                                     headers={"Idempotency-Replay": "true"})
+                                     headers={"Idempotency-Replay": "true"}), None, {}
         try:
-            row, out = await _create(request, held.conn, held)
+            row, out = await _create(request, conn, held)
         except HubError as exc:
-            if exc.status < 500:  # a refusal is the answer; an outage is not
-                await held.answer(exc.status, exc.body())
-            raise
-    await _kick_new(request, row)
-    return web.json_response(out, status=201)
+            if exc.status >= 500:  # a refusal is the answer; an outage is not
+                raise
+            await held.answer(exc.status, exc.body())  # committed, then raised below
+            refused = exc
+    if refused is not None:
+        raise refused
+    return None, row, out
 
 
 async def _create(request: web.Request, conn: asyncpg.Connection,
                   held: idempotency.Claim | None) -> tuple[asyncpg.Record, dict[str, Any]]:
-    """Validate, then store the session, its deliveries and the key's answer in one
-    transaction. Every query runs on `conn` (a request never holds two connections)."""
+    """Validate, then store the session, its deliveries and the key's answer atomically
+    (in the caller's transaction when there is one). Every query runs on `conn` (a
+    request never holds two connections)."""
     settings, app_id = st.settings(request), st.app_id(request)
     doc = await st.read_json(request, "invalid-instruction")
     transport = await _transport_for(request, conn, doc)
@@ -93,13 +111,12 @@ async def _create(request: web.Request, conn: asyncpg.Connection,
             "POST /v1/transports", error_id="transport-not-configured",
             details=[detail(["transport", "type"], f"no {type_} transport registered")],
         )
-    async with conn.transaction():
-        row = await sessions.create(conn, app_id, transport, valid)
-        out = sessions.view(row)
-        if out["scheduledTimestamp"] is None:
-            del out["scheduledTimestamp"]
-        if held is not None:
-            await held.answer(201, out)
+    row = await sessions.create(conn, app_id, transport, valid)
+    out = sessions.view(row)
+    if out["scheduledTimestamp"] is None:
+        del out["scheduledTimestamp"]
+    if held is not None:
+        await held.answer(201, out)
     return row, out
 
 
@@ -126,7 +143,8 @@ async def _transport_for(request: web.Request, conn: asyncpg.Connection,
     extras = part.get("extras")
     name = extras.get("transport") if isinstance(extras, dict) else None
     name = name if isinstance(name, str) else None
-    found = await transports_store.resolve(conn, st.app_id(request), part["type"], name)
+    found = await transports_store.resolve(conn, st.app_id(request), part["type"], name,
+                                           st.lookups(request))
     if found is None and name:
         raise Unprocessable(f"no {part['type']} transport named {name!r}",
                             error_id="transport-not-configured",

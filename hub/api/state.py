@@ -15,10 +15,12 @@ from hub.api import body
 from hub.config import Settings
 from hub.errors import BadRequest, NotFound, Unprocessable, UnsupportedMediaType, detail
 from hub.jobs.queueing import Kicker
+from hub.store.lookups import LookupCache
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 KICKER = web.AppKey("kicker", Kicker)
+LOOKUPS = web.AppKey("lookups", LookupCache)
 APP_ID = web.RequestKey("app_id", uuid.UUID)
 M = TypeVar("M", bound=BaseModel)
 MAX_LIMIT = 1000
@@ -33,6 +35,16 @@ def settings(request: web.Request) -> Settings:
 
 def pool(request: web.Request) -> asyncpg.Pool:
     return request.app[POOL]
+
+
+def lookups(request: web.Request) -> LookupCache:
+    return request.app[LOOKUPS]
+
+
+def forget_lookups(request: web.Request, app: uuid.UUID | None = None) -> None:
+    """After an app's keys or transports changed (the caller's app by default): this
+    process's next request sees it (other processes hear of it through the store's NOTIFY)."""
+    request.app[LOOKUPS].forget(app or app_id(request))
 
 
 def app_id(request: web.Request) -> uuid.UUID:

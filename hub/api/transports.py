@@ -103,6 +103,7 @@ async def create(request: web.Request) -> web.Response:
     row = await store.create(st.pool(request), st.app_id(request), name=body.name,
                              type_=body.type, provider=provider, config=public, secrets=secrets,
                              default=body.default)
+    st.forget_lookups(request)
     if row is None:
         raise Conflict(f"a transport named {body.name!r} already exists",
                        error_id="transport-name-taken")
@@ -143,6 +144,7 @@ async def patch(request: web.Request) -> web.Response:
         row = await store.update(st.pool(request), st.app_id(request), current["id"],
                                  name=body.name, config=public, secrets=secrets,
                                  default=body.default)
+        st.forget_lookups(request)
     except asyncpg.UniqueViolationError:
         raise Conflict(f"a transport named {body.name!r} already exists",
                        error_id="transport-name-taken",
@@ -156,6 +158,7 @@ async def patch(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     tid = st.path_uuid(request, "id", "transport")
     result = await store.delete(st.pool(request), st.app_id(request), tid)
+    st.forget_lookups(request)
     if result == "missing":
         raise NotFound(f"no transport {tid} in this app", error_id="transport-not-found")
     if result == "in-use":

@@ -57,8 +57,10 @@ class Phones:
             scenario = scenario.replace(old, new)
         return scenario
 
-    def start(self, dtmf_delay_ms: int = 3000, **digits: str) -> None:
-        """(Re)start SIPp, e.g. `start(busy="x")` to make every busy line free."""
+    def start(self, dtmf_delay_ms: int = 3000, *, stats_file: Path | None = None,
+              **digits: str) -> None:
+        """(Re)start SIPp, e.g. `start(busy="x")` to make every busy line free. With
+        `stats_file`, SIPp writes its statistics there every second (-trace_stat)."""
         self.stop()
         path = self.workdir / "phones.xml"
         path.write_text(self.render(dtmf_delay_ms, digits))
@@ -66,7 +68,8 @@ class Phones:
         self.proc = subprocess.Popen(
             ["sipp", "-sf", str(path), "-i", "127.0.0.1", "-p", str(self.sip_port),
              "-nostdin", "-trace_err", "-error_file", str(errors), "-max_socket", "4000",
-             *(["-trace_msg", "-message_file", str(self._next_log())] if self.keep_log else [])],
+             *(["-trace_msg", "-message_file", str(self._next_log())] if self.keep_log else []),
+             *(["-trace_stat", "-stf", str(stats_file), "-fd", "1"] if stats_file else [])],
             cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.3)
         if self.proc.poll() is not None:

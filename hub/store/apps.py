@@ -1,5 +1,6 @@
-"""Apps and their API keys (stored as SHA-256 hashes; keys are shown once). Keys are checked
-against the database on every request: there is no cache to invalidate on revocation."""
+"""Apps and their API keys (stored as SHA-256 hashes; keys are shown once). A found key may
+be kept a moment in the API process's lookup cache (hub.store.lookups); revoking it
+announces the change, so every process drops it before its next request."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from hub.constants import API_KEY_PREFIX, WEBHOOK_SECRET_PREFIX
+from hub.store import lookups
 from hub.store.db import Pool
 
 
@@ -90,18 +92,27 @@ async def list_keys(pool: Pool, app_id: uuid.UUID) -> list[dict[str, Any]] | Non
 
 
 async def revoke_key(pool: Pool, app_id: uuid.UUID, key_id: uuid.UUID) -> bool:
-    """Revoke (at once: keys are looked up on every request, nothing caches them). False when
-    the app has no such key; revoking twice keeps the first time."""
+    """Revoke, at once: the same statement announces the change to the lookup caches.
+    False when the app has no such key; revoking twice keeps the first time."""
     found = await pool.fetchval(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
-        " WHERE app_id = $1 AND id = $2 RETURNING id", app_id, key_id)
+        "WITH r AS (UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
+        " WHERE app_id = $1 AND id = $2 RETURNING id)"
+        " SELECT r.id FROM r, pg_notify($3, $1::text) AS n", app_id, key_id, lookups.CHANNEL)
     return found is not None
 
 
-async def app_for_key(pool: Pool, key: str) -> uuid.UUID | None:
+async def app_for_key(pool: Pool, key: str,
+                      cache: lookups.LookupCache | None = None) -> uuid.UUID | None:
+    """The app of an active key (None if unknown or revoked)."""
+    key_hash = hash_key(key)
+    if cache is not None and (hit := cache.app_for_key(key_hash)) is not None:
+        return hit
+    generation = cache.generation if cache is not None else 0
     found: uuid.UUID | None = await pool.fetchval(
-        "SELECT app_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash_key(key)
+        "SELECT app_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
     )
+    if cache is not None and found is not None:
+        cache.keep_key(generation, key_hash, found)
     return found
 
 

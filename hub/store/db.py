@@ -21,10 +21,19 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Released connections skip asyncpg's reset query (`pg_advisory_unlock_all(); CLOSE
+    ALL; UNLISTEN *; RESET ALL`, one round trip per checkout). asyncpg still rolls back a
+    transaction left open and drops listeners. Nothing in the hub leaves session state on
+    a pooled connection: advisory locks taken on one are transaction-scoped (`_xact_`),
+    there is no SET, cursor or LISTEN outside a transaction (the migration lock and the
+    lookup listener use connections of their own)."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
     """A pool whose connections encode and decode json/jsonb as Python objects."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset
     )
     assert pool is not None
     return pool

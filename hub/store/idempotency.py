@@ -1,24 +1,21 @@
 """Idempotency keys: the first answer to (app, key) is kept and replayed for `ttl_h` hours.
 
-A request with a key holds a PostgreSQL advisory lock on (app, key), on its own
-connection, for as long as it runs, and stores its answer in the same transaction as
-what it created. There is no placeholder row: a request that dies (the process killed,
-the connection lost) leaves nothing behind, because its transaction rolls back and its
-lock goes with its connection; the next request with that key starts afresh.
+A request with a key runs in one transaction that holds a transaction-scoped PostgreSQL
+advisory lock on (app, key) and stores its answer together with what it created. There is
+no placeholder row: a request that dies (the process killed, the connection lost) leaves
+nothing behind, because its transaction rolls back and the lock goes with it; the next
+request with that key starts afresh. Nothing outlives the transaction on the connection,
+so the pool needs no reset query when it takes the connection back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-
-from hub.store.db import Pool
 
 
 @dataclass(frozen=True)
@@ -66,18 +63,12 @@ def _lock_id(app_id: uuid.UUID, key: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-@asynccontextmanager
-async def claim(pool: Pool, app_id: uuid.UUID, key: str, request_hash: bytes,
-                ttl_h: int) -> AsyncIterator[Claim | None]:
-    """Hold (app, key) for the duration of the block; None when another request holds it."""
-    lock = _lock_id(app_id, key)
-    async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock):
-            yield None
-            return
-        try:
-            yield Claim(conn, app_id, key, request_hash, ttl_h)
-        finally:
-            # Also released when the pool resets the connection or the connection drops.
-            if not conn.is_closed():
-                await conn.execute("SELECT pg_advisory_unlock($1)", lock)
+async def claim(conn: asyncpg.Connection, app_id: uuid.UUID, key: str, request_hash: bytes,
+                ttl_h: int) -> Claim | None:
+    """Hold (app, key) until the end of `conn`'s transaction (which must be open); None
+    when another request holds it."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("an idempotency claim needs an open transaction")
+    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _lock_id(app_id, key)):
+        return None
+    return Claim(conn, app_id, key, request_hash, ttl_h)

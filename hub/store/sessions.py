@@ -1,8 +1,10 @@
-"""Sessions: creation with their deliveries (COPY, one transaction), reads, and the
-status transitions of DESIGN §4 as conditional updates."""
+"""Sessions: creation with their deliveries (one statement for a small audience, COPY in
+one transaction for a large one), reads, and the status transitions of DESIGN §4 as
+conditional updates."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import UTC, datetime
 from itertools import chain
@@ -18,6 +20,21 @@ from hub.store.db import Pool
 
 # Deliveries with work left (an index lookup per status, unlike "not final").
 OPEN = [st for st in c.DELIVERY_STATUSES if st not in c.FINAL_DELIVERY_STATUSES]
+# Up to this many deliveries go in with the session's own INSERT (one round trip); more
+# are streamed with COPY, which is faster per row but costs a few round trips more.
+COPY_ABOVE = 1000
+_SESSION_COLUMNS = (
+    "id, app_id, transport_id, transport_type, xref, status, trigger, instruction,"
+    " scheduled_at, retries, retry_intervals_s, webhook_url, audience_count,"
+    " duplicates_removed, created_at")
+_INSERT_SESSION = (f"INSERT INTO sessions ({_SESSION_COLUMNS})"
+                   " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) RETURNING *")
+_INSERT_WITH_DELIVERIES = (
+    f"WITH s AS ({_INSERT_SESSION}),"
+    " d AS (INSERT INTO deliveries (session_id, address, status, next_attempt_at, role)"
+    "  SELECT s.id, u.address, $16, $17::timestamptz, u.role"
+    "  FROM s, unnest($18::text[], $19::text[]) AS u(address, role))"
+    " SELECT * FROM s")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -69,16 +86,18 @@ async def create(
     }[opts.trigger]
     session_id = uuid.uuid4()
     content = ins.transport.model_dump(by_alias=True, exclude_none=True)
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            "INSERT INTO sessions (id, app_id, transport_id, transport_type, xref, status, trigger,"
-            " instruction, scheduled_at, retries, retry_intervals_s, webhook_url, audience_count,"
-            " duplicates_removed, created_at)"
-            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) RETURNING *",
-            session_id, app_id, transport["id"], ins.transport.type, ins.xref, status,
+    args = (session_id, app_id, transport["id"], ins.transport.type, ins.xref, status,
             opts.trigger, content, opts.scheduled_timestamp, opts.retries, vi.retry_intervals_s,
-            opts.webhook_url, len(vi.addresses), vi.duplicates_removed, now,
-        )
+            opts.webhook_url, len(vi.addresses), vi.duplicates_removed, now)
+    if len(vi.addresses) + len(vi.copies) <= COPY_ABOVE:
+        addresses = [*vi.addresses, *(a for a, _ in vi.copies)]
+        roles = ["to"] * len(vi.addresses) + [role for _, role in vi.copies]
+        row: asyncpg.Record = await conn.fetchrow(
+            _INSERT_WITH_DELIVERIES, *args, c.D_PENDING, due, addresses, roles)
+        return row
+    outer = conn.is_in_transaction()  # the caller's transaction: no savepoint needed
+    async with contextlib.nullcontext() if outer else conn.transaction():
+        row = await conn.fetchrow(_INSERT_SESSION, *args)
         await conn.copy_records_to_table(
             "deliveries",
             records=((session_id, a, c.D_PENDING, due, role) for a, role in chain(

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from hub.store import lookups
 from hub.store.db import Pool
 
 PUBLIC_COLUMNS = "id, app_id, name, type, provider, config, is_default, created_at, updated_at"
@@ -51,6 +52,7 @@ async def create(
             f" RETURNING {PUBLIC_COLUMNS}",
             uuid.uuid4(), app_id, name, type_, provider, config, secrets, make_default,
         )
+        await lookups.announce(conn, app_id)
     return public(row) if row else None
 
 
@@ -78,9 +80,15 @@ async def get_full(pool: Pool, transport_id: uuid.UUID) -> dict[str, Any] | None
 
 
 async def resolve(
-    pool: Pool | asyncpg.Connection, app_id: uuid.UUID, type_: str, name: str | None
+    pool: Pool | asyncpg.Connection, app_id: uuid.UUID, type_: str, name: str | None,
+    cache: lookups.LookupCache | None = None,
 ) -> dict[str, Any] | None:
-    """The named transport of that type, or the app's default one."""
+    """The named transport of that type, or the app's default one (a found one may come
+    from the lookup cache: do not change it)."""
+    key = (app_id, type_, name or None)
+    if cache is not None and (hit := cache.transport(key)) is not None:
+        return hit
+    generation = cache.generation if cache is not None else 0
     if name:
         row = await pool.fetchrow(
             "SELECT * FROM transports WHERE app_id = $1 AND type = $2 AND name = $3",
@@ -91,7 +99,12 @@ async def resolve(
             "SELECT * FROM transports WHERE app_id = $1 AND type = $2 AND is_default",
             app_id, type_,
         )
-    return dict(row) if row else None
+    if row is None:
+        return None
+    found = dict(row)
+    if cache is not None:
+        cache.keep_transport(generation, key, found)
+    return found
 
 
 async def update(
@@ -115,6 +128,7 @@ async def update(
             f" updated_at = now() WHERE app_id = $1 AND id = $2 RETURNING {PUBLIC_COLUMNS}",
             app_id, transport_id, name, config, secrets, default,
         )
+        await lookups.announce(conn, app_id)
     return public(row)
 
 
@@ -129,4 +143,5 @@ async def delete(pool: Pool, app_id: uuid.UUID, transport_id: uuid.UUID) -> str:
         if await conn.fetchval("SELECT 1 FROM sessions WHERE transport_id = $1 LIMIT 1", transport_id):
             return "in-use"
         await conn.execute("DELETE FROM transports WHERE id = $1", transport_id)
+        await lookups.announce(conn, app_id)
     return "deleted"

@@ -25,6 +25,7 @@ from email.utils import formatdate
 from typing import Any, Literal, cast
 
 import aiosmtplib
+from aiosmtplib.email import extract_sender, flatten_message
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from yarl import URL
 
@@ -224,8 +225,10 @@ class SmtpSender:
     """Sends through a small pool of SMTP connections kept open for the whole batch.
 
     One message per delivery, addressed to that delivery only: an audience member
-    (role `to`) or the session's single cc/bcc copy (`X-Hub-Copy: cc|bcc`). The
-    attachment parts are encoded once per job and shared by every message.
+    (role `to`) or the session's single cc/bcc copy (`X-Hub-Copy: cc|bcc`). Everything
+    but the per-recipient headers (To, X-Hub-Copy, Date, Message-ID) is built and
+    serialised once per job; each message is those few header lines spliced in front of
+    the shared bytes. A message with a non-ASCII address (SMTPUTF8) is built whole.
     """
 
     def __init__(
@@ -241,6 +244,9 @@ class SmtpSender:
         self._content = content
         self._extras = content.get("extras") or {}
         self._attachments = [_attachment_part(a) for a in attachments]
+        self._shared = self._common()
+        self._envelope_from = extract_sender(self._shared) or ""
+        self._flat: dict[str, bytes] = {}  # the shared part serialised, per transfer encoding
         self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
         self.concurrency = min(concurrency, cfg.max_connections)
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -264,20 +270,21 @@ class SmtpSender:
                 sock.close()
         if cfg.username:
             await client.login(cfg.username, cfg.password or "")
+        if client.is_ehlo_or_helo_needed:  # the server's extensions pick the encoding
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
         self._all.append(client)
         return client
 
-    def build(self, recipient: Recipient) -> EmailMessage:
+    def _common(self) -> EmailMessage:
+        """The part of every message of the session that does not name its recipient."""
         msg = EmailMessage()
         msg["From"] = self._cfg.from_
-        msg["To"] = recipient.address
-        if recipient.role != "to":
-            msg["X-Hub-Copy"] = recipient.role
         if self._extras.get("replyTo"):
             msg["Reply-To"] = ", ".join(_as_list(self._extras["replyTo"]))
         msg["Subject"] = self._content.get("subject") or ""
-        msg["Date"] = formatdate(localtime=False)
-        msg["Message-ID"] = f"<{recipient.attempt_id}@{MESSAGE_ID_DOMAIN}>"
         msg.set_content(self._content.get("message") or "")
         if self._extras.get("html"):
             msg.add_alternative(str(self._extras["html"]), subtype="html")
@@ -287,15 +294,49 @@ class SmtpSender:
                 msg.attach(cast(EmailMessage, part))  # typeshed: any MIMEPart will do
         return msg
 
+    @staticmethod
+    def _own_headers(recipient: Recipient) -> list[tuple[str, str]]:
+        headers = [("To", recipient.address)]
+        if recipient.role != "to":
+            headers.append(("X-Hub-Copy", recipient.role))
+        headers += [("Date", formatdate(localtime=False)),
+                    ("Message-ID", f"<{recipient.attempt_id}@{MESSAGE_ID_DOMAIN}>")]
+        return headers
+
+    def build(self, recipient: Recipient) -> EmailMessage:
+        """The whole message as one object."""
+        msg = self._common()
+        for name, value in self._own_headers(recipient):
+            msg[name] = value
+        return msg
+
+    def _spliced(self, recipient: Recipient, client: aiosmtplib.SMTP) -> tuple[bytes, list[str]]:
+        """The message's bytes (its own headers, then the shared part serialised once) and
+        the MAIL options, as `send_message` would have made them for this server."""
+        eight_bit = client.supports_extension("8BITMIME")
+        cte = "8bit" if eight_bit else "7bit"
+        flat = self._flat.get(cte)
+        if flat is None:
+            flat = self._flat[cte] = flatten_message(self._shared, cte_type=cte)
+        head = "".join(f"{name}: {value}\r\n" for name, value in self._own_headers(recipient))
+        return head.encode("ascii") + flat, ["BODY=8BITMIME"] if eight_bit else []
+
+    async def _transmit(self, client: aiosmtplib.SMTP, recipient: Recipient
+                        ) -> tuple[dict[str, Any], str]:
+        if self._envelope_from.isascii() and recipient.address.isascii():
+            data, options = self._spliced(recipient, client)
+            return await client.sendmail(self._envelope_from, [recipient.address], data,
+                                         mail_options=options)
+        return await client.send_message(self.build(recipient), recipients=[recipient.address])
+
     async def send(self, recipient: Recipient) -> Result:
-        msg = self.build(recipient)
-        ref = msg["Message-ID"]
+        ref = f"<{recipient.attempt_id}@{MESSAGE_ID_DOMAIN}>"
         async with self._slots:
             client = self._idle.get_nowait() if not self._idle.empty() else None
             try:
                 if client is None or not client.is_connected:
                     client = await self._connect()
-                refused, reply = await client.send_message(msg, recipients=[recipient.address])
+                refused, reply = await self._transmit(client, recipient)
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 self._idle.put_nowait(client)  # type: ignore[arg-type]
                 first = exc.recipients[0]

@@ -1,0 +1,139 @@
+"""Voice ceiling, unpaced (issue 12 part 1). Needs the embedded Asterisk and SIPp.
+
+Raw: an ARI loop doing the hub's work for a plain broadcast call — originate into its own
+Stasis app, play the same prepared file, hang up on PlaybackFinished — as fast as ARI
+answers, with 1 and with 8 originates in flight. Hub: one immediate voice session per
+step with `cps` set to 50, 100, 200, 500 (above what it can reach) and channels not
+binding. An observer on the ARI websocket timestamps every channel for both.
+
+Per run: channels created/s and answered/s (first to last), setup p50/p99 (created → Up),
+failed originates; for the hub also the recording lag p50/p99 (ChannelDestroyed → the
+attempt recorded in the database). Target: the hub ≥ 0.9× the best raw figure (created/s
+and answered/s) at every step.
+
+    python -m bench.voice_unpaced [--quick] [--trials N]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.common import Options, cli
+from bench.results import Figure
+from bench.voice_common import (
+    AUTH,
+    Hub,
+    MediaServer,
+    Observer,
+    RawApp,
+    asterisk,
+    number,
+    originate_unpaced,
+    pct,
+    phones,
+)
+
+SWEEP = (50, 100, 200, 500)
+QUICK_SWEEP = (20,)
+SECONDS_PER_STEP = 10  # each run places cps × this many calls (at least CALLS_MIN)
+CALLS_MIN = 200
+QUICK_CALLS = 20
+TONE_S = 1
+
+
+async def raw_run(ari: aiohttp.ClientSession, obs: Observer, media: str, calls: int,
+                  in_flight: int, first: int) -> dict[str, Any]:
+    app = RawApp(ari, media)
+    await app.start()
+    obs.reset()
+    try:
+        failed = await originate_unpaced(ari, [number(first + i) for i in range(calls)],
+                                         in_flight)
+        deadline = time.monotonic() + 60 + calls / 10
+        while app.finished + failed < calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+    finally:
+        app.stop()
+    return {**obs.stats("raw-"), "failedOriginates": failed, "inFlight": in_flight}
+
+
+async def hub_run(http: aiohttp.ClientSession, hub: Hub, obs: Observer, file_url: str,
+                  calls: int, cps: float, first: int) -> dict[str, Any]:
+    obs.reset()
+    sid = await hub.campaign(http, [number(first + i) for i in range(calls)], file_url,
+                             cps=cps, channels=1000)
+    done = await hub.wait(http, sid, 120 + calls / 5)
+    await asyncio.sleep(1)  # the last recordings
+    lags = await hub.recording_lags_ms(sid, obs.ended_wall)
+    failed = sum(v for k, v in done["counts"].items() if k != "delivered")
+    return {**obs.stats("hub-"), "failedCalls": failed, "cps": cps,
+            "recordingLagP50Ms": pct(lags, 0.5), "recordingLagP99Ms": pct(lags, 0.99)}
+
+
+async def main(opts: Options) -> list[Figure]:
+    sweep = opts.pick(SWEEP, QUICK_SWEEP)
+    work = Path(tempfile.mkdtemp(prefix="hub-bench-unpaced-"))
+    media = MediaServer(work)
+    file_url = media.tone(TONE_S)
+    hub = Hub()
+    raw: dict[int, list[dict[str, Any]]] = {1: [], 8: []}
+    runs: dict[float, list[dict[str, Any]]] = {c: [] for c in sweep}
+    first = 0
+    try:
+        with asterisk():
+            await hub.start()
+            async with phones(work), aiohttp.ClientSession(headers=AUTH) as ari, \
+                    aiohttp.ClientSession() as http:
+                obs = Observer()
+                await obs.start(ari)
+                # One hub call prepares the file; the raw loop then plays that very sound.
+                warm = await hub.campaign(http, [number(999_999)], file_url, cps=10, channels=1)
+                await hub.wait(http, warm, 60)
+                sound = await hub.media_uri(warm)
+                for _ in range(opts.trials):
+                    for k in raw:
+                        calls = opts.pick(max(CALLS_MIN, 50 * SECONDS_PER_STEP), QUICK_CALLS)
+                        raw[k].append(await raw_run(ari, obs, sound, calls, k, first))
+                        first += calls
+                        print(f"  raw, {k} in flight: {raw[k][-1]}", flush=True)
+                    for cps in sweep:
+                        calls = opts.pick(max(CALLS_MIN, int(cps * SECONDS_PER_STEP)), QUICK_CALLS)
+                        runs[cps].append(await hub_run(http, hub, obs, file_url, calls, cps,
+                                                       first))
+                        first += calls
+                        print(f"  hub, cps {cps}: {runs[cps][-1]}", flush=True)
+    finally:
+        hub.stop()
+        media.stop()
+    best = max(raw, key=lambda k: statistics.median(r["createdPerS"] for r in raw[k]))
+    figures = [Figure(f"voice.raw.created_per_s.inflight{k}", "calls/s",
+                      [r["createdPerS"] for r in rs], ">=", None,
+                      extra={"answeredPerS": [r["answeredPerS"] for r in rs],
+                             "setupP99Ms": [r["setupP99Ms"] for r in rs],
+                             "failedOriginates": [r["failedOriginates"] for r in rs]},
+                      note="informational: the baseline of the voice ceiling")
+               for k, rs in raw.items()]
+    for cps, rs in runs.items():
+        for what in ("createdPerS", "answeredPerS"):
+            figures.append(Figure(
+                f"voice.unpaced.{what}@cps{cps:g}", "calls/s", [r[what] for r in rs], ">=", 0.9,
+                baseline=[r[what] for r in raw[best]], on_ratio=True,
+                extra={"setupP50Ms": [r["setupP50Ms"] for r in rs],
+                       "setupP99Ms": [r["setupP99Ms"] for r in rs],
+                       "failedCalls": [r["failedCalls"] for r in rs],
+                       "recordingLagP50Ms": [r["recordingLagP50Ms"] for r in rs],
+                       "recordingLagP99Ms": [r["recordingLagP99Ms"] for r in rs],
+                       "baselineInFlight": best},
+                note=f"hub at cps {cps:g} vs the best raw ARI loop ({best} in flight)"))
+    return figures
+
+
+if __name__ == "__main__":
+    cli(main, __doc__)
