@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import urllib.error
 import urllib.request
 from typing import Any
+
+from hub.config import Settings
 
 
 class ApiError(Exception):
@@ -44,3 +47,11 @@ class Client:
             return None
         ctype = resp.headers.get("Content-Type", "")
         return json.loads(raw) if "json" in ctype else raw.decode()
+
+
+def app_client(settings: Settings, args: argparse.Namespace) -> Client:
+    """The client of an app's commands: --api-key/--api-url, else HUB_API_KEY/HUB_API_URL."""
+    key = args.api_key or settings.api_key
+    if not key:
+        raise SystemExit("hub: an API key is needed: --api-key KEY or HUB_API_KEY")
+    return Client(args.api_url or settings.client_api_url, key)

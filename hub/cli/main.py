@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from hub import logs
+from hub.cli import usage
 from hub.cli.client import ApiError, Client
 from hub.config import Settings, load_settings
 
@@ -338,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true")
     r.set_defaults(func=cmd_report)
     sub.add_parser("demo", help="run the demo broadcast end to end").set_defaults(func=cmd_demo)
+    usage.register(sub)
     return p
 
 
