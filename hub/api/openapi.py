@@ -75,9 +75,29 @@ _APP = _object(("id", "appId", "name", "apiKey"), id=_UUID, appId=_UUID, name=_S
 _REPORT = _object(("session", "recipients", "attempts", "rows"), session=_ref("Session"),
                   recipients=_INT, attempts=_INT, byStatus={"type": "object"},
                   byOutcome={"type": "object"}, attemptsPerRecipient={"type": "object"},
+                  errorCodes={"type": "array", "description": (
+                      "failed attempts by provider code: kind smtp|twilio|slack|sip|http|none,"
+                      " code, attempts, example"), "items": {"type": "object"}},
+                  latency=_object(("deliveries",), deliveries=_INT,
+                                  p50S={"type": ["number", "null"]},
+                                  p90S={"type": ["number", "null"]},
+                                  p99S={"type": ["number", "null"]}),
                   rows={"type": "array", "items": {"type": "object"}},
+                  rowsTruncated={"type": "boolean", "description": (
+                      "more than 10,000 recipients: the CSV or /deliveries has them all")},
                   voice={"type": "object"})
 _STATUS = _object(("status",), status=_STR)
+_USAGE_ROW = _object(
+    ("date", "transport", "sessions", "recipients", "attempts", "delivered", "failed",
+     "smsSegments", "callsAnswered", "billableSeconds", "inboundCallbacks"),
+    date={"type": "string", "format": "date"}, transport={"enum": list(c.TRANSPORT_TYPES)},
+    sessions=_INT, recipients=_INT, attempts=_INT, delivered=_INT, failed=_INT,
+    smsSegments=_INT, callsAnswered=_INT,
+    billableSeconds={**_INT, "description": "talk time rounded up per call to the second"},
+    inboundCallbacks={**_INT, "description": "calls back from recipients (voice rows)"})
+_USAGE = _object(("from", "to", "items"), **{
+    "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
+    "items": {"type": "array", "items": _ref("UsageDay")}})
 
 # Parameters by name: (location, schema); path parameters are required.
 _PARAMS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -95,8 +115,13 @@ _PARAMS: dict[str, tuple[str, dict[str, Any]]] = {
     "format": ("query", {"enum": ["json", "csv"], "default": "json"}),
     "includeFailed": ("query", {"type": "boolean", "default": False}),
     "force": ("query", {"type": "boolean", "default": False}),
+    "dateFrom": ("query", {"type": "string", "format": "date", "description":
+                           "first UTC day (default: 29 days before `to`)"}),
+    "dateTo": ("query", {"type": "string", "format": "date", "description":
+                         "last UTC day, inclusive (default: today); at most 366 days in all"}),
 }
-_WIRE_NAME = {"sessionStatus": "status", "deliveryStatus": "status", "addressFilter": "address"}
+_WIRE_NAME = {"sessionStatus": "status", "deliveryStatus": "status", "addressFilter": "address",
+              "dateFrom": "from", "dateTo": "to"}
 
 
 def _param(name: str) -> dict[str, Any]:
@@ -171,6 +196,10 @@ def _paths() -> dict[str, Any]:
                          answer=_ref("Transport")),
             "delete": _op("Delete an unused transport", ok="204", params=("id",)),
         },
+        "/v1/usage": {"get": _op(
+            "The app's usage per UTC day and transport type (zero rows left out); 422 for"
+            " a bad date, from after to, or more than 366 days", params=("dateFrom", "dateTo"),
+            answer=_USAGE)},
         "/v1/apps": {"post": _op("Create an app (admin key)", "AppIn", "201", answer=_ref("App"))},
         "/v1/suppressions": {
             "post": _op("Add addresses to the do-not-contact list", "SuppressionIn", "201",
@@ -198,7 +227,8 @@ def build_spec() -> dict[str, Any]:
                                  ref_template=REF)
     schemas = {**defs.get("$defs", {}), "Error": _ERROR, "Session": _SESSION,
                "Delivery": _DELIVERY, "Attempt": _ATTEMPT, "Transport": _TRANSPORT,
-               "Suppression": _SUPPRESSION, "App": _APP, "Report": _REPORT}
+               "Suppression": _SUPPRESSION, "App": _APP, "Report": _REPORT,
+               "UsageDay": _USAGE_ROW}
     paths = _paths()
     _add_key_and_trunk_paths(paths, schemas)
     return {

@@ -236,12 +236,20 @@ for _name, _from in (
 
 
 @routes.get("/v1/sessions/{id}/report")
-async def report(request: web.Request) -> web.Response:
+async def report(request: web.Request) -> web.StreamResponse:
     row = await _own_session(request)
     fmt = st.query_choice(request, "format", ("json", "csv")) or "json"
-    built = await reports.build(st.pool(request), row)
-    if fmt == "csv":
-        return web.Response(text=reports.to_csv(built), content_type="text/csv",
-                            headers={"Content-Disposition":
-                                     f'attachment; filename="session-{row["id"]}.csv"'})
-    return web.json_response(built)
+    if fmt == "json":
+        return web.json_response(await reports.build(st.pool(request), row))
+    # CSV: every recipient's row, streamed in batches, then the summary.
+    built = await reports.build(st.pool(request), row, rows_max=0)
+    resp = web.StreamResponse(headers={
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": f'attachment; filename="session-{row["id"]}.csv"'})
+    await resp.prepare(request)
+    await resp.write(reports.csv_rows([], header=True).encode())
+    async for batch in reports.all_rows(st.pool(request), row["id"]):
+        await resp.write(reports.csv_rows(batch).encode())
+    await resp.write(("\n" + reports.csv_summary(built)).encode())
+    await resp.write_eof()
+    return resp

@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 
 from hub import logs
-from hub.cli import admin, sessions
+from hub.cli import admin, sessions, usage
 from hub.cli.client import DEFAULT_TIMEOUT_S
 from hub.cli.output import (
     EXIT_CODES_HELP,
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     trunks.set_defaults(func=cmd_trunks)
     admin.register(sub)  # migrate, apps, transports
     sessions.register(sub)  # send, sessions, report
+    usage.register(sub)  # usage
     command(sub, "demo", help="run the demo broadcast end to end", examples="""
             hub demo
             """).set_defaults(func=cmd_demo)

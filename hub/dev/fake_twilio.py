@@ -26,6 +26,8 @@ import aiohttp
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
+from hub.transports.segments import segments
+
 ERRORS = {
     21211: (400, "The 'To' number is not a valid phone number."),
     21614: (400, "'To' number is not a valid mobile number"),
@@ -114,7 +116,8 @@ class FakeTwilio:
         return {
             "sid": sid, "account_sid": self.account_sid, "to": params.get("To"),
             "from": params.get("From"), "messaging_service_sid": params.get("MessagingServiceSid"),
-            "body": params.get("Body", ""), "status": "queued", "num_segments": "1",
+            "body": params.get("Body", ""), "status": "queued",
+            "num_segments": str(segments(params.get("Body", ""))["segments"]),
             "num_media": "1" if params.get("MediaUrl") else "0", "direction": "outbound-api",
             "api_version": "2010-04-01", "price": None, "price_unit": "USD",
             "error_code": None, "error_message": None, "date_created": now,

@@ -167,6 +167,7 @@ class ApiSender:
         except ValueError:
             return [Result("permanent_failure",
                            error="the API url is not a valid URL once filled in")] * len(recipients)
+        status = 0
         try:
             check_url(url, self.guard)
             async with self.http.request(cfg.method, url, allow_redirects=False,
@@ -176,20 +177,22 @@ class ApiSender:
                     failure = http_failure(resp.status, text, resp.headers.get("Retry-After"),
                                            "the API")
                     return [failure] * len(recipients)
+                status = resp.status
                 document = await resp.json(content_type=None) if text.strip() else None
         except (BlockedURL, aiohttp.ClientError, OSError, TimeoutError) as exc:
             return [unreachable(exc, "the API")] * len(recipients)
         except ValueError:  # the answer is not JSON (the URL was checked above)
             document = None
-        return self._judge(recipients, document)
+        return self._judge(recipients, document, status)
 
-    def _judge(self, recipients: list[Recipient], document: Any) -> list[Result]:
+    def _judge(self, recipients: list[Recipient], document: Any, status: int) -> list[Result]:
         cfg = self.cfg
         if cfg.success.path is not None:
             got = json_path(document, cfg.success.path)
             if got != cfg.success.equals:
                 error = f"the API answered {cfg.success.path} = {got!r}, not {cfg.success.equals!r}"
-                return [Result("permanent_failure", detail={"response": _shortened(document)},
+                return [Result("permanent_failure", detail={"httpStatus": status,
+                                                            "response": _shortened(document)},
                                error=error[:RESPONSE_MAX_CHARS])] * len(recipients)
         ids = json_path(document, cfg.id_path) if cfg.id_path else None
         results = []

@@ -165,8 +165,16 @@ class TwilioSender:
         except (BlockedURL, aiohttp.ClientError, OSError, TimeoutError) as exc:
             return unreachable(exc, "Twilio")
         return Result("sent", provider_ref=msg.sid,
-                      detail={"twilioStatus": msg.status, **self.info},
+                      detail={"twilioStatus": msg.status, **self.info,
+                              **_billed_segments(msg.num_segments)},
                       receipt_s=self.cfg.receipt_timeout_s)
+
+
+def _billed_segments(answered: object) -> dict[str, int]:
+    """The segment count Twilio answered (what it bills; usage sums it), when it gave one;
+    otherwise the count computed from the body stays."""
+    text = str(answered) if answered is not None else ""
+    return {"segments": int(text)} if text.isdigit() and int(text) > 0 else {}
 
 
 def classify_error(status: int, code: int | None, message: str) -> Result:

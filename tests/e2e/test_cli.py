@@ -54,9 +54,11 @@ async def test_cli_round_trip(
     out = hub("sessions", "list", **env)
     assert sid in out.stdout
     out = hub("report", sid, "--csv", **env)
-    lines = out.stdout.splitlines()
+    rows, summary = out.stdout.split("\n\n")
+    lines = rows.splitlines()
     assert lines[0].startswith("address,status,attempts,outcome")
     assert len(lines) == 3 and all(",delivered," in line for line in lines[1:])
+    assert "byStatus,delivered,2" in summary.splitlines()
     out = hub("report", sid, **env)
     assert "by status:  delivered 2" in out.stdout
 
