@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis import Redis
 
-from hub.api import apps, callbacks, ops, sessions, suppressions, transports
+from hub.api import apps, callbacks, dashboard, dashboard_auth, ops, sessions, suppressions, transports
 from hub.api import state as st
 from hub.api.middleware import auth, errors
 from hub.api.receipts import ReceiptBatcher
@@ -32,7 +32,8 @@ def create_app(settings: Settings) -> web.Application:
         redis.close()
 
     app.cleanup_ctx.append(resources)
-    for module in (ops, sessions, transports, apps, suppressions, callbacks):
+    for module in (ops, sessions, transports, apps, suppressions, callbacks, dashboard_auth,
+                   dashboard):
         app.add_routes(module.routes)
     return app
 
