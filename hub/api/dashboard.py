@@ -13,7 +13,7 @@ from aiohttp import web
 from hub import constants as c
 from hub import reports
 from hub.api import state as st
-from hub.api.dashboard_auth import PREFIX, data, html_page, pages
+from hub.api.dashboard_auth import PREFIX, data, html_page, pages, redirect
 from hub.api.render import STATIC, STATIC_VERSIONS, Markup, asset, escape, join, render, tag
 from hub.errors import BadRequest, NotFound, detail
 from hub.store import deliveries, sessions, usage
@@ -172,6 +172,11 @@ async def sessions_page(request: web.Request) -> web.StreamResponse:
         usage_rows=_usage_rows(used)))
     return _page("Sessions", body, request, page="sessions",
                  query=request.query_string)
+
+
+@routes.get(PREFIX + "/")
+async def slash(request: web.Request) -> web.StreamResponse:
+    return redirect(PREFIX)
 
 
 @routes.get(PREFIX + "/sessions/{id}")
