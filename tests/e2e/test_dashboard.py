@@ -6,6 +6,7 @@ key sees; the login cookie's attributes, revocation and logout."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import re
@@ -51,7 +52,7 @@ async def _transport(db: asyncpg.Pool, app_id: uuid.UUID, type_: str) -> uuid.UU
     tid = uuid.uuid4()
     await db.execute(
         "INSERT INTO transports (id, app_id, name, type, provider, config, secrets, is_default)"
-        " VALUES ($1, $2, $3, $4, 'seed', '{}', '{}', true)", tid, app_id, type_, type_)
+        " VALUES ($1, $2, $3, $4, 'seed', '{}', '{}', false)", tid, app_id, f"{type_}-{tid}", type_)
     return tid
 
 
@@ -300,7 +301,8 @@ async def test_usage_panel_figures_come_from_the_records(seeded: Seeded, dashboa
     assert items["email"]["attempts"] == 2 and items["email"]["delivered"] == 1
 
 
-async def test_login_refusals_and_the_cookie(seeded: Seeded, dashboard: str) -> None:
+async def test_login_refusals_and_the_cookie(seeded: Seeded, dashboard: str,
+                                             db: asyncpg.Pool) -> None:
     async with _client() as http:
         async with http.get(dashboard + "/dashboard", allow_redirects=False) as got:
             assert got.status == 303 and got.headers["Location"] == "/dashboard/login"
@@ -332,6 +334,9 @@ async def test_login_refusals_and_the_cookie(seeded: Seeded, dashboard: str) -> 
         assert "path=/dashboard" in raw.replace(" ", "").lower() and "httponly" in attrs
         assert "samesite=strict" in raw.replace(" ", "").lower() and "secure" not in attrs
         assert seeded.acme.api_key not in raw
+        token = next(c.value for c in http.cookie_jar if c.key == "hub_dashboard")
+        stored = await db.fetchval("SELECT token_hash FROM dashboard_logins")
+        assert stored == hashlib.sha256(token.encode()).digest()  # only the token's hash
         async with http.get(dashboard + "/dashboard") as got:
             assert got.status == 200 and "spring-calls" in await got.text()
             assert got.headers["Cache-Control"] == "no-store"
@@ -421,3 +426,27 @@ async def test_static_files_and_escaping(seeded: Seeded, dashboard: str) -> None
         async with http.get(f"{dashboard}/dashboard?status=bogus", headers=bearer) as got:
             assert got.status == 400 and "text/html" in got.content_type
     await asyncio.sleep(0)
+
+
+async def test_the_recipients_table_is_paged(seeded: Seeded, dashboard: str,
+                                             db: asyncpg.Pool) -> None:
+    sid = await _session(db, seeded.acme.app_id, "email", "big", 57, NOW)
+    for i in range(57):
+        await _delivery(db, sid, f"r{i:02d}@example.com", "pending", None, None, NOW)
+    bearer = {"Authorization": f"Bearer {seeded.acme.api_key}"}
+
+    def addresses(page: str) -> list[str]:
+        table = page.split('id="recipients-table"')[1].split("</table>")[0]
+        return re.findall(r"<td>(r\d\d@example\.com)</td>", table)
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{dashboard}/dashboard/sessions/{sid}", headers=bearer) as got:
+            first = await got.text()
+        assert addresses(first) == [f"r{i:02d}@example.com" for i in range(50)]
+        nxt = re.search(r'href="(/dashboard/sessions/[^"?]+\?cursor=[^"]+)">Next page', first)
+        assert nxt, first
+        async with http.get(dashboard + nxt.group(1).replace("&amp;", "&"),
+                            headers=bearer) as got:
+            second = await got.text()
+        assert addresses(second) == [f"r{i:02d}@example.com" for i in range(50, 57)]
+        assert "Next page" not in second and "First page" in second
