@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     lookup_cache_s: float = Field(default=2.0, ge=0)
     max_keys_per_app: PositiveInt = 20
     open_trunks: str = ""
+    dashboard_login_s: float = Field(default=12 * 3600, gt=0)  # a dashboard login's lifetime
+    dashboard_refresh_s: float = Field(default=5.0, gt=0)  # how often its pages poll
 
     audience_max: int = 1_000_000
     body_max_bytes: int = 64 * 1024 * 1024

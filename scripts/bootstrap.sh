@@ -33,6 +33,8 @@ system() {
     have mountpoint || apt_install util-linux
     have perl || apt_install perl
     have pgrep || apt_install procps
+    # Dashboard tests: headless Chromium driven over the DevTools protocol.
+    have chromium || apt_install chromium
 }
 
 python_env() {

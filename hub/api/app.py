@@ -9,7 +9,17 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis import Redis
 
-from hub.api import apps, callbacks, ops, sessions, suppressions, transports, usage
+from hub.api import (
+    apps,
+    callbacks,
+    dashboard,
+    dashboard_auth,
+    ops,
+    sessions,
+    suppressions,
+    transports,
+    usage,
+)
 from hub.api import state as st
 from hub.api.middleware import auth, errors
 from hub.api.receipts import ReceiptBatcher
@@ -40,7 +50,8 @@ def create_app(settings: Settings) -> web.Application:
         redis.close()
 
     app.cleanup_ctx.append(resources)
-    for module in (ops, sessions, transports, apps, suppressions, callbacks, usage):
+    for module in (ops, sessions, transports, apps, suppressions, callbacks, usage, dashboard_auth,
+                   dashboard):
         app.add_routes(module.routes)
     return app
 

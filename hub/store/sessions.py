@@ -260,3 +260,15 @@ async def _finish(conn: asyncpg.Connection, session_id: uuid.UUID, report_base: 
     report_url = f"{report_base}/v1/sessions/{session_id}/report"
     await outbox.add_session_event(conn, row, got, report_url)
     return True
+
+
+async def counts_for(pool: Pool | asyncpg.Connection,
+                     session_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, int]]:
+    """`counts` of several sessions in one query (a page of a listing)."""
+    found: dict[uuid.UUID, dict[str, int]] = {sid: {} for sid in session_ids}
+    rows = await pool.fetch(
+        "SELECT session_id, status, count(*) AS n FROM deliveries"
+        " WHERE session_id = ANY($1::uuid[]) GROUP BY 1, 2", session_ids)
+    for r in rows:
+        found[r["session_id"]][r["status"]] = r["n"]
+    return found
