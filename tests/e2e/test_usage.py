@@ -289,6 +289,6 @@ async def test_cli_usage_errors_are_one_line(api: Api, api_server: str) -> None:
     out = hub("usage", HUB_API_URL=api_server)
     assert out.returncode != 0 and "API key is needed" in out.stderr
     out = hub("usage", "--json", HUB_API_URL="http://127.0.0.1:9", HUB_API_KEY=api.key)
-    assert out.returncode == 1 and out.stderr.startswith("hub: ") and "Traceback" not in out.stderr
+    assert out.returncode == 4 and out.stderr.startswith("hub: ") and "Traceback" not in out.stderr
     out = hub("usage", "--to", "2020-01-01", **env)
     assert out.returncode == 0 and "(no usage in this range)" in out.stdout
