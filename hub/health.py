@@ -1,5 +1,7 @@
-"""`python -m hub.health api|worker|voice`: a container's health check, exit 0 when the
-process in this container does its job.
+"""`python -m hub.health [api|worker|voice]`: a container's health check, exit 0 when the
+process in this container does its job. Without an argument the role is that of the
+container's main process (PID 1, `hub api|worker|voice`); any other is healthy while it
+runs (`hub migrate` is a one-shot).
 - api: GET /healthz on the API's own port answers 200;
 - worker: an RQ worker registered in Redis (its registration expires without heartbeats)
   is a `hub worker` process of this container (its hostname and a PID alive here);
@@ -54,12 +56,24 @@ def voice(settings: Settings) -> str | None:
 CHECKS = {"api": api, "worker": worker, "voice": voice}
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in CHECKS:
-        print(f"usage: python -m hub.health {'|'.join(CHECKS)}", file=sys.stderr)
-        return 2
+def role_of_main_process() -> str | None:
     try:
-        problem = CHECKS[argv[0]](Settings())
+        args = Path("/proc/1/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    return next((a for a in args if a in CHECKS), None)
+
+
+def main(argv: list[str]) -> int:
+    role = argv[0] if argv else role_of_main_process()
+    if len(argv) > 1 or (argv and role not in CHECKS):
+        print(f"usage: python -m hub.health [{'|'.join(CHECKS)}]", file=sys.stderr)
+        return 2
+    if role is None:
+        print("ok (not a long-running hub role)")
+        return 0
+    try:
+        problem = CHECKS[role](Settings())
     except Exception as exc:  # a health check reports, it never raises
         problem = f"{type(exc).__name__}: {exc}"
     if problem:
