@@ -3,7 +3,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint deps services clean
+.PHONY: demo test compose-test bench lint deps services clean
 
 deps:
 	@scripts/bootstrap.sh system
@@ -16,9 +16,16 @@ demo: deps services
 	$(BIN)/hub demo
 
 # pytest exits 5 when it collects nothing: that is a failure here as everywhere else.
-# Whatever happens, the embedded Asterisk is stopped and unmounted afterwards.
+# Whatever happens, the embedded Asterisk is stopped and unmounted afterwards; then the
+# container test runs (it needs neither) and either failing fails `make test`.
 test: deps services lint
-	$(BIN)/pytest $(PYTEST_ARGS); status=$$?; scripts/asterisk.sh down; HUB_ASTERISK_INSTANCE=2 scripts/asterisk.sh down; exit $$status
+	$(BIN)/pytest $(PYTEST_ARGS); status=$$?; scripts/asterisk.sh down; HUB_ASTERISK_INSTANCE=2 scripts/asterisk.sh down; \
+	PYTHON=$(BIN)/python scripts/compose-test.sh || status=1; exit $$status
+
+# The production compose file run for real (docker.io + docker-compose from apt, local
+# Debian bases, host networking): one voice broadcast and one email through the containers.
+compose-test: deps services
+	PYTHON=$(BIN)/python scripts/compose-test.sh
 
 # Every benchmark (3 trials each; voice ones need the embedded Asterisk and SIPp), writing
 # bench/results.json and the README's table. `make bench BENCH_ARGS=--quick` is a smoke run.

@@ -29,6 +29,8 @@ WEBHOOKS_KICK_KEY = REDIS_PREFIX + "kick:webhooks"
 WEBHOOKS_KICK_TTL_S = 60
 VOICE_ACTIVE_KEY = REDIS_PREFIX + "voice:active"
 VOICE_SETUP_KEY = REDIS_PREFIX + "voice:setup"
+VOICE_ALIVE_KEY = REDIS_PREFIX + "voice:alive"  # per controller: its loop runs, ARI is up
+VOICE_ALIVE_TTL_S = 10
 # A queued job's slot lapses after this long (a job lost with Redis loses its slot too);
 # a running job's after SLOT_RUNNING_TTL_S without a heartbeat (its worker died).
 SLOT_QUEUED_TTL_S = 900
@@ -119,9 +121,13 @@ class Kicker:
             return False
         return True
 
-    def publish_voice(self, owner: str, active: dict[str, int], setup_s: list[float]) -> None:
-        """Live voice figures for /metrics (kept 10 s: a dead controller stops counting)."""
+    def publish_voice(self, owner: str, active: dict[str, int], setup_s: list[float],
+                      ari_up: bool = True) -> None:
+        """Live voice figures for /metrics (kept 10 s: a dead controller stops counting),
+        and the controller's heartbeat for its health check."""
         pipe = self.redis.pipeline()
+        pipe.set(f"{VOICE_ALIVE_KEY}:{owner}", "ari-up" if ari_up else "ari-down",
+                 ex=VOICE_ALIVE_TTL_S)
         key = f"{VOICE_ACTIVE_KEY}:{owner}"
         pipe.delete(key)
         if active:

@@ -1,15 +1,23 @@
 """Audio for voice sessions: `fileUrl` fetched once (guarded, size/time limits, content
 type checked) or `message` synthesised (espeak-ng by default, pluggable), converted to
 8 kHz mono 16-bit WAV with sox, cached by content hash in the media folder that Asterisk
-sees as /var/lib/asterisk/sounds/hub."""
+sees as /var/lib/asterisk/sounds/hub.
+
+The media folder is often a volume shared with Asterisk (its own filesystem): every
+temporary file lives inside it, so the final rename is atomic and never crosses a mount,
+and a folder that cannot be written (read-only, full, not ours) fails the session with
+that reason instead of looking like a passing fault."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import os
 import tempfile
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -70,7 +78,8 @@ class AudioStore:
 
     async def prepare(self, file_url: str | None, message: str | None,
                       language: str | None = None) -> Media:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._folder_errors():
+            self.folder.mkdir(parents=True, exist_ok=True)
         if file_url:
             return await self._from_url(file_url)
         if message:
@@ -94,21 +103,24 @@ class AudioStore:
         name = "t-" + hashlib.sha256(f"{language}|{text}".encode()).hexdigest()[:32]
         target = self.folder / f"{name}.wav"
         if not target.exists():
-            with tempfile.TemporaryDirectory() as tmp:
-                raw = Path(tmp) / "tts.wav"
+            with self._workdir() as tmp:
+                raw = tmp / "tts.wav"
                 await self.tts.synthesise(text, raw, language)
-                return await self._convert(name, raw.read_bytes(), suffix=".wav")
+                with self._folder_errors():
+                    body = raw.read_bytes()
+            return await self._convert(name, body, suffix=".wav")
         return Media(name, _duration(target))
 
     async def _convert(self, name: str, body: bytes, suffix: str) -> Media:
         target = self.folder / f"{name}.wav"
         if target.exists():
             return Media(name, _duration(target))
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / f"in{suffix}"
-            out = Path(tmp) / "out.wav"
-            try:
+        with self._workdir() as tmp:
+            src = tmp / f"in{suffix}"
+            out = tmp / "out.wav"
+            with self._folder_errors():
                 src.write_bytes(body)
+            try:
                 await _run("sox", str(src), "-r", "8000", "-c", "1", "-b", "16", "-e",
                            "signed-integer", str(out))
                 duration = _duration(out)
@@ -116,9 +128,30 @@ class AudioStore:
                 raise AudioError(f"the audio could not be converted: {exc}") from exc
             if duration < 0.2:
                 raise AudioError("the audio is shorter than 0.2 s")
-            os.chmod(out, 0o644)
-            os.replace(out, target)  # atomic: Asterisk never sees half a file
+            with self._folder_errors():
+                os.chmod(out, 0o644)  # Asterisk runs as another user
+                os.replace(out, target)  # atomic, same folder: Asterisk never sees half a file
         return Media(name, duration)
+
+    @contextlib.contextmanager
+    def _workdir(self) -> Iterator[Path]:
+        """A private folder inside the media folder (same filesystem as the result),
+        removed afterwards; hidden, so that no sound name can point into it."""
+        with self._folder_errors():
+            tmp = tempfile.TemporaryDirectory(dir=self.folder, prefix=".tmp-",
+                                              ignore_cleanup_errors=True)
+        with tmp as path:
+            yield Path(path)
+
+    @contextlib.contextmanager
+    def _folder_errors(self) -> Iterator[None]:
+        """A filesystem error in the media folder is the session's audio error, with the
+        reason (read-only, full, permission): retrying would not help."""
+        try:
+            yield
+        except OSError as exc:
+            raise AudioError(f"the media folder {self.folder} cannot be used: "
+                             f"{_reason(exc)}") from exc
 
 
 def _duration(path: Path) -> float:
@@ -126,6 +159,14 @@ def _duration(path: Path) -> float:
         frames: int = w.getnframes()
         rate: int = w.getframerate()
     return frames / float(rate)
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno is None:
+        return str(exc)
+    name = errno.errorcode.get(exc.errno, str(exc.errno))
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{os.strerror(exc.errno)} [{name}]{where}"
 
 
 def _suffix(url: str, content_type: str) -> str:

@@ -57,6 +57,12 @@ ASTERISK_GONE_S = 5.0
 SESSION_CACHE_MAX = 256
 
 
+def owner_of(settings: Settings) -> str:
+    """The controller's name in claims: HUB_VOICE_ID, stable across restarts and container
+    recreation so that a new process adopts the calls its predecessor started."""
+    return settings.voice_id or f"voice-{socket.gethostname()}"
+
+
 @dataclass
 class Trunk:
     id: uuid.UUID
@@ -76,7 +82,7 @@ class Controller:
         self.ari = ari
         self.kicker = kicker
         self.audio = audio
-        self.owner = settings.voice_id or f"voice-{socket.gethostname()}"
+        self.owner = owner_of(settings)
         self.trunks: dict[uuid.UUID, Trunk] = {}
         self.calls: dict[str, Call] = {}
         self.sessions: dict[uuid.UUID, SessionInfo] = {}
@@ -478,7 +484,8 @@ class Controller:
             active = {t.name: len(t.calls) for t in self.trunks.values()}
             setup, self.setup_times = self.setup_times, []
             try:
-                await asyncio.to_thread(self.kicker.publish_voice, self.owner, active, setup)
+                await asyncio.to_thread(self.kicker.publish_voice, self.owner, active, setup,
+                                        self.ari.connected.is_set())
             except Exception as exc:  # metrics must never stop calls
                 log.debug("voice: metrics not published: %s", exc)
 
