@@ -78,8 +78,23 @@ def cmd_calls(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print(rows)
     else:
-        asterisk.print_table(rows, ["id", "state", "number", "name", "createdAt"])
+        asterisk.print_table(rows, ["id", "state", "number", "sessionId", "durationS", "name"])
         print(f"{len(rows)} active channel(s)")
+    return 0
+
+
+def cmd_asterisk(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.cli import asterisk
+
+    print(asterisk.run_command(settings, " ".join(args.cli)))
+    return 0
+
+
+def cmd_calls_hangup(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.cli import asterisk
+
+    asterisk.hangup(settings, args.id, args.retry)
+    print(f"call {args.id} hung up" + (" (retry policy applies)" if args.retry else ""))
     return 0
 
 
@@ -90,8 +105,8 @@ def cmd_trunks(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print(rows)
     else:
-        asterisk.print_table(rows, ["endpoint", "state", "activeCalls", "heldChannels",
-                                    "lastProblem"])
+        asterisk.print_table(rows, ["endpoint", "state", "contact", "qualify", "rttMs",
+                                    "activeCalls", "heldChannels", "cap", "cps", "lastProblem"])
     return 0
 
 
@@ -284,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true")
         sp.set_defaults(func=func)
+        if name == "calls":
+            hang = sp.add_subparsers(dest="sub").add_parser("hangup", help="end a live call")
+            hang.add_argument("id", metavar="ID", help="the channel id (hub calls)")
+            hang.add_argument("--retry", action="store_true", help="leave it to the retry policy")
+            hang.set_defaults(func=cmd_calls_hangup)
+    ast = sub.add_parser("asterisk", help='run an Asterisk CLI command over AMI, e.g. "core show'
+                         ' channels"')
+    ast.add_argument("cli", nargs="+", metavar="COMMAND")
+    ast.set_defaults(func=cmd_asterisk)
     sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
         func=cmd_migrate)
     apps = sub.add_parser("apps").add_subparsers(dest="sub", required=True)
