@@ -22,14 +22,15 @@ from hub.store import voice as store
 from hub.store.db import create_pool
 from hub.voice.ami import Ami, AmiError
 from hub.voice.calls import HANGUP_VAR, attempt_of
-
-T = TypeVar("T")
 from hub.voice.carrier import Carrier, combined
 from hub.voice.trunks import VoiceConfig
 
+T = TypeVar("T")
+
 
 def ari_get(settings: Settings, path: str, method: str = "GET") -> Any:
-    req = urllib.request.Request(settings.ari_url.rstrip("/") + "/ari" + path, method=method)
+    req = urllib.request.Request(settings.ari_url.rstrip("/") + "/ari" + path, method=method,
+                                 data=None if method == "GET" else b"")
     token = base64.b64encode(f"{settings.ari_user}:{settings.ari_password}".encode()).decode()
     req.add_header("Authorization", f"Basic {token}")
     try:
@@ -40,7 +41,7 @@ def ari_get(settings: Settings, path: str, method: str = "GET") -> Any:
         if exc.code == 401:
             raise OSError(f"ARI at {settings.ari_url} refused user {settings.ari_user}") from None
         if exc.code == 404 and path.startswith("/channels/"):
-            raise OSError(f"no live call {path.split('/')[2]}") from None
+            raise OSError(f"no live call {path.split('/')[2].split('?')[0]}") from None
         raise OSError(f"ARI answered {exc.code} for {path}") from None
     except urllib.error.URLError as exc:
         raise OSError(f"ARI at {settings.ari_url} is unreachable: {exc.reason}") from None
@@ -67,9 +68,10 @@ def hangup(settings: Settings, channel: str, retry: bool) -> None:
     """End a live call; the controller records it as the operator's (no retry unless
     `retry`)."""
     quoted = urllib.parse.quote(channel, safe="")
+    name = ari_get(settings, f"/channels/{quoted}")["name"]
     value = "operator-retry" if retry else "operator"
-    ari_get(settings, f"/channels/{quoted}/variable?variable={HANGUP_VAR}&value={value}",
-            "POST")
+    # Through AMI: ARI's POST /channels/ID/variable waits until a playback in progress ends.
+    asyncio.run(_with_ami(settings, lambda ami: ami.setvar(name, HANGUP_VAR, value)))
     ari_get(settings, f"/channels/{quoted}?reason=normal", "DELETE")
 
 

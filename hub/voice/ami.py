@@ -31,9 +31,7 @@ def command_output(reply: Any) -> str:
     messages = reply if isinstance(reply, list) else [reply]
     lines: list[str] = []
     for msg in messages:
-        out = _get(msg, "Output")
-        if out is None:
-            out = _get(msg, "content")
+        out = _get(msg, "Output") or _get(msg, "content")
         if isinstance(out, list):
             lines.extend(str(x) for x in out)
         elif out:
@@ -67,8 +65,7 @@ def _get(msg: Any, key: str) -> Any:
         for k, v in msg.items():
             if str(k).lower() == key.lower():
                 return v
-        return None
-    return getattr(msg, key, None)
+    return getattr(msg, key, None)  # e.g. panoramisk's Message.content
 
 
 def _items(msg: Any) -> Iterable[tuple[str, str]]:
@@ -139,6 +136,14 @@ class Ami:
         if failed:
             raise AmiError(f"Asterisk: {failed}")
         return command_output(reply)
+
+    async def setvar(self, channel: str, variable: str, value: str) -> None:
+        """Set a variable on a live channel (by name, e.g. PJSIP/trunk-00000001). Unlike
+        ARI's, it is not queued behind the channel's Stasis work (a playback)."""
+        reply = await self._send({"Action": "Setvar", "Channel": channel,
+                                  "Variable": variable, "Value": value})
+        if str(_get(reply, "Response") or "").lower() != "success":
+            raise AmiError(f"Asterisk: {_get(reply, 'Message') or 'Setvar failed'}")
 
     async def endpoints(self) -> list[dict[str, str]]:
         return events_of(await self._send({"Action": "PJSIPShowEndpoints"}),
