@@ -26,6 +26,7 @@ from hub.cli.output import (
     one_line,
     positive_seconds,
     print_json,
+    print_table,
 )
 from hub.config import Settings, load_settings
 
@@ -73,8 +74,23 @@ def cmd_calls(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        asterisk.print_table(rows, ["id", "state", "number", "name", "createdAt"])
+        print_table(rows, ["id", "state", "number", "sessionId", "durationS", "name"])
         print(f"{len(rows)} active channel(s)")
+    return 0
+
+
+def cmd_asterisk(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.cli import asterisk
+
+    print(asterisk.run_command(settings, " ".join(args.cli)))
+    return 0
+
+
+def cmd_calls_hangup(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.cli import asterisk
+
+    asterisk.hangup(settings, args.id, args.retry)
+    print(f"call {args.id} hung up" + (" (retry policy applies)" if args.retry else ""))
     return 0
 
 
@@ -85,8 +101,8 @@ def cmd_trunks(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        asterisk.print_table(rows, ["endpoint", "state", "activeCalls", "heldChannels",
-                                    "lastProblem"])
+        print_table(rows, ["endpoint", "state", "contact", "qualify", "rttMs",
+                                    "activeCalls", "heldChannels", "cap", "cps", "lastProblem"])
     return 0
 
 
@@ -156,6 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
                     """)
     add_json(calls, "the channels")
     calls.set_defaults(func=cmd_calls)
+    hang = command(calls.add_subparsers(dest="sub"), "hangup", help="end a live call",
+                   description="End a live call. Its attempt records detail.hangupBy=operator;"
+                   " the recipient gets no further attempt (cancelled, or delivered if the audio"
+                   " had played to its end) unless --retry leaves it to the retry policy.",
+                   examples="""
+                   hub calls hangup 1732650000.42
+                   hub calls hangup hub-5f0c... --retry
+                   """)
+    hang.add_argument("id", metavar="ID", help="the channel id (from `hub calls`)")
+    hang.add_argument("--retry", action="store_true", help="leave it to the retry policy")
+    hang.set_defaults(func=cmd_calls_hangup)
+    ast = command(sub, "asterisk", help="run an Asterisk CLI command over AMI",
+                  examples="""
+                  hub asterisk "core show channels"
+                  hub asterisk pjsip show endpoints
+                  """)
+    ast.add_argument("cli", nargs="+", metavar="COMMAND")
+    ast.set_defaults(func=cmd_asterisk)
     trunks = command(sub, "trunks", help="PJSIP endpoints and their active calls", examples="""
                      hub trunks
                      hub trunks --json

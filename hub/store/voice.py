@@ -150,3 +150,21 @@ async def endpoint_configs(conn: asyncpg.Connection, endpoint: str) -> list[dict
     return [r["config"] for r in await conn.fetch(
         "SELECT config FROM transports WHERE type = 'voice' AND config->>'trunk' = $1",
         endpoint)]
+
+
+async def attempts_started(conn: asyncpg.Connection, endpoint: str, seconds: float) -> int:
+    """Attempts started in the last `seconds` on trunk `endpoint`, by every host."""
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+        " JOIN sessions s ON s.id = d.session_id JOIN transports t ON t.id = s.transport_id"
+        " WHERE t.type = 'voice' AND t.config->>'trunk' = $1"
+        " AND a.started_at > now() - make_interval(secs => $2)", endpoint, seconds))
+
+
+async def sessions_of_attempts(conn: asyncpg.Connection,
+                               attempt_ids: list[str]) -> dict[str, str]:
+    """attempt id -> session id."""
+    rows = await conn.fetch(
+        "SELECT a.id::text AS attempt, d.session_id::text AS session FROM attempts a"
+        " JOIN deliveries d ON d.id = a.delivery_id WHERE a.id = ANY($1::uuid[])", attempt_ids)
+    return {r["attempt"]: r["session"] for r in rows}

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from hub.constants import D_CANCELLED, D_DELIVERED
+from hub.retry import Decision
 from hub.store.claims import Claimed
 from hub.transports.base import Result
 from hub.voice.audio import Media
@@ -19,6 +21,10 @@ from hub.voice.trunks import Amd, VoiceConfig
 
 CHANNEL_PREFIX = "hub-"
 MAIN_PLAYBACK = "main"
+# `hub calls hangup` sets it on the channel ("operator", or "operator-retry" for --retry)
+# before ending the call; the controller learns it from the ChannelVarset event.
+HANGUP_VAR = "HUB_HANGUP_BY"
+OPERATOR_NOTE = "hung up by the operator"
 
 
 def channel_id(attempt_id: str) -> str:
@@ -67,6 +73,7 @@ class Call:
     after_playback: str = "hangup"    # hangup | menu | digit
     note: str | None = None           # why the hub ended or lost the call
     originating: bool = False         # the originate request has not been answered yet
+    hangup_by: str | None = None      # HANGUP_VAR's value: the operator ended the call
 
     @property
     def answered(self) -> bool:
@@ -95,11 +102,23 @@ class Call:
             info["amd"] = "MACHINE"
         if verdict.trunk_problem:
             info["trunkProblem"] = True
+        if self.hangup_by:
+            info["hangupBy"] = "operator"
         error = None if verdict.delivered else self.note or (
+            OPERATOR_NOTE if self.hangup_by else None) or (
             trunk_problem_note(sip_code) if verdict.trunk_problem and sip_code
             else _why(verdict.outcome, cause, sip_code))
         return Result(verdict.outcome, delivered=verdict.delivered, retryable=verdict.retryable,
                       provider_ref=self.channel, detail=info, error=error)
+
+
+def operator_decision(hangup_by: str | None, result: Result, decision: Decision) -> Decision:
+    """An operator's hang-up (`hub calls hangup`) gives the recipient no further attempt:
+    `delivered` if the audio had played to its end, else `cancelled`; with --retry
+    ("operator-retry") the retry policy decides as usual."""
+    if hangup_by != "operator":
+        return decision
+    return Decision(D_DELIVERED) if result.delivered else Decision(D_CANCELLED)
 
 
 def _why(outcome: str, cause: int | None, sip_code: int | None) -> str:

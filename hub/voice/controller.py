@@ -36,7 +36,7 @@ from hub.store.deliveries import Outcome
 from hub.transports.base import Recipient, Result
 from hub.voice.ari import Ari, AriError
 from hub.voice.audio import AudioError, AudioStore, Media
-from hub.voice.calls import Call, SessionInfo, attempt_of, channel_id, now_utc
+from hub.voice.calls import HANGUP_VAR, Call, SessionInfo, attempt_of, channel_id, now_utc, operator_decision
 from hub.voice.carrier import RENEW_EVERY_S, Carrier, Limits, LimitsReader, take_turns
 from hub.voice.flow import CallFlow
 from hub.voice.menu import parse_menu
@@ -542,6 +542,8 @@ class Controller:
             self.setup_times.append(call.up - call.started)
         elif kind == "ChannelDtmfReceived":
             await self.flow.dtmf(call, event.get("digit", ""))
+        elif kind == "ChannelVarset" and event.get("variable") == HANGUP_VAR:
+            call.hangup_by = event.get("value") or None
         elif kind == "ChannelDestroyed":
             call.ended = time.monotonic()
             await self._forget(call)
@@ -568,8 +570,9 @@ class Controller:
         claim's lease, via `held`) and try again with a growing delay."""
         item = call.claimed
         self.held.add(item.recipient.delivery_id)
-        decision = decide(result, tries=item.tries_before + 1, retries=call.session.retries,
-                          intervals_s=call.session.intervals_s)
+        decision = operator_decision(call.hangup_by, result, decide(
+            result, tries=item.tries_before + 1, retries=call.session.retries,
+            intervals_s=call.session.intervals_s))
         outcome = Outcome(item, result, decision, now_utc())
         delay = 0.2
         for _ in range(RECORD_TRIES):

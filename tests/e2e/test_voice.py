@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.conftest import ROOT, Procs, TestPhones
+from tests.conftest import ARI_URL, ASTERISK_ENV, ROOT, Procs, TestPhones
 from tests.helpers import Api, eventually, local_server
 
 pytestmark = pytest.mark.e2e
@@ -238,7 +238,7 @@ async def test_asterisk_restart_mid_campaign_loses_no_call(
     await eventually(calls_up, 20, "three calls up")
     await asyncio.sleep(1.5)
     subprocess.run(["bash", str(ROOT / "scripts" / "asterisk.sh"), "restart"], check=True,
-                   capture_output=True, timeout=120)
+                   capture_output=True, timeout=120, env=ASTERISK_ENV)
     done = await api.wait_status(sid, timeout_s=90)
     assert done["counts"] == {"delivered": 3}
     for address in audience:
@@ -279,7 +279,7 @@ async def test_operator_views_and_metrics(
         return (await api.session(created["sessionId"]))["counts"].get("in_progress") == 1
     await eventually(up, 20, "the call to be up")
     await asyncio.sleep(1.5)
-    env = {"HUB_ARI_URL": "http://127.0.0.1:8088"}
+    env = {"HUB_ARI_URL": ARI_URL}
     trunks = _hub_json("trunks", **env)
     assert [t["activeCalls"] for t in trunks if t["endpoint"] == "trunk"] == [1]
     calls = _hub_json("calls", **env)
