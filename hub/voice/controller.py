@@ -680,7 +680,7 @@ async def serve(settings: Settings) -> None:
     aredis = AsyncRedis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
     controller = Controller(settings, pool, ari, Kicker(redis), AudioStore(settings),
                             Carrier(aredis))
-    agi = await start_agi(settings, pool, AudioStore(settings))  # inbound callbacks (§8.5)
+    agi = await start_agi(settings, pool, controller.audio)  # inbound callbacks (§8.5)
     try:
         await controller.run()
     finally:
