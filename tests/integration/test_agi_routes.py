@@ -7,18 +7,23 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 
 from hub.config import Settings
+from hub.results import Result
+from hub.retry import Decision
 from hub.store import callbacks as store
-from hub.store import suppressions
+from hub.store import claims, deliveries, suppressions
 from hub.store.apps import create_app
+from hub.store.deliveries import Outcome
 from hub.voice.agi import AgiServer
 from hub.voice.audio import AudioStore
 from hub.voice.callbacks import Callbacks
+from tests.helpers import Api
 
 NUMBER = "+9779812345600"
 
@@ -115,3 +120,26 @@ async def test_a_call_that_reached_the_callee_is_preferred_and_the_record_append
                                                                          True)
     assert [(c["listenedS"], c["digits"]) for c in row["detail"]["callbacks"]] == [
         (2.5, ""), (1.0, "9")]
+
+
+async def test_a_later_attempt_keeps_the_callbacks_of_its_delivery(
+    api: Api, email_transport: dict[str, Any], db: asyncpg.Pool,
+) -> None:
+    created = await api.submit({"transport": {"type": "email", "subject": "S", "message": "M"},
+                                "audience": ["a@example.com"], "options": {"trigger": "manual"}})
+    sid = uuid.UUID(created["sessionId"])
+    assert (await api.post(f"/v1/sessions/{sid}/trigger"))[0] == 202
+    async with db.acquire() as conn:
+        [claimed] = await claims.claim(conn, sid, 10, 30, "job:x")
+        found = store.Latest(claimed.recipient.delivery_id, sid, api.app.app_id,
+                             "a@example.com", "in_progress", None, 0.0, False)
+        callback_id = await store.start(conn, caller=NUMBER, trunk="trunk", channel=None,
+                                        found=found)
+        await store.finish(conn, callback_id, listened_s=1.5, digits="", suppressed=False)
+        done = Outcome(claimed, Result("delivered", delivered=True, detail={"k": 1}),
+                       Decision("delivered"), datetime.now(UTC))
+        await deliveries.record(conn, sid, [done], owner="job:x", report_base="")
+    row: Any = await db.fetchrow("SELECT status, detail FROM deliveries WHERE session_id = $1",
+                                 sid)
+    assert row["status"] == "delivered" and row["detail"]["k"] == 1
+    assert [c["listenedS"] for c in row["detail"]["callbacks"]] == [1.5]
