@@ -186,3 +186,13 @@ async def test_early_disconnects_and_stalled_clients_never_stop_the_next_callbac
     assert rows[1]["listened_s"] == pytest.approx(fallback_s, abs=0.3)
     assert callback.packets() >= 0.9 * (fallback_s + 1.0) * PACKETS_PER_S
     assert "sent no complete headers" in procs.logs()
+
+
+async def test_without_the_hub_the_caller_hears_a_goodbye(
+    db: asyncpg.Pool, callback: CallBack,
+) -> None:
+    # No `hub voice` runs: the dialplan's AGI cannot connect and falls through to
+    # Playback(vm-goodbye), about 0.9 s, instead of leaving the caller in silence.
+    assert await callback.caller.call("+9779800000096") == 0
+    assert 25 <= callback.packets() <= 75, callback.packets()
+    assert await callback_rows(db) == []
