@@ -89,11 +89,19 @@ class Callbacks:
         caller, forms = caller_numbers(raw)
         trunk = endpoint_of(channel)
         found = None
-        async with self.pool.acquire() as conn:
-            if forms and trunk:
-                found = await store.latest(conn, forms, trunk, reached_first=True)
-            callback_id = await store.start(conn, caller=caller or raw or "unknown",
-                                            trunk=trunk, channel=channel or None, found=found)
+        try:
+            async with self.pool.acquire() as conn:
+                if forms and trunk:
+                    found = await store.latest(conn, forms, trunk, reached_first=True)
+                callback_id = await store.start(conn, caller=caller or raw or "unknown",
+                                                trunk=trunk, channel=channel or None,
+                                                found=found)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            log.exception("agi: callback from %s: database unavailable; fallback played",
+                          caller or raw)
+            await agi.answer()
+            await agi.stream_file(self.fallback)  # never silence; nothing to record it in
+            return
         log.info("agi: callback from %s on %s: %s", caller or raw, trunk,
                  f"delivery {found.delivery_id}" if found else "unknown caller")
         heard = Heard()

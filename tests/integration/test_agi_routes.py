@@ -19,10 +19,12 @@ from hub.retry import Decision
 from hub.store import callbacks as store
 from hub.store import claims, deliveries, suppressions
 from hub.store.apps import create_app
+from hub.store.db import create_pool
 from hub.store.deliveries import Outcome
 from hub.voice.agi import AgiServer
 from hub.voice.audio import AudioStore
 from hub.voice.callbacks import Callbacks
+from tests.conftest import DB_URL
 from tests.helpers import Api
 
 NUMBER = "+9779812345600"
@@ -143,3 +145,24 @@ async def test_a_later_attempt_keeps_the_callbacks_of_its_delivery(
                                  sid)
     assert row["status"] == "delivered" and row["detail"]["k"] == 1
     assert [c["listenedS"] for c in row["detail"]["callbacks"]] == [1.5]
+
+
+async def test_a_callback_while_the_database_is_away_still_hears_the_fallback(
+    settings: Settings,
+) -> None:
+    pool = await create_pool(DB_URL, max_size=1)
+    await pool.close()  # every query now fails as with a lost database
+    fallback = settings.model_copy(update={"callback_fallback": "vm-goodbye"})
+    server = AgiServer(Callbacks(fallback, pool, AudioStore(fallback)).routes(), max_calls=2)
+    await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"agi_network_script: callback\nagi_channel: PJSIP/trunk-00000001\n"
+                 b"agi_callerid: +9779812345600\n\n")
+    commands = []
+    async with asyncio.timeout(5):
+        while line := (await reader.readline()).decode().strip():
+            commands.append(line)
+            writer.write(b"200 result=0 endpos=7000\n")
+    writer.close()
+    await server.close()
+    assert commands == ["ANSWER", 'STREAM FILE vm-goodbye ""']
