@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.conftest import ROOT, Procs, TestPhones
+from tests.conftest import ASTERISK_ENV, ROOT, Procs, TestPhones
 from tests.helpers import Api, eventually, local_server
 
 pytestmark = pytest.mark.e2e
@@ -238,7 +238,7 @@ async def test_asterisk_restart_mid_campaign_loses_no_call(
     await eventually(calls_up, 20, "three calls up")
     await asyncio.sleep(1.5)
     subprocess.run(["bash", str(ROOT / "scripts" / "asterisk.sh"), "restart"], check=True,
-                   capture_output=True, timeout=120)
+                   capture_output=True, timeout=120, env=ASTERISK_ENV)
     done = await api.wait_status(sid, timeout_s=90)
     assert done["counts"] == {"delivered": 3}
     for address in audience:

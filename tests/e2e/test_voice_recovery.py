@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from hub.dev import siplog
-from tests.conftest import ROOT, Procs, TestPhones
+from tests.conftest import ASTERISK_ENV, ROOT, Procs, TestPhones
 from tests.e2e.test_postgres_restart import pg
 from tests.e2e.test_voice import attempts, media, num, tone, voice  # noqa: F401 (fixtures)
 from tests.helpers import Api, eventually, local_server
@@ -103,10 +103,10 @@ async def test_asterisk_stopped_while_originating_spends_no_try_on_calls_never_p
     await eventually(lambda: _now(len(siplog.calls(phones.phones.logs)) >= 2), 30,
                      "two calls placed")
     subprocess.run(["bash", str(ROOT / "scripts" / "asterisk.sh"), "down"], check=True,
-                   capture_output=True, timeout=120)
+                   capture_output=True, timeout=120, env=ASTERISK_ENV)
     await asyncio.sleep(3)
     subprocess.run(["bash", str(ROOT / "scripts" / "asterisk.sh"), "up"], check=True,
-                   capture_output=True, timeout=300)
+                   capture_output=True, timeout=300, env=ASTERISK_ENV)
     done = await api.wait_status(sid, timeout_s=120)
     assert done["counts"] == {"delivered": 6}, done["counts"]
     dialled = collections.Counter(c.number for c in siplog.calls(phones.phones.logs))
