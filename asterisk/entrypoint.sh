@@ -10,6 +10,7 @@ export HUB_ASTERISK_AMI_BIND="${HUB_ASTERISK_AMI_BIND:-0.0.0.0}"
 export HUB_SIP_BIND="${HUB_SIP_BIND:-0.0.0.0:5060}"
 export HUB_ASTERISK_HTTP_PORT="${HUB_ASTERISK_HTTP_PORT:-8088}" HUB_AMI_PORT="${HUB_AMI_PORT:-5038}"
 export HUB_RTP_START="${HUB_RTP_START:-10000}" HUB_RTP_END="${HUB_RTP_END:-20000}"
+export HUB_AGI_ADDR="${HUB_AGI_ADDR:-127.0.0.1:4573}"  # `hub voice`'s FastAGI server
 export HUB_TRUNK_MATCH="${HUB_TRUNK_MATCH:-${HUB_TRUNK_CONTACT%%:*}}"
 # Where the voice controller serves FastAGI (inside `hub voice`), for dialplan callbacks.
 export HUB_AGI_ADDR="${HUB_AGI_ADDR:-127.0.0.1:4573}"

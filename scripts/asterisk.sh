@@ -8,7 +8,8 @@
 # trunk endpoint `trunk` whose contact is sip:127.0.0.1:5070 (the demo's and tests' SIPp).
 # HUB_ASTERISK_INSTANCE=2 runs a second Asterisk beside it, for tests of several hosts:
 # its own root state (a hard-linked copy of the root folder), ARI 8089, AMI 5039, SIP
-# 5062, RTP 20002-30000, the same trunk and phones.
+# 5062, RTP 20002-30000, FastAGI at 127.0.0.1:4574 (instance N: 4572+N), the same trunk
+# and phones. HUB_AGI_ADDR (host:port of `hub voice`'s FastAGI server) overrides it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=$(pwd)
@@ -33,6 +34,7 @@ export HUB_ASTERISK_AMI_BIND=${HUB_ASTERISK_AMI_BIND:-127.0.0.1}
 export HUB_SIP_BIND=${HUB_SIP_BIND:-$DEFAULT_SIP}
 export HUB_TRUNK_CONTACT=${HUB_TRUNK_CONTACT:-127.0.0.1:5070}
 export HUB_TRUNK_MATCH=${HUB_TRUNK_MATCH:-127.0.0.1}
+export HUB_AGI_ADDR=${HUB_AGI_ADDR:-127.0.0.1:$((4572 + INSTANCE))}  # the hub's FastAGI server
 
 log() { echo "asterisk: $*" >&2; }
 

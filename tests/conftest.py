@@ -39,6 +39,7 @@ ARI_URL = f"http://127.0.0.1:{8087 + ASTERISK_INSTANCE}"
 AMI_PORT = 5037 + ASTERISK_INSTANCE
 SIP_PORT = 5060 if ASTERISK_INSTANCE == 1 else 5058 + 2 * ASTERISK_INSTANCE
 PHONES_PORT = 5070 + 2 * (ASTERISK_INSTANCE - 1)
+AGI_PORT = 4572 + ASTERISK_INSTANCE  # the instance's dialplan calls agi://127.0.0.1:<this>
 ASTERISK_ENV = {**os.environ, "HUB_ASTERISK_INSTANCE": str(ASTERISK_INSTANCE),
                 "HUB_TRUNK_CONTACT": f"127.0.0.1:{PHONES_PORT}"}
 TABLES = ("webhook_attempts", "webhook_events", "attempts", "deliveries", "sessions",
@@ -57,6 +58,7 @@ def base_env(**extra: str) -> dict[str, str]:
         "HUB_WEBHOOK_RETRY_SCHEDULE": "0,1,2,3",
         "HUB_ARI_URL": ARI_URL,
         "HUB_AMI_PORT": str(AMI_PORT),
+        "HUB_AGI_PORT": "0",  # FastAGI only where a test asks for it (one listener per port)
         "HUB_LOG_LEVEL": os.environ.get("HUB_TEST_LOG_LEVEL", "INFO"),
         "PYTHONUNBUFFERED": "1",
     })

@@ -64,7 +64,10 @@ async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequ
         # RECEIPT_OWNER, with the receipt deadline as its lease.
         rows = await conn.fetch(
             "UPDATE deliveries d SET status = u.status, tries = d.tries + u.spend,"
-            " outcome = u.outcome, detail = u.detail, provider_ref = u.ref, error = u.error,"
+            " outcome = u.outcome, provider_ref = u.ref, error = u.error,"
+            " detail = CASE WHEN jsonb_typeof(d.detail->'callbacks') = 'array'"  # kept (§8.5)
+            " THEN coalesce(u.detail, '{}'::jsonb) || jsonb_build_object('callbacks',"
+            " d.detail->'callbacks') ELSE u.detail END,"
             " next_attempt_at = CASE WHEN u.status = 'in_progress' THEN NULL ELSE u.next END,"
             " lease_until = CASE WHEN u.status = 'in_progress' THEN u.next END,"
             " claimed_by = CASE WHEN u.status = 'in_progress' THEN $11 END,"

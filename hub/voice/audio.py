@@ -41,8 +41,13 @@ class Media:
     duration_s: float
 
     @property
+    def path(self) -> str:
+        """The file as Asterisk names it (no extension), for Playback or AGI STREAM FILE."""
+        return f"{ASTERISK_MEDIA_DIR}/{self.name}"
+
+    @property
     def uri(self) -> str:
-        return f"sound:{ASTERISK_MEDIA_DIR}/{self.name}"
+        return f"sound:{self.path}"
 
 
 class Tts(Protocol):

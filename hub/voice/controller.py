@@ -36,7 +36,16 @@ from hub.store.deliveries import Outcome
 from hub.transports.base import Recipient, Result
 from hub.voice.ari import Ari, AriError
 from hub.voice.audio import AudioError, AudioStore, Media
-from hub.voice.calls import HANGUP_VAR, Call, SessionInfo, attempt_of, channel_id, now_utc, operator_decision
+from hub.voice.callbacks import start_agi
+from hub.voice.calls import (
+    HANGUP_VAR,
+    Call,
+    SessionInfo,
+    attempt_of,
+    channel_id,
+    now_utc,
+    operator_decision,
+)
 from hub.voice.carrier import RENEW_EVERY_S, Carrier, Limits, LimitsReader, take_turns
 from hub.voice.flow import CallFlow
 from hub.voice.menu import parse_menu
@@ -689,9 +698,12 @@ async def serve(settings: Settings) -> None:
     aredis = AsyncRedis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
     controller = Controller(settings, pool, ari, Kicker(redis), AudioStore(settings),
                             Carrier(aredis))
+    agi = await start_agi(settings, pool, controller.audio)  # inbound callbacks (§8.5)
     try:
         await controller.run()
     finally:
+        if agi is not None:
+            await agi.close()
         await pool.close()
         redis.close()
         await aredis.aclose()

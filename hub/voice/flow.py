@@ -28,11 +28,6 @@ class CallFlow:
 
     async def stasis_start(self, call: Call | None, channel: dict[str, Any],
                             args: list[str]) -> None:
-        if args[:1] == ["inbound"]:
-            log.info("inbound call to %s from %s", args[1] if len(args) > 1 else "?",
-                     (channel.get("caller") or {}).get("number"))
-            await self.quietly(self.ari.request("POST", f"/channels/{channel['id']}/continue"))
-            return
         if call is None:
             return  # not ours (or already recorded): leave it to its owner
         if call.up is None:
