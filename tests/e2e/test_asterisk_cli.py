@@ -16,7 +16,7 @@ import pytest
 
 from hub.dev import siplog
 from hub.voice.ami import Ami
-from tests.conftest import AMI_PORT, ARI_URL, ASTERISK_ENV, ROOT, Procs, TestPhones, base_env
+from tests.conftest import AMI_PORT, ARI_URL, ASTERISK_ENV, PHONES_PORT, ROOT, Procs, TestPhones, base_env
 from tests.e2e import test_voice
 from tests.e2e.test_voice import attempts, num, voice
 from tests.helpers import Api, eventually
@@ -60,7 +60,7 @@ async def test_operator_sees_and_hangs_up_a_live_call(
 
     [trunk] = [t for t in await asyncio.to_thread(hub_json, "trunks")
                if t["endpoint"] == "trunk"]
-    assert trunk["contact"] == "sip:127.0.0.1:5072" and trunk["qualify"], trunk
+    assert trunk["contact"] == f"sip:127.0.0.1:{PHONES_PORT}" and trunk["qualify"], trunk
     assert trunk["activeCalls"] == 1 and trunk["heldChannels"] == 1, trunk
     assert trunk["cap"] == 20 and trunk["callsLastMinute"] == 1, trunk
     assert trunk["cps"] == pytest.approx(1 / 60, abs=0.01), trunk
