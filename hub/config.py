@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     trusted_hosts: str = ""  # comma-separated names/IPs exempt from the private-address guard
     metrics_token: str = ""
     metrics_cache_s: float = Field(default=2.0, ge=0)
+    metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    voice_metrics_port: int = Field(default=9201, ge=0, le=65535)
     max_keys_per_app: PositiveInt = 20
     open_trunks: str = ""
 

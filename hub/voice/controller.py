@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from hub import constants as c
 from hub.config import Settings
 from hub.jobs.queueing import Kicker
+from hub.observe import metrics
 from hub.retry import decide
 from hub.store import claims, deliveries, grants, sessions, suppressions
 from hub.store import voice as store
@@ -477,6 +478,7 @@ class Controller:
             await self._sleep(1.0)
             active = {t.name: len(t.calls) for t in self.trunks.values()}
             setup, self.setup_times = self.setup_times, []
+            metrics.calls_active(active)
             try:
                 await asyncio.to_thread(self.kicker.publish_voice, self.owner, active, setup)
             except Exception as exc:  # metrics must never stop calls
@@ -533,6 +535,7 @@ class Controller:
         elif kind == "ChannelStateChange" and channel.get("state") == "Up" and call.up is None:
             call.up = time.monotonic()
             self.setup_times.append(call.up - call.started)
+            metrics.CALL_SETUP_SECONDS.observe(call.up - call.started)
         elif kind == "ChannelDtmfReceived":
             await self.flow.dtmf(call, event.get("digit", ""))
         elif kind == "ChannelDestroyed":
@@ -673,6 +676,7 @@ def _channel_of(event: dict[str, Any]) -> str:
 
 async def serve(settings: Settings) -> None:
     """Run the controller until cancelled."""
+    metrics.serve(metrics.VOICE, settings.metrics_host, settings.voice_metrics_port, "voice")
     pool = await create_pool(settings.database_url, min_size=1, max_size=10)
     redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     ari = Ari(settings.ari_url, settings.ari_user, settings.ari_password, STASIS_APP)
