@@ -48,6 +48,8 @@ DELIVERY_RESULTS = Counter(
 ATTEMPT_SECONDS = Histogram("hub_attempt_duration_seconds",
                             "Provider call duration of one attempt, by transport.",
                             ["transport"], buckets=LATENCY_BUCKETS, registry=WORKER)
+VOICE.register(ATTEMPTS)  # `hub voice` records its calls' attempts itself
+VOICE.register(DELIVERY_RESULTS)
 WEBHOOKS = Counter("hub_webhook_deliveries", "Webhook POSTs by result (delivered, retry, failed).",
                    ["result"], registry=WORKER)
 

@@ -571,10 +571,11 @@ class Controller:
         for _ in range(RECORD_TRIES):
             try:
                 async with self.pool.acquire() as conn:
-                    await deliveries.record(conn, call.session.id, [outcome], owner=self.owner,
-                                            report_base=self.settings.base_url)
+                    done = await deliveries.record(conn, call.session.id, [outcome],
+                                                   owner=self.owner, report_base=self.settings.base_url)
                     await sessions.finish_if_done(conn, call.session.id,
                                                   report_base=self.settings.base_url)
+                metrics.recorded("voice", [result.outcome] if result.attempted else [], done.moved)
                 break
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("voice: recording %s failed, trying again: %s", call.channel, exc)
