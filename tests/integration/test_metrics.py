@@ -174,7 +174,7 @@ async def test_label_values_are_escaped(
             break
         await asyncio.sleep(0.5)
     assert 'hub_calls_active{trunk="odd\\"trunk\\\\x\\nnext"} 2' in text.splitlines()
-    assert all(not line or line.startswith(("#", "hub_")) for line in text.splitlines())
+    assert all(not line or line.startswith(("#", "hub_", "process_")) for line in text.splitlines())
 
 
 async def test_scrapes_never_scan_deliveries_attempts_or_the_outbox(
