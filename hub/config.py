@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     metrics_token: str = ""
     metrics_cache_s: float = Field(default=2.0, ge=0)
     lookup_cache_s: float = Field(default=2.0, ge=0)
+    metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    voice_metrics_port: int = Field(default=9201, ge=0, le=65535)
     max_keys_per_app: PositiveInt = 20
     open_trunks: str = ""
     dashboard_login_s: float = Field(default=12 * 3600, gt=0)  # a dashboard login's lifetime

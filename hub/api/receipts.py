@@ -9,6 +9,7 @@ import uuid
 
 import asyncpg
 
+from hub.observe import metrics
 from hub.store import receipts
 from hub.transports.base import Result
 
@@ -49,4 +50,5 @@ class ReceiptBatcher:
                 continue
             for tid, ref, _, future in batch:
                 if not future.done():
-                    future.set_result(done.get((tid, ref), "ignored"))
+                    future.set_result(result := done.get((tid, ref), "ignored"))
+                metrics.receipt(result)

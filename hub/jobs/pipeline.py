@@ -33,6 +33,7 @@ from hub import constants as c
 from hub.config import Settings
 from hub.jobs.health import Health
 from hub.jobs.recorder import AfterRecord, Recorder, RecordingFailed
+from hub.observe import metrics
 from hub.results import Result
 from hub.store import claims, suppressions
 from hub.store.claims import Claimed
@@ -200,7 +201,8 @@ class Pipeline:
             return Result(c.O_SUPPRESSED, error="address is on the do-not-contact list")
         self.sent += 1
         try:
-            return await self.sender.send(held.item.recipient)
+            with metrics.ATTEMPT_SECONDS.labels(self.session["transport_type"]).time():
+                return await self.sender.send(held.item.recipient)
         except Exception as exc:  # a bug or an unforeseen library error: this attempt failed
             log.exception("sending to delivery %s failed unexpectedly",
                           held.item.recipient.delivery_id)

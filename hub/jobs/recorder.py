@@ -19,6 +19,7 @@ import asyncpg
 
 from hub import constants as c
 from hub.jobs.health import Health
+from hub.observe import metrics
 from hub.results import Result
 from hub.retry import decide
 from hub.store import deliveries
@@ -98,5 +99,7 @@ class Recorder:
             return False
         self.failing_since = None
         self.health.recovered(WHAT)
+        metrics.recorded(self.session["transport_type"],
+                         [o.result.outcome for o in chunk if o.result.attempted], recorded.moved)
         self.on_recorded([o.claimed for o in chunk])
         return True

@@ -36,6 +36,7 @@ from hub import webhooks
 from hub.config import Settings, load_settings
 from hub.jobs.queueing import Kicker
 from hub.net import Guard, check_url, guarded_session
+from hub.observe import metrics
 from hub.store.db import create_pool
 
 log = logging.getLogger(__name__)
@@ -206,3 +207,4 @@ class _Pipeline:
                 " WHERE id = $1 AND attempts = $5 AND status = 'pending'",
                 event["id"], status, next_at, error, attempt,
             )
+        metrics.webhook("retry" if status == "pending" else status)

@@ -29,10 +29,11 @@ from rq import Queue, SimpleWorker
 from rq.scheduler import RQScheduler
 
 from hub.config import Settings
-from hub.constants import RECONCILER_LOCK_KEY, SCHEDULER_LOCK_PREFIX
+from hub.constants import QUEUES, RECONCILER_LOCK_KEY, SCHEDULER_LOCK_PREFIX
 from hub.jobs.queueing import WEBHOOKS_KICK_KEY, Kicker
 from hub.jobs.reconciler import reconcile
 from hub.jobs.webhook_sender import drain
+from hub.observe import metrics
 from hub.store.db import connect
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ def _webhooks(settings: Settings, stop: threading.Event) -> None:
 
 def run_worker(settings: Settings, queues: tuple[str, ...], *, burst: bool = False) -> None:
     redis = Redis.from_url(settings.redis_url)
+    metrics.WORKER.register(metrics.QueueDepth(QUEUES, lambda q: int(redis.llen(f"rq:queue:{q}"))))
+    metrics.serve(metrics.WORKER, settings.metrics_host, settings.worker_metrics_port, "worker")
     stop = threading.Event()
     threads: list[tuple[Callable[..., None], tuple[Any, ...], str]] = [
         (_maintenance, (settings, stop), "hub-reconciler"),

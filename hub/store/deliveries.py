@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +32,7 @@ class Recorded:
 
     final: list[int]
     session_closed: bool
+    moved: list[str] = field(default_factory=list)  # each moved delivery's new status
 
 
 async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequence[Outcome],
@@ -90,7 +91,7 @@ async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequ
         closed = False
         if final and status == c.S_CANCELLED:
             closed = await sessions.finish_if_done(conn, session_id, report_base=report_base)
-    return Recorded(final, closed)
+    return Recorded(final, closed, [r["status"] for r in rows])
 
 
 def _columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:

@@ -22,6 +22,10 @@ FROM (SELECT metric, transport, status, n FROM metric_counts
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
 
+# Bounded by the outbox backlog: the partial index webhook_events_due holds pending events only.
+_PENDING = "SELECT count(*) FROM webhook_events WHERE status = 'pending'"
+SCRAPE_QUERIES = (_FOLD, _READ, _PENDING)  # everything a scrape runs (tests EXPLAIN them)
+
 
 @dataclass(frozen=True)
 class Counts:
@@ -38,9 +42,7 @@ async def read(pool: Pool) -> Counts:
             if await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", FOLD_LOCK_ID):
                 await conn.execute(_FOLD)
         rows = await conn.fetch(_READ)
-        # Bounded by the outbox backlog: the partial index holds pending events only.
-        pending = await conn.fetchval(
-            "SELECT count(*) FROM webhook_events WHERE status = 'pending'")
+        pending = await conn.fetchval(_PENDING)
     deliveries: dict[tuple[str, str], int] = {}
     sessions: dict[str, int] = {}
     for r in rows:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from panoramisk import Manager
+
+from hub.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -168,3 +170,25 @@ class Ami:
         m.connection_lost = lambda exc: None  # no reconnect once closed
         m.connection_made = lambda f: f.exception() if not f.cancelled() else None
         m.close()
+
+
+async def watch(settings: Settings, report: Callable[[bool], None], every_s: float = 5.0) -> None:
+    """Keep one AMI login for as long as `hub voice` runs and `report(connected)` every
+    `every_s` seconds (the `hub_ami_connected` gauge); a refused or lost login is retried
+    (panoramisk reconnects a dropped connection by itself)."""
+    ami: Ami | None = None
+    try:
+        while True:
+            if ami is None:
+                ami = Ami(settings.ami_host, settings.ami_port, settings.ami_user,
+                          settings.ami_password)
+                try:
+                    await ami.connect()
+                except AmiError as exc:
+                    log.debug("AMI watch: %s", exc)
+                    ami = None
+            report(ami is not None and ami.connected)
+            await asyncio.sleep(every_s)
+    finally:
+        if ami is not None:
+            ami.close()

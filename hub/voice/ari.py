@@ -21,6 +21,8 @@ from typing import Any
 
 import aiohttp
 
+from hub.observe import metrics
+
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
@@ -130,6 +132,7 @@ class Ari:
                             log.exception("ARI connected, but getting ready failed")
                             raise OSError("not ready after connecting") from None
                     self.connected.set()
+                    metrics.ari_connected(True)
                     async for msg in ws:
                         if msg.type == aiohttp.WSMsgType.TEXT and self.on_event:
                             await self._dispatch(msg.data)
@@ -141,6 +144,7 @@ class Ari:
                     log.warning("ARI unreachable: %s", exc)
             finally:
                 self.connected.clear()
+                metrics.ari_connected(False)
             await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
             failures += 1
 

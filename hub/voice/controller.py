@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from hub import constants as c
 from hub.config import Settings
 from hub.jobs.queueing import Kicker
+from hub.observe import metrics
 from hub.retry import decide
 from hub.store import claims, deliveries, grants, sessions, suppressions
 from hub.store import voice as store
@@ -34,6 +35,7 @@ from hub.store.claims import Claimed
 from hub.store.db import create_pool
 from hub.store.deliveries import Outcome
 from hub.transports.base import Recipient, Result
+from hub.voice import ami
 from hub.voice.ari import Ari, AriError
 from hub.voice.audio import AudioError, AudioStore, Media
 from hub.voice.callbacks import start_agi
@@ -492,6 +494,7 @@ class Controller:
             await self._sleep(1.0)
             active = {t.name: len(t.calls) for t in self.trunks.values()}
             setup, self.setup_times = self.setup_times, []
+            metrics.calls_active(active)
             try:
                 await asyncio.to_thread(self.kicker.publish_voice, self.owner, active, setup,
                                         self.ari.connected.is_set())
@@ -549,6 +552,7 @@ class Controller:
         elif kind == "ChannelStateChange" and channel.get("state") == "Up" and call.up is None:
             call.up = time.monotonic()
             self.setup_times.append(call.up - call.started)
+            metrics.CALL_SETUP_SECONDS.observe(call.up - call.started)
         elif kind == "ChannelDtmfReceived":
             await self.flow.dtmf(call, event.get("digit", ""))
         elif kind == "ChannelVarset" and event.get("variable") == HANGUP_VAR:
@@ -587,10 +591,11 @@ class Controller:
         for _ in range(RECORD_TRIES):
             try:
                 async with self.pool.acquire() as conn:
-                    await deliveries.record(conn, call.session.id, [outcome], owner=self.owner,
-                                            report_base=self.settings.base_url)
+                    done = await deliveries.record(conn, call.session.id, [outcome],
+                                                   owner=self.owner, report_base=self.settings.base_url)
                     await sessions.finish_if_done(conn, call.session.id,
                                                   report_base=self.settings.base_url)
+                metrics.recorded("voice", [result.outcome] if result.attempted else [], done.moved)
                 break
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("voice: recording %s failed, trying again: %s", call.channel, exc)
@@ -692,6 +697,7 @@ def _channel_of(event: dict[str, Any]) -> str:
 
 async def serve(settings: Settings) -> None:
     """Run the controller until cancelled."""
+    metrics.serve(metrics.VOICE, settings.metrics_host, settings.voice_metrics_port, "voice")
     pool = await create_pool(settings.database_url, min_size=1, max_size=10)
     redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     ari = Ari(settings.ari_url, settings.ari_user, settings.ari_password, STASIS_APP)
@@ -699,9 +705,11 @@ async def serve(settings: Settings) -> None:
     controller = Controller(settings, pool, ari, Kicker(redis), AudioStore(settings),
                             Carrier(aredis))
     agi = await start_agi(settings, pool, controller.audio)  # inbound callbacks (§8.5)
+    ami_state = asyncio.create_task(ami.watch(settings, metrics.ami_connected))
     try:
         await controller.run()
     finally:
+        ami_state.cancel()
         if agi is not None:
             await agi.close()
         await pool.close()

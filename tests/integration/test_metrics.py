@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from hub.jobs.queueing import VOICE_ACTIVE_KEY
+from hub.store import metrics as metric_counts
 from tests.conftest import Procs
 from tests.helpers import free_port
 
@@ -173,4 +174,47 @@ async def test_label_values_are_escaped(
             break
         await asyncio.sleep(0.5)
     assert 'hub_calls_active{trunk="odd\\"trunk\\\\x\\nnext"} 2' in text.splitlines()
-    assert all(not line or line.startswith(("#", "hub_")) for line in text.splitlines())
+    assert all(not line or line.startswith(("#", "hub_", "process_")) for line in text.splitlines())
+
+
+async def test_scrapes_never_scan_deliveries_attempts_or_the_outbox(
+    db: asyncpg.Pool, make_app: Any, procs: Procs, http: aiohttp.ClientSession
+) -> None:
+    """EXPLAIN every query a scrape runs on big tables; then scrape the real API and see
+    PostgreSQL's own counters: not one scan of deliveries or attempts."""
+    app = await make_app("big")
+    await seed(db, app.app_id, 60_000)
+    await db.execute(
+        "INSERT INTO attempts (id, delivery_id, attempt, outcome)"
+        " SELECT gen_random_uuid(), id, 1, 'delivered' FROM deliveries")
+    await db.execute(
+        "INSERT INTO webhook_events (id, app_id, url, type, payload, status)"
+        " SELECT gen_random_uuid(), $1, 'http://127.0.0.1/x', 'delivery.completed', '{}',"
+        " CASE WHEN n % 1000 = 0 THEN 'pending' ELSE 'delivered' END"
+        " FROM generate_series(1, 30000) n", app.app_id)
+    await db.execute("ANALYZE deliveries; ANALYZE attempts; ANALYZE webhook_events")
+    async with db.acquire() as conn:
+        for query in metric_counts.SCRAPE_QUERIES:
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {query}"))
+            assert "Seq Scan on webhook_events" not in plan, plan
+            assert "deliveries" not in plan and "attempts" not in plan, plan
+
+    port = free_port()
+    procs.api(port, HUB_METRICS_CACHE_S="0")
+    stats = ("SELECT relname, coalesce(seq_scan, 0) + coalesce(idx_scan, 0) AS n"
+             " FROM pg_stat_user_tables WHERE relname IN ('deliveries', 'attempts')")
+
+    async def scans() -> dict[str, int]:
+        async with db.acquire() as conn:
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            return {r["relname"]: r["n"] for r in await conn.fetch(stats)}
+
+    await asyncio.sleep(1.5)
+    before = await scans()
+    for _ in range(20):
+        status, text = await scrape(http, f"http://127.0.0.1:{port}")
+        assert status == 200 and "hub_deliveries_total" in text
+    procs.stop_all()  # its backends exit, and a backend flushes its counters as it exits
+    await asyncio.sleep(11)  # (or after PostgreSQL's 10 s idle flush at the latest)
+    assert await scans() == before
