@@ -143,7 +143,8 @@ async def test_voice_without_asterisk_says_ari_is_down(
     port = free_port()
     # Nothing listens on the ARI port given: the controller keeps trying, and says so.
     procs.start("voice", HUB_VOICE_METRICS_PORT=str(port),
-                HUB_ARI_URL=f"http://127.0.0.1:{free_port()}", HUB_VOICE_ID="metrics-test")
+                HUB_ARI_URL=f"http://127.0.0.1:{free_port()}", HUB_AMI_PORT=str(free_port()),
+                HUB_VOICE_ID="metrics-test")
     got = await serving(http, f"http://127.0.0.1:{port}/metrics")
     assert got[("hub_ari_connected", ())] == 0
     assert got[("hub_ami_connected", ())] == 0

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import ARI_URL, ASTERISK_ENV, ROOT, Procs, TestPhones
-from tests.helpers import Api, eventually, local_server
+from tests.helpers import Api, eventually, free_port, local_server
 
 pytestmark = pytest.mark.e2e
 NUMBER = "+97798123456{:02d}"  # Nepali mobiles; the last digit picks the phone's behaviour
@@ -272,13 +272,25 @@ async def test_controller_killed_mid_call_adopts_it_after_restart(
 async def test_operator_views_and_metrics(
     api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,
 ) -> None:
-    procs.start("voice")
+    from tests.e2e.test_process_metrics import scrape, serving
+
+    voice_metrics = f"http://127.0.0.1:{free_port()}/metrics"
+    procs.start("voice", HUB_VOICE_METRICS_PORT=voice_metrics.split(":")[2].split("/")[0])
     created = await api.submit(voice([num(30)], file_url=f"{media}/tone6.wav"))
 
     async def up() -> bool:
         return (await api.session(created["sessionId"]))["counts"].get("in_progress") == 1
     await eventually(up, 20, "the call to be up")
     await asyncio.sleep(1.5)
+    # The controller's own metrics: ARI and AMI logged in, the live call on its trunk.
+    await serving(api.http, voice_metrics)
+
+    async def connected() -> bool:
+        got = await scrape(api.http, voice_metrics)
+        return got[("hub_ari_connected", ())] == 1 and got[("hub_ami_connected", ())] == 1
+    await eventually(connected, 10, "ARI and AMI connected in the voice metrics")
+    got = await scrape(api.http, voice_metrics)
+    assert got[("hub_voice_calls_active", (("trunk", "test-trunk"),))] == 1, got
     env = {"HUB_ARI_URL": ARI_URL}
     trunks = _hub_json("trunks", **env)
     assert [t["activeCalls"] for t in trunks if t["endpoint"] == "trunk"] == [1]
@@ -290,6 +302,12 @@ async def test_operator_views_and_metrics(
     await api.wait_status(created["sessionId"], timeout_s=30)
     [row] = (await api.deliveries(created["sessionId"])).values()
     assert row["providerRef"] == calls[0]["id"]
+    async def idle() -> bool:  # the gauge is published every second
+        got = await scrape(api.http, voice_metrics)
+        return got[("hub_voice_calls_active", (("trunk", "test-trunk"),))] == 0
+    await eventually(idle, 5, "the trunk's active calls back to 0")
+    got = await scrape(api.http, voice_metrics)
+    assert got[("hub_voice_call_setup_seconds_count", ())] == 1, got
 
 
 def _hub_json(*args: str, **env: str) -> Any:
