@@ -22,9 +22,10 @@ ENV PATH=/opt/hub/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/hub/src
 # The dependencies from pyproject.toml get a layer of their own (an empty package stands in
 # for the code), so that changing the code reinstalls only the hub itself.
-COPY pyproject.toml README.md ./
-RUN mkdir hub && touch hub/__init__.py \
-    && pip install --no-cache-dir . && rm -rf hub build
+COPY pyproject.toml ./
+RUN mkdir hub && touch hub/__init__.py README.md \
+    && pip install --no-cache-dir . && rm -rf hub build README.md
+COPY README.md ./
 COPY hub ./hub
 RUN pip install --no-cache-dir --no-deps --force-reinstall . && rm -rf build
 USER hub

@@ -51,7 +51,7 @@ render_config() {
     # The production file merged with the host-network override. docker-compose 1.x
     # (docker-py) refuses published ports on a host-network container, where the engine
     # itself would only ignore them, and an override cannot delete a list: they are
-    # dropped from the merged file here.
+    # dropped from the merged file here (and `expose`, meaningless on the host network).
     CONFIG=$(mktemp /tmp/compose-test-XXXXXX.yml)
     docker-compose -p "$PROJECT" -f docker-compose.yml -f docker-compose.hostnet.yml config \
         | /usr/bin/python3 -c '
@@ -60,6 +60,7 @@ config = yaml.safe_load(sys.stdin)
 for service in config["services"].values():
     if service.get("network_mode") == "host":
         service.pop("ports", None)
+        service.pop("expose", None)
 yaml.safe_dump(config, sys.stdout, sort_keys=False)' > "$CONFIG"
 }
 

@@ -34,7 +34,8 @@ EXIT_CODES_HELP = """exit codes:
   2    usage: bad arguments
   3    a followed session (hub send, hub sessions show --follow) ended with failed or
        cancelled deliveries; see `hub report SESSION`
-  4    the API, the database or Asterisk could not be reached (retrying may help)
+  4    the API, the database, Redis or Asterisk (ARI, AMI) could not be reached (retrying
+       may help)
   130  interrupted (Ctrl-C); a session being followed keeps running"""
 
 
