@@ -244,8 +244,9 @@ class SmtpSender:
         self._content = content
         self._extras = content.get("extras") or {}
         self._attachments = [_attachment_part(a) for a in attachments]
-        self._shared = self._common()
-        self._envelope_from = extract_sender(self._shared) or ""
+        # Built at the first send, so that a value the message cannot carry fails that
+        # recipient's attempt (with the error) rather than the whole job.
+        self._shared_msg: EmailMessage | None = None
         self._flat: dict[str, bytes] = {}  # the shared part serialised, per transfer encoding
         self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
         self.concurrency = min(concurrency, cfg.max_connections)
@@ -310,6 +311,12 @@ class SmtpSender:
             msg[name] = value
         return msg
 
+    @property
+    def _shared(self) -> EmailMessage:
+        if self._shared_msg is None:
+            self._shared_msg = self._common()
+        return self._shared_msg
+
     def _spliced(self, recipient: Recipient, client: aiosmtplib.SMTP) -> tuple[bytes, list[str]]:
         """The message's bytes (its own headers, then the shared part serialised once) and
         the MAIL options, as `send_message` would have made them for this server."""
@@ -323,9 +330,10 @@ class SmtpSender:
 
     async def _transmit(self, client: aiosmtplib.SMTP, recipient: Recipient
                         ) -> tuple[dict[str, Any], str]:
-        if self._envelope_from.isascii() and recipient.address.isascii():
+        sender = extract_sender(self._shared) or ""
+        if sender.isascii() and recipient.address.isascii():
             data, options = self._spliced(recipient, client)
-            return await client.sendmail(self._envelope_from, [recipient.address], data,
+            return await client.sendmail(sender, [recipient.address], data,
                                          mail_options=options)
         return await client.send_message(self.build(recipient), recipients=[recipient.address])
 
