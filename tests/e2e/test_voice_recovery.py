@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
-import shutil
 import signal
 import subprocess
 from typing import Any
@@ -18,7 +16,7 @@ from aiohttp import web
 
 from hub.dev import siplog
 from tests.conftest import ASTERISK_ENV, ROOT, Procs, TestPhones
-from tests.e2e.test_postgres_restart import pg
+from tests.e2e.test_postgres_restart import CAN_RESTART_PG, pg
 from tests.e2e.test_voice import attempts, media, num, tone, voice  # noqa: F401 (fixtures)
 from tests.helpers import Api, eventually, local_server
 
@@ -60,8 +58,8 @@ async def test_controller_restarted_under_another_name_adopts_the_live_call(
     await phones_saw_each_call_once(api, phones, sid)
 
 
-@pytest.mark.skipif(shutil.which("pg_ctlcluster") is None or os.geteuid() != 0,
-                    reason="needs root and a local Debian PostgreSQL cluster")
+@pytest.mark.skipif(not CAN_RESTART_PG, reason="needs root and a local Debian PostgreSQL"
+                    " cluster (and no HUB_TEST_NO_PG_RESTART)")
 @pytest.mark.timeout(180)
 async def test_database_away_longer_than_the_voice_lease_never_dials_twice(
     api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,  # noqa: F811
