@@ -99,6 +99,7 @@ class Controller:
         self.sessions: dict[uuid.UUID, SessionInfo] = {}
         self.stopping = asyncio.Event()
         self.held: set[int] = set()   # deliveries claimed here and not recorded yet
+        self.background: set[asyncio.Task[None]] = set()  # give-backs waiting for the database
         self.remotes: dict[str, Ari] = {}  # other controllers' Asterisks, to ask about calls
         self.chains: dict[str, asyncio.Task[None]] = {}  # per-channel event handling
         self.grants: dict[tuple[uuid.UUID, str], tuple[float, bool]] = {}
@@ -211,15 +212,19 @@ class Controller:
         trunk.calls.discard(channel)
         await self.carrier.release(trunk.config.trunk, channel)
         info = self.sessions.get(session_id)
-        with contextlib.suppress(Exception):  # the database may be the trouble
-            if info is None or isinstance(exc, (OSError, asyncpg.PostgresError,
-                                                asyncpg.InterfaceError, RedisError)):
-                await self._give_back(item, session_id, None,  # nothing dialled: no try spent
-                                      f"not dialled: {type(exc).__name__}: {exc}"[:300])
-            else:
-                await self._record(Call(item, info, trunk.id, trunk.config, channel),
-                                   Result("failed", retryable=True, provider_ref=channel,
-                                          error=f"the call could not be started: {exc}"[:300]))
+        if info is None or isinstance(exc, (OSError, asyncpg.PostgresError,
+                                            asyncpg.InterfaceError, RedisError)):
+            # Nothing dialled: no try spent. The database may be the trouble, so the claim
+            # stays held (its lease renewed) until it could be given back.
+            task = asyncio.create_task(self._give_back_patiently(
+                item, session_id, f"not dialled: {type(exc).__name__}: {exc}"[:300]))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+            return
+        with contextlib.suppress(Exception):  # _record retries database trouble itself
+            await self._record(Call(item, info, trunk.id, trunk.config, channel),
+                               Result("failed", retryable=True, provider_ref=channel,
+                                      error=f"the call could not be started: {exc}"[:300]))
         self.held.discard(item.recipient.delivery_id)
 
     async def _recover_lapsed(self, trunk: Trunk) -> datetime:
@@ -390,6 +395,24 @@ class Controller:
             return
         await self._record(call, Result("failed", retryable=True, provider_ref=call.channel,
                                         error=f"originate refused: {exc}"))
+
+    async def _give_back_patiently(self, item: Claimed, session_id: uuid.UUID, note: str) -> None:
+        """Give back a claim whose call was never placed, trying again while the database is
+        away (as recording does); until then the claim stays held, so no reconcile counts
+        it as a call lost and spends a try on it."""
+        delay = 0.2
+        for _ in range(RECORD_TRIES):
+            try:
+                await self._give_back(item, session_id, None, note)
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.held.add(item.recipient.delivery_id)  # _give_back let go of it
+                log.warning("voice: giving back %s failed, trying again: %s",
+                            item.recipient.address, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        log.error("voice: gave up giving back %s; its lease will lapse", item.recipient.address)
+        self.held.discard(item.recipient.delivery_id)
 
     async def _give_back(self, item: Claimed, session_id: uuid.UUID, at: datetime | None,
                          note: str) -> None:
