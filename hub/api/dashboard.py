@@ -61,14 +61,6 @@ async def _sessions(request: web.Request) -> tuple[list[dict[str, Any]], str | N
     return [{**sessions.view(r), **progress(counts[r["id"]])} for r in rows], nxt
 
 
-async def _own_session(request: web.Request) -> Any:
-    session_id = st.path_uuid(request, "id", "session")
-    row = await sessions.get(st.pool(request), st.app_id(request), session_id)
-    if row is None:
-        raise NotFound(f"no session {session_id} in this app", error_id="session-not-found")
-    return row
-
-
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     """A report without its per-recipient rows (the page pages through those)."""
     out = {k: v for k, v in report.items() if k != "rows"}
@@ -182,7 +174,7 @@ async def slash(request: web.Request) -> web.StreamResponse:
 @routes.get(PREFIX + "/sessions/{id}")
 @pages
 async def session_page(request: web.Request) -> web.StreamResponse:
-    row = await _own_session(request)
+    row = await st.own_session(request)
     report = _summary(await reports.build(st.pool(request), row))
     items, nxt = await deliveries.list_(st.pool(request), row["id"], limit=RECIPIENTS_PER_PAGE,
                                         cursor=request.query.get("cursor"), status=None,
@@ -205,7 +197,7 @@ async def session_page(request: web.Request) -> web.StreamResponse:
 @routes.get(PREFIX + "/sessions/{id}/report.csv")
 @pages
 async def report_csv(request: web.Request) -> web.StreamResponse:
-    row = await _own_session(request)
+    row = await st.own_session(request)
     built = await reports.build(st.pool(request), row)
     return web.Response(text=reports.to_csv(built), content_type="text/csv", headers={
         "Content-Disposition": f'attachment; filename="session-{row["id"]}.csv"',
@@ -224,7 +216,7 @@ async def sessions_data(request: web.Request) -> web.StreamResponse:
 @routes.get(PREFIX + "/api/sessions/{id}")
 @data
 async def session_data(request: web.Request) -> web.StreamResponse:
-    row = await _own_session(request)
+    row = await st.own_session(request)
     return web.json_response(_summary(await reports.build(st.pool(request), row)))
 
 

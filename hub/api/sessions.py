@@ -166,23 +166,15 @@ async def list_sessions(request: web.Request) -> web.Response:
     return st.page([sessions.view(r) for r in rows], nxt)
 
 
-async def _own_session(request: web.Request) -> Any:
-    session_id = st.path_uuid(request, "id", "session")
-    row = await sessions.get(st.pool(request), st.app_id(request), session_id)
-    if row is None:
-        raise NotFound(f"no session {session_id} in this app", error_id="session-not-found")
-    return row
-
-
 @routes.get("/v1/sessions/{id}")
 async def get_session(request: web.Request) -> web.Response:
-    row = await _own_session(request)
+    row = await st.own_session(request)
     return web.json_response(sessions.view(row, await sessions.counts(st.pool(request), row["id"])))
 
 
 @routes.get("/v1/sessions/{id}/deliveries")
 async def list_deliveries(request: web.Request) -> web.Response:
-    row = await _own_session(request)
+    row = await st.own_session(request)
     items, nxt = await deliveries.list_(
         st.pool(request), row["id"], limit=st.query_limit(request),
         cursor=request.query.get("cursor"),
@@ -194,7 +186,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
 
 @routes.get("/v1/sessions/{id}/deliveries/{address}/attempts")
 async def list_attempts(request: web.Request) -> web.Response:
-    row = await _own_session(request)
+    row = await st.own_session(request)
     address = request.match_info["address"]
     found = await deliveries.attempts(st.pool(request), row["id"], address)
     if found is None:
@@ -204,7 +196,7 @@ async def list_attempts(request: web.Request) -> web.Response:
 
 def _action(name: str, allowed_from: str) -> Any:
     async def handler(request: web.Request) -> web.Response:
-        row = await _own_session(request)
+        row = await st.own_session(request)
         include_failed = request.query.get("includeFailed", "false").lower() == "true"
         updated = await sessions.transition(
             st.pool(request), st.app_id(request), row["id"], name,
@@ -237,7 +229,7 @@ for _name, _from in (
 
 @routes.get("/v1/sessions/{id}/report")
 async def report(request: web.Request) -> web.StreamResponse:
-    row = await _own_session(request)
+    row = await st.own_session(request)
     fmt = st.query_choice(request, "format", ("json", "csv")) or "json"
     if fmt == "json":
         return web.json_response(await reports.build(st.pool(request), row))

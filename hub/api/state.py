@@ -15,6 +15,7 @@ from hub.api import body
 from hub.config import Settings
 from hub.errors import BadRequest, NotFound, Unprocessable, UnsupportedMediaType, detail
 from hub.jobs.queueing import Kicker
+from hub.store import sessions
 from hub.store.lookups import LookupCache
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -128,3 +129,13 @@ def query_time(request: web.Request, name: str) -> datetime | None:
 
 def page(items: list[Any], next_cursor: str | None) -> web.Response:
     return web.json_response({"items": items, "nextCursor": next_cursor})
+
+
+async def own_session(request: web.Request) -> Any:
+    """The session named by the path's `id`, if it is the calling app's (else 404: an app
+    never learns that another app's session exists)."""
+    session_id = path_uuid(request, "id", "session")
+    row = await sessions.get(pool(request), app_id(request), session_id)
+    if row is None:
+        raise NotFound(f"no session {session_id} in this app", error_id="session-not-found")
+    return row
