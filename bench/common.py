@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -178,6 +179,42 @@ async def run_session(http: Any, url: str, body: dict[str, Any],
         if session["status"] == "completed":
             return session, time.perf_counter() - start
         await asyncio.sleep(poll_s)
+
+
+async def deliver_all(http: Any, url: str, body: dict[str, Any], n: int,
+                      poll_s: float = 0.05) -> uuid.UUID:
+    """Submit one immediate instruction for `n` recipients, wait until its session is
+    completed in the database, and assert what a user would check: every delivery
+    `delivered`, exactly one attempt each. Returns the session's id."""
+    async with http.post(url + "/v1/sessions", data=json.dumps(body)) as r:
+        assert r.status == 201, await r.text()
+        sid = uuid.UUID((await r.json())["sessionId"])
+    conn = await asyncpg.connect(DB_URL)
+    try:
+        while await conn.fetchval("SELECT status FROM sessions WHERE id = $1",
+                                  sid) != "completed":
+            await asyncio.sleep(poll_s)
+        counts = dict(await conn.fetch(
+            "SELECT status, count(*) FROM deliveries WHERE session_id = $1 GROUP BY 1", sid))
+        attempts = await conn.fetchval(
+            "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+            " WHERE d.session_id = $1", sid)
+    finally:
+        await conn.close()
+    assert counts == {"delivered": n}, counts
+    assert attempts == n, f"{attempts} attempts for {n} deliveries"
+    return sid
+
+
+async def session_rate(sid: uuid.UUID, n: int) -> float:
+    """Recipients per second over the session's life: n / (endedAt − createdAt)."""
+    conn = await asyncpg.connect(DB_URL)
+    try:
+        seconds = await conn.fetchval(
+            "SELECT extract(epoch FROM ended_at - created_at) FROM sessions WHERE id = $1", sid)
+    finally:
+        await conn.close()
+    return n / float(seconds)
 
 
 def run(coro: object) -> object:

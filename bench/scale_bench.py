@@ -18,24 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 import aiohttp
 import asyncpg
 
-from bench.common import (
-    DB_URL,
-    Options,
-    cli,
-    free_port,
-    fresh_database,
-    new_app_key,
-    peak_rss_mb,
-    processes,
-    spawn,
-    wait_http,
-)
+from bench import common
 from bench.results import Figure
 from hub.dev.procs import stop_all
 
@@ -60,48 +48,40 @@ GROUP BY s.ended_at, s.created_at
 
 async def point(http: aiohttp.ClientSession, url: str, size: int, workers: int,
                 trial: int) -> dict[str, Any]:
-    procs = [spawn("hub.cli.main", "worker") for _ in range(workers)]
+    procs = [common.spawn("hub.cli.main", "worker") for _ in range(workers)]
     try:
         await asyncio.sleep(1.0)  # the workers are up before the session is
         body = {"transport": {"type": "email", "subject": "Scale", "message": "Hello"},
                 "audience": [f"s{trial}-{workers}-{i}@example.com" for i in range(size)],
                 "options": {"trigger": "immediate"}}
-        async with http.post(url + "/v1/sessions", data=json.dumps(body)) as r:
-            assert r.status == 201, await r.text()
-            sid = uuid.UUID((await r.json())["sessionId"])
-        conn = await asyncpg.connect(DB_URL)
+        sid = await common.deliver_all(http, url, body, size, poll_s=0.2)
+        conn = await asyncpg.connect(common.DB_URL)
         try:
-            while await conn.fetchval("SELECT status FROM sessions WHERE id = $1",
-                                      sid) != "completed":
-                await asyncio.sleep(0.2)
             row = await conn.fetchrow(LATENCY_SQL, sid)
-            counts = dict(await conn.fetch(
-                "SELECT status, count(*) FROM deliveries WHERE session_id = $1 GROUP BY 1", sid))
         finally:
             await conn.close()
-        peak = max(peak_rss_mb(p.pid) for p in procs)
+        peak = max(common.peak_rss_mb(p.pid) for p in procs)
     finally:
         stop_all(procs)
-    assert counts == {"delivered": size}, counts
     assert row["delivered"] == size, f"{row['delivered']} delivered attempts for {size}"
     p50, p90, p99 = row["pcts"]
     return {"rate": size / float(row["elapsed"]), "p50": p50, "p90": p90, "p99": p99,
             "peakRssMb": peak}
 
 
-async def main(opts: Options) -> list[Figure]:
+async def main(opts: common.Options) -> list[Figure]:
     audiences = opts.pick(AUDIENCES, QUICK_AUDIENCES)
     worker_counts = opts.pick(WORKERS, QUICK_WORKERS)
-    await fresh_database()
-    key = await new_app_key()
-    api_port, smtp_port, stats_port = free_port(), free_port(), free_port()
+    await common.fresh_database()
+    key = await common.new_app_key()
+    api_port, smtp_port, stats_port = common.free_port(), common.free_port(), common.free_port()
     url = f"http://127.0.0.1:{api_port}"
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     results: dict[tuple[int, int], list[dict[str, Any]]] = {}
-    with processes(spawn("hub.cli.main", "api", HUB_API_PORT=str(api_port)),
-                   spawn("bench.smtp_sink", str(smtp_port), str(stats_port))):
-        wait_http(url + "/healthz")
-        wait_http(f"http://127.0.0.1:{stats_port}/_count")
+    with common.processes(common.spawn("hub.cli.main", "api", HUB_API_PORT=str(api_port)),
+                   common.spawn("bench.smtp_sink", str(smtp_port), str(stats_port))):
+        common.wait_http(url + "/healthz")
+        common.wait_http(f"http://127.0.0.1:{stats_port}/_count")
         timeout = aiohttp.ClientTimeout(total=600)
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
             async with http.post(url + "/v1/transports", data=json.dumps({
@@ -133,4 +113,4 @@ async def main(opts: Options) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    cli(main, __doc__)
+    common.cli(main, __doc__)

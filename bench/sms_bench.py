@@ -22,26 +22,14 @@ import json
 import os
 import re
 import time
-import uuid
 import warnings
 from typing import Any
 
 import aiohttp
-import asyncpg
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from bench.common import (
-    DB_URL,
-    Options,
-    cli,
-    free_port,
-    fresh_database,
-    new_app_key,
-    processes,
-    spawn,
-    wait_http,
-)
+from bench import common
 from bench.results import Figure
 
 MESSAGES = 10_000
@@ -106,50 +94,29 @@ async def through_hub(http: aiohttp.ClientSession, url: str, n: int, trial: int)
     body = {"transport": {"type": "sms", "message": "Bench"},
             "audience": [number(trial, i) for i in range(n)],
             "options": {"trigger": "immediate"}}
-    async with http.post(url + "/v1/sessions", data=json.dumps(body)) as r:
-        assert r.status == 201, await r.text()
-        sid = uuid.UUID((await r.json())["sessionId"])
-    conn = await asyncpg.connect(DB_URL)
-    try:
-        while True:
-            row = await conn.fetchrow(
-                "SELECT status, extract(epoch FROM ended_at - created_at) AS s FROM sessions"
-                " WHERE id = $1", sid)
-            if row["status"] == "completed":
-                break
-            await asyncio.sleep(0.05)
-        counts = dict(await conn.fetch(
-            "SELECT status, count(*) FROM deliveries WHERE session_id = $1 GROUP BY 1", sid))
-        attempts = await conn.fetchval(
-            "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
-            " WHERE d.session_id = $1", sid)
-    finally:
-        await conn.close()
-    assert counts == {"delivered": n}, counts
-    assert attempts == n, f"{attempts} attempts for {n} deliveries"
-    return n / float(row["s"])
+    return await common.session_rate(await common.deliver_all(http, url, body, n), n)
 
 
-async def main(opts: Options) -> list[Figure]:
+async def main(opts: common.Options) -> list[Figure]:
     n = opts.pick(MESSAGES, QUICK_MESSAGES)
-    await fresh_database()
-    key = await new_app_key()
-    fake_port, api_port, sink_port = free_port(), free_port(), free_port()
+    await common.fresh_database()
+    key = await common.new_app_key()
+    fake_port, api_port, sink_port = common.free_port(), common.free_port(), common.free_port()
     fake = f"http://127.0.0.1:{fake_port}"
     url = f"http://127.0.0.1:{api_port}"
     sink = f"http://127.0.0.1:{sink_port}"
-    procs = [spawn("hub.dev.fake_twilio", str(fake_port), SID, TOKEN, CALLBACK_DELAY_S),
-             spawn("bench.sink", str(sink_port)),
-             spawn("hub.cli.main", "api", HUB_API_PORT=str(api_port)),
-             spawn("hub.cli.main", "worker", HUB_SEND_CONCURRENCY=str(CONCURRENCY),
+    procs = [common.spawn("hub.dev.fake_twilio", str(fake_port), SID, TOKEN, CALLBACK_DELAY_S),
+             common.spawn("bench.sink", str(sink_port)),
+             common.spawn("hub.cli.main", "api", HUB_API_PORT=str(api_port)),
+             common.spawn("hub.cli.main", "worker", HUB_SEND_CONCURRENCY=str(CONCURRENCY),
                    HUB_PUBLIC_URL=url)]
     raw: list[float] = []
     hub: list[float] = []
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    with processes(*procs):
-        wait_http(fake + "/_stats")
-        wait_http(sink + "/_count")
-        wait_http(url + "/healthz")
+    with common.processes(*procs):
+        common.wait_http(fake + "/_stats")
+        common.wait_http(sink + "/_count")
+        common.wait_http(url + "/healthz")
         async with aiohttp.ClientSession(headers=headers) as http:
             async with http.post(url + "/v1/transports", data=json.dumps({
                     "name": "twilio", "type": "sms", "config": {
@@ -172,4 +139,4 @@ async def main(opts: Options) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    cli(main, __doc__)
+    common.cli(main, __doc__)

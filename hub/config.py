@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     message_max_chars: int = 100_000
     subject_max_chars: int = 998
 
+    uvloop: bool = True  # run the long-lived processes on uvloop when it is installed
+
     lease_s: float = 30.0
     batch_size: int = 200
     send_concurrency: int = 20

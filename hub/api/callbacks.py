@@ -3,7 +3,6 @@ signature, checked with the transport's own secret (a forged or unsigned one get
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Any
@@ -89,10 +88,7 @@ async def twilio_status(request: web.Request) -> web.Response:
     if account and account != transport["full_config"].get("accountSid"):
         return web.Response(status=204)
     if result is not None and params.get("MessageSid"):
-        applied = await request.app[RECEIPTS].submit(transport["id"], params["MessageSid"],
-                                                     result)
-        if applied == "applied":
-            await asyncio.to_thread(request.app[st.KICKER].webhooks)
+        await request.app[RECEIPTS].submit(transport["id"], params["MessageSid"], result)
     return web.Response(status=204)
 
 

@@ -1,11 +1,13 @@
 """Group commit for provider callbacks: receipts that arrive together are applied in one
-transaction; each callback is answered only after its batch has committed."""
+transaction; each callback is answered only after its batch has committed. A batch that
+applied any receipt asks the webhook senders for a drain once (not once per callback)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 
 import asyncpg
 
@@ -19,9 +21,11 @@ BATCH_WAIT_S = 0.02
 
 
 class ReceiptBatcher:
-    def __init__(self, pool: asyncpg.Pool, report_base: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, report_base: str,
+                 kick: Callable[[], object] | None = None) -> None:
         self.pool = pool
         self.report_base = report_base
+        self.kick = kick
         self.pending: list[tuple[uuid.UUID, str, Result, asyncio.Future[str]]] = []
         self.flushing: asyncio.Task[None] | None = None
 
@@ -52,3 +56,5 @@ class ReceiptBatcher:
                 if not future.done():
                     future.set_result(result := done.get((tid, ref), "ignored"))
                 metrics.receipt(result)
+            if self.kick is not None and "applied" in done.values():
+                await asyncio.to_thread(self.kick)

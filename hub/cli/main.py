@@ -33,6 +33,18 @@ from hub.config import Settings, load_settings
 PROCESSES = ("api", "worker", "voice")  # long-running: they log to stderr, tracebacks included
 
 
+def fast_event_loops() -> None:
+    """Every event loop this process makes (asyncio.run, aiohttp's run_app, each worker
+    thread's) is a uvloop loop when uvloop is installed: the same asyncio API with its
+    event loop, sockets and timers in C, which about halves the CPU each HTTP request,
+    callback or query costs the hub. Without uvloop, asyncio's own loop serves."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     from hub.api.app import run
 
@@ -248,6 +260,8 @@ def run(argv: list[str] | None = None) -> int:
     process = args.command in PROCESSES
     debug = bool(os.environ.get("HUB_DEBUG"))
     logs.configure(settings.log_level if process or debug else logging.WARNING)
+    if process and settings.uvloop:
+        fast_event_loops()
     try:
         return int(args.func(settings, args))
     except (CliError, BrokenPipeError):

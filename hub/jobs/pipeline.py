@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 CLAIM_HORIZON_S = 2.0     # claim about this many seconds of work at a time
 RATE_WINDOW_S = 5.0       # throughput is measured over the last seconds
 ASSUMED_SEND_S = 1.0      # before anything was measured: one send per worker per second
+MEASURED_AFTER = 5        # sends done before the measured rate counts
+MIN_SPAN_S = 0.1          # the shortest span a rate is measured over
 RENEW_WHAT = "renewing claims"
 ACTIVE = ("queued", "running")
 
@@ -113,8 +115,10 @@ class Pipeline:
         now = time.monotonic()
         while self.done_at and now - self.done_at[0] > RATE_WINDOW_S:
             self.done_at.popleft()
-        if len(self.done_at) >= 5 and now - self.started > 1.0:
-            rate = len(self.done_at) / max(now - self.done_at[0], 0.5)
+        if len(self.done_at) >= min(self.workers, MEASURED_AFTER):
+            # measured as soon as a few sends are done: a fast transport is not held to
+            # the cautious first guess for its first second
+            rate = len(self.done_at) / max(now - self.done_at[0], MIN_SPAN_S)
         else:
             rate = self.workers / ASSUMED_SEND_S
         return min(rate, self.mps) if self.mps else rate

@@ -24,6 +24,8 @@ import json
 import logging
 import re
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,10 +95,18 @@ def drain(settings: Settings) -> tuple[int, bool]:
 
 
 async def _drain(settings: Settings) -> tuple[int, bool]:
-    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    async with outbox_drainer(settings) as drain_once:
+        return await drain_once()
+
+
+@asynccontextmanager
+async def outbox_drainer(settings: Settings) -> AsyncIterator[Callable[[], Awaitable[tuple[int, bool]]]]:
+    """A drain function that keeps its database pool and HTTP connections between
+    drains (a worker's webhook thread drains several times a second when kicked)."""
+    pool = await create_pool(settings.database_url, min_size=0, max_size=4)
     try:
         async with guarded_session(Guard.of(settings)) as http:
-            return await _Pipeline(pool, http, settings).run()
+            yield lambda: _Pipeline(pool, http, settings).run()
     finally:
         await pool.close()
 

@@ -32,7 +32,7 @@ from hub.config import Settings
 from hub.constants import QUEUES, RECONCILER_LOCK_KEY, SCHEDULER_LOCK_PREFIX
 from hub.jobs.queueing import WEBHOOKS_KICK_KEY, Kicker
 from hub.jobs.reconciler import reconcile
-from hub.jobs.webhook_sender import drain
+from hub.jobs.webhook_sender import outbox_drainer
 from hub.observe import metrics
 from hub.store.db import connect
 
@@ -113,18 +113,25 @@ def _scheduler(settings: Settings, queues: tuple[str, ...], stop: threading.Even
 
 
 def _webhooks(settings: Settings, stop: threading.Event) -> None:
-    """Drain the webhook outbox when kicked, and every WEBHOOK_SWEEP_S for retries."""
+    """Drain the webhook outbox when kicked, and every WEBHOOK_SWEEP_S for retries, on
+    one event loop with one pool kept for the thread's life."""
+    asyncio.run(_webhook_loop(settings, stop))
+
+
+async def _webhook_loop(settings: Settings, stop: threading.Event) -> None:
     redis = Redis.from_url(settings.redis_url)
     last = 0.0
-    while not stop.wait(WEBHOOK_POLL_S):
-        try:
-            if redis.getdel(WEBHOOKS_KICK_KEY) or time.monotonic() - last >= WEBHOOK_SWEEP_S:
-                last = time.monotonic()
-                drain(settings)
-        except (RedisError, OSError) as exc:
-            log.warning("webhook drain skipped: %s", exc)
-        except Exception:  # keep draining whatever one pass hit
-            log.exception("webhook drain failed")
+    async with outbox_drainer(settings) as drain_once:
+        while not stop.is_set():
+            await asyncio.sleep(WEBHOOK_POLL_S)
+            try:
+                if redis.getdel(WEBHOOKS_KICK_KEY) or time.monotonic() - last >= WEBHOOK_SWEEP_S:
+                    last = time.monotonic()
+                    await drain_once()
+            except (RedisError, OSError) as exc:
+                log.warning("webhook drain skipped: %s", exc)
+            except Exception:  # keep draining whatever one pass hit
+                log.exception("webhook drain failed")
 
 
 def run_worker(settings: Settings, queues: tuple[str, ...], *, burst: bool = False) -> None:
