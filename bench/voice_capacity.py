@@ -39,7 +39,7 @@ from bench.voice_common import (
     RawApp,
     asterisk,
     number,
-    originate_unpaced,
+    originate_raw,
     phones,
     sipp_stats,
 )
@@ -109,7 +109,7 @@ async def ramp(kind: str, steps: tuple[int, ...], work: Path, ari: aiohttp.Clien
             await app.start()
 
             async def start_raw(numbers: list[str] = numbers) -> str | None:
-                await originate_unpaced(ari, numbers, 8)
+                await originate_raw(ari, numbers, 8)
                 return None
 
             try:

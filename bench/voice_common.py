@@ -309,17 +309,25 @@ class RawApp:
             self._task.cancel()
 
 
-async def originate_unpaced(http: aiohttp.ClientSession, numbers: list[str], in_flight: int,
-                            prefix: str = "raw-") -> int:
-    """Originate every number into the raw app, as fast as ARI answers, with `in_flight`
-    requests outstanding at most; returns how many originates failed."""
+async def originate_raw(http: aiohttp.ClientSession, numbers: list[str], in_flight: int,
+                       cps: float | None = None, prefix: str = "raw-") -> int:
+    """Originate every number into the raw app with `in_flight` requests outstanding at
+    most, call i not before i/cps seconds from the start (as fast as ARI answers when
+    `cps` is None); returns how many originates failed."""
     queue = list(reversed(numbers))
     failed = 0
+    start = time.monotonic()
+    issued = 0
 
     async def worker() -> None:
-        nonlocal failed
+        nonlocal failed, issued
         while queue:
             to = queue.pop()
+            if cps:
+                due = start + issued / cps
+                issued += 1
+                if due > time.monotonic():
+                    await asyncio.sleep(due - time.monotonic())
             async with http.post(f"{ARI}/channels", params={
                     "endpoint": f"PJSIP/{to}@trunk", "app": "bench-raw",
                     "channelId": f"{prefix}{uuid.uuid4()}", "timeout": "10"}) as r:

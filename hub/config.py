@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     voice_id: str = ""
     voice_lease_s: float = 90.0
     voice_poll_s: float = 0.5
+    voice_originates_in_flight: PositiveInt = 8  # calls being started at once per trunk
     agi_host: str = "127.0.0.1"  # the FastAGI server inside `hub voice` (DESIGN §8.5)
     agi_port: int = Field(default=4573, ge=0, le=65535)  # 0: no FastAGI server
     agi_max_calls: PositiveInt = 200  # concurrent AGI sessions; more are turned away

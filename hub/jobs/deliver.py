@@ -24,6 +24,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from hub import constants as c
+from hub.aredis import async_redis
 from hub.config import Settings, load_settings
 from hub.jobs.pipeline import Pipeline
 from hub.jobs.queueing import Kicker
@@ -46,7 +47,7 @@ def deliver_session(session_id: str, slot: int | None = None) -> dict[str, Any]:
 
 async def _deliver(settings: Settings, session_id: uuid.UUID, slot_no: int | None) -> dict[str, Any]:
     redis = Redis.from_url(settings.redis_url)
-    aredis = AsyncRedis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    aredis = async_redis(settings.redis_url)
     slot = Slot(aredis, str(session_id), slot_no)
     try:
         if not await slot.take():

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
-from redis.asyncio import Redis
 
+from hub.aredis import async_redis
 from hub.config import Settings
 from hub.net import BlockedURL, Guard, guarded_session, redact
 from hub.transports.base import Result
@@ -62,7 +62,7 @@ def over_cap(limiter: Limiter, wait_s: float) -> Result:
 @asynccontextmanager
 async def limiter_for(settings: Settings, transport_id: str, mps: float | None,
                       daily_cap: int | None) -> AsyncIterator[Limiter]:
-    redis = Redis.from_url(settings.redis_url)
+    redis = async_redis(settings.redis_url)
     try:
         yield Limiter(redis, transport_id, mps, daily_cap)
     finally:

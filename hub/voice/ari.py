@@ -1,7 +1,10 @@
 """A thin asyncio ARI client on aiohttp: REST calls and one websocket reader that
-reconnects with backoff. It subscribes to all channels' events (`subscribeAll`): a call
-originated into the dialplan (AMD) is not in Stasis until answered, and its end must still
-be seen; the controller keeps only the events of its own channels.
+reconnects with backoff. It hears only the channels of its own app: every call is
+originated with `app`, which subscribes the app to the channel from its creation (a call
+that is never answered still reports its end). Not `subscribeAll`: that makes Asterisk
+serialise, and the controller parse, every event of every channel on the host (its
+dialplan steps, other apps' calls), which cost a third of the calls per second the
+controller could place on a busy host.
 
 Why our own: `ari-py` is Python 2 only, `py3ari` fails to import, and `aioari`,
 `asyncari` and `ari-client` neither reconnect nor survive Asterisk closing the
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+MAX_CONNECTIONS = 64  # REST connections at once (Asterisk's http.conf sessionlimit must allow them)
 
 
 class AriError(Exception):
@@ -58,6 +62,7 @@ class Ari:
 
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(headers=self._headers,
+                                           connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
                                            timeout=aiohttp.ClientTimeout(total=10))
         self._reader = asyncio.create_task(self._read_forever(), name="ari-events")
 
@@ -74,8 +79,9 @@ class Ari:
 
     async def request(self, method: str, path: str, **params: Any) -> Any:
         if self._http is None:  # REST only (e.g. asking another Asterisk about a call)
-            self._http = aiohttp.ClientSession(headers=self._headers,
-                                               timeout=aiohttp.ClientTimeout(total=5))
+            self._http = aiohttp.ClientSession(
+                headers=self._headers, connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
+                timeout=aiohttp.ClientTimeout(total=5))
         body = params.pop("json", None)
         clean = {k: (str(v).lower() if isinstance(v, bool) else v)
                  for k, v in params.items() if v is not None}
@@ -91,12 +97,20 @@ class Ari:
             raise AriError(0, f"{type(exc).__name__}: {exc or 'no answer in time'}") from exc
 
     async def originate(self, *, endpoint: str, channel_id: str, caller_id: str | None,
-                        timeout_s: int, variables: dict[str, str], context: str) -> Any:
-        """Dial into a dialplan context (extension `s`); the call reaches Stasis there."""
+                        timeout_s: int, variables: dict[str, str], app_args: str) -> Any:
+        """Dial straight into our Stasis app (it enters with `app_args` once answered).
+        Originating with `app` subscribes the app to the channel from its creation, so
+        its every event (ringing, no answer, its end) reaches us without `subscribeAll`."""
         return await self.request(
             "POST", "/channels", json={"variables": variables}, endpoint=endpoint,
-            channelId=channel_id, callerId=caller_id, timeout=timeout_s, context=context,
-            extension="s", priority=1)
+            channelId=channel_id, callerId=caller_id, timeout=timeout_s, app=self.app,
+            appArgs=app_args)
+
+    async def continue_in_dialplan(self, channel_id: str, context: str) -> None:
+        """Send a channel from Stasis into a dialplan context (extension `s`); it stays
+        subscribed to the app, and comes back through the context's own Stasis()."""
+        await self.request("POST", f"/channels/{channel_id}/continue", context=context,
+                           extension="s", priority=1)
 
     async def hangup(self, channel_id: str, reason: str = "normal") -> None:
         try:
@@ -120,7 +134,7 @@ class Ari:
         while not self._closing:
             try:
                 async with self._http.ws_connect(
-                    ws_url, params={"app": self.app, "subscribeAll": "true"}, heartbeat=10,
+                    ws_url, params={"app": self.app}, heartbeat=10,
                     timeout=aiohttp.ClientWSTimeout(ws_close=5),
                 ) as ws:
                     failures = 0

@@ -21,10 +21,10 @@ from typing import Any
 
 import asyncpg
 from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from hub import constants as c
+from hub.aredis import async_redis
 from hub.config import Settings
 from hub.jobs.queueing import Kicker
 from hub.observe import metrics
@@ -49,9 +49,10 @@ from hub.voice.calls import (
     operator_decision,
 )
 from hub.voice.carrier import RENEW_EVERY_S, Carrier, Limits, LimitsReader, take_turns
-from hub.voice.flow import CallFlow
+from hub.voice.flow import AMD_FIRST, CallFlow
 from hub.voice.menu import parse_menu
 from hub.voice.outcomes import is_trunk_problem, trunk_problem_note
+from hub.voice.recording import CallRecorder
 from hub.voice.trunks import VoiceConfig, amd_override
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class Controller:
         self.kicker = kicker
         self.audio = audio
         self.owner = owner_of(settings)
+        self.recorder = CallRecorder(pool, self.owner, settings.base_url, kicker.webhooks,
+                                     RECORD_TRIES)
         self.trunks: dict[uuid.UUID, Trunk] = {}
         self.calls: dict[str, Call] = {}
         self.sessions: dict[uuid.UUID, SessionInfo] = {}
@@ -198,12 +201,25 @@ class Controller:
             trunk.wake.clear()
             await self._wait(trunk.wake, self.settings.voice_poll_s)
             return
-        for item, session_id in take_turns(claimed, lambda c: c[1]):
+        # Calls start in the claimed (fair) order, several at once: each one's checks, its
+        # carrier slot and the originate round trip overlap the others'. The carrier's
+        # slots keep the pacing, whatever the number in flight.
+        gate = asyncio.Semaphore(max(1, self.settings.voice_originates_in_flight))
+
+        async def start(item: Claimed, session_id: uuid.UUID) -> None:
             try:
                 await self._start_call(trunk, item, session_id)
             except Exception as exc:  # one call's trouble never stops the dialler
                 log.exception("voice: starting a call to %s failed", item.recipient.address)
                 await self._fail_unstarted(trunk, item, session_id, exc)
+            finally:
+                gate.release()
+
+        starting = []
+        for item, session_id in take_turns(claimed, lambda c: c[1]):
+            await gate.acquire()  # the next call starts once one in flight is under way
+            starting.append(asyncio.create_task(start(item, session_id)))
+        await asyncio.gather(*starting)
 
     async def _fail_unstarted(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
                               exc: Exception) -> None:
@@ -306,7 +322,7 @@ class Controller:
                 endpoint=f"PJSIP/{cfg.dialled(address)}@{cfg.trunk}", channel_id=channel,
                 caller_id=cfg.caller_id, timeout_s=cfg.ring_timeout_s,
                 variables={"HUB_ATTEMPT": item.recipient.attempt_id, "HUB_SESSION": str(session.id)},
-                context="hub-amd" if call.amd.enabled else "hub-outbound",
+                app_args=AMD_FIRST if call.amd.enabled else "outbound",
             )
         except AriError as exc:
             await self._originate_failed(call, exc)
@@ -610,25 +626,9 @@ class Controller:
             result, tries=item.tries_before + 1, retries=call.session.retries,
             intervals_s=call.session.intervals_s))
         outcome = Outcome(item, result, decision, now_utc())
-        delay = 0.2
-        for _ in range(RECORD_TRIES):
-            try:
-                async with self.pool.acquire() as conn:
-                    done = await deliveries.record(conn, call.session.id, [outcome],
-                                                   owner=self.owner, report_base=self.settings.base_url)
-                    await sessions.finish_if_done(conn, call.session.id,
-                                                  report_base=self.settings.base_url)
-                metrics.recorded("voice", [result.outcome] if result.attempted else [], done.moved)
-                break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("voice: recording %s failed, trying again: %s", call.channel, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        else:
+        if not await self.recorder.record(call.session.id, outcome):
             log.error("voice: gave up recording %s; reconcile will close it", call.channel)
         self.held.discard(item.recipient.delivery_id)
-        with contextlib.suppress(Exception):  # webhooks are kicked again by the reconciler
-            await asyncio.to_thread(self.kicker.webhooks)
 
     async def _settled(self) -> None:
         """Asterisk answers ARI before it has loaded everything: calls placed in its first
@@ -724,7 +724,7 @@ async def serve(settings: Settings) -> None:
     pool = await create_pool(settings.database_url, min_size=1, max_size=10)
     redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     ari = Ari(settings.ari_url, settings.ari_user, settings.ari_password, STASIS_APP)
-    aredis = AsyncRedis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
+    aredis = async_redis(settings.redis_url, timeout_s=2, connect_timeout_s=1)
     controller = Controller(settings, pool, ari, Kicker(redis), AudioStore(settings),
                             Carrier(aredis))
     agi = await start_agi(settings, pool, controller.audio)  # inbound callbacks (§8.5)

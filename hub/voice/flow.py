@@ -18,6 +18,8 @@ from hub.voice.menu import WAIT, Step, after_playback, choose, enter
 
 log = logging.getLogger(__name__)
 STEP_VARIABLE = "HUB_STEP"  # channel variable: where the call is (adoption resumes there)
+AMD_FIRST = "amd-first"     # a call with AMD enters Stasis with this first, answered ...
+AMD_CONTEXT = "hub-amd"     # ... and goes through AMD() in this context, then comes back
 MENU_STEP = "menu"
 
 
@@ -32,6 +34,12 @@ class CallFlow:
             return  # not ours (or already recorded): leave it to its owner
         if call.up is None:
             call.up = time.monotonic()
+        if args[:1] == [AMD_FIRST]:
+            try:
+                await self.ari.continue_in_dialplan(call.channel, AMD_CONTEXT)
+            except AriError as exc:  # gone already: its end is recorded as usual
+                log.info("voice: %s could not go to AMD: %s", call.channel, exc)
+            return
         if args[:1] == ["amd"] and len(args) > 1 and args[1] == "MACHINE":
             call.machine = True
             if call.amd.on_machine == "hangup":

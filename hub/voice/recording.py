@@ -1,0 +1,90 @@
+"""Group commit for finished calls: the outcomes of calls that end together are written
+in one round (one `deliveries.record` and one completion check per session), not one
+transaction, completion check and webhook kick per call. At a hundred calls a second the
+per-call way queued on the session's completion lock and fell seconds behind.
+
+A batch waits at most BATCH_WAIT_S for company. While the database is away a batch is
+tried again with a growing delay, up to `tries` times; each session's part is written
+once (recording is idempotent anyway: a delivery only moves while its claim is held).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+
+import asyncpg
+
+from hub.observe import metrics
+from hub.store import deliveries, sessions
+from hub.store.deliveries import Outcome
+
+log = logging.getLogger(__name__)
+BATCH_MAX = 200
+BATCH_WAIT_S = 0.02
+DATABASE_AWAY = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class CallRecorder:
+    def __init__(self, pool: asyncpg.Pool, owner: str, report_base: str,
+                 kick: Callable[[], object], tries: int) -> None:
+        self.pool = pool
+        self.owner = owner
+        self.report_base = report_base
+        self.kick = kick
+        self.tries = tries
+        self.pending: list[tuple[uuid.UUID, Outcome, asyncio.Future[bool]]] = []
+        self.flushing: asyncio.Task[None] | None = None
+
+    async def record(self, session_id: uuid.UUID, outcome: Outcome) -> bool:
+        """Write one call's outcome with the others ending now: True once written, False
+        when the database stayed away for every try (the reconciler closes it then)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.pending.append((session_id, outcome, future))
+        if self.flushing is None or self.flushing.done():
+            self.flushing = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self.pending:
+            if len(self.pending) < BATCH_MAX:
+                await asyncio.sleep(BATCH_WAIT_S)
+            batch, self.pending = self.pending[:BATCH_MAX], self.pending[BATCH_MAX:]
+            by_session: dict[uuid.UUID, list[Outcome]] = {}
+            for session_id, outcome, _ in batch:
+                by_session.setdefault(session_id, []).append(outcome)
+            written = await self._write(by_session)
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_result(written)
+            if written:
+                try:  # webhooks are kicked again by the reconciler
+                    await asyncio.to_thread(self.kick)
+                except Exception as exc:  # noqa: BLE001 (a kick is best effort)
+                    log.debug("voice: webhook kick failed: %s", exc)
+
+    async def _write(self, by_session: dict[uuid.UUID, list[Outcome]]) -> bool:
+        left = dict(by_session)
+        delay = 0.2
+        for _ in range(self.tries):
+            try:
+                async with self.pool.acquire() as conn:
+                    for session_id in list(left):
+                        outcomes = left[session_id]
+                        done = await deliveries.record(conn, session_id, outcomes,
+                                                       owner=self.owner,
+                                                       report_base=self.report_base)
+                        await sessions.finish_if_done(conn, session_id,
+                                                      report_base=self.report_base)
+                        del left[session_id]
+                        metrics.recorded("voice", [o.result.outcome for o in outcomes
+                                                   if o.result.attempted], done.moved)
+                return True
+            except DATABASE_AWAY as exc:
+                log.warning("voice: recording %d calls failed, trying again: %s",
+                            sum(len(o) for o in left.values()), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return False
