@@ -57,6 +57,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             return _json_error(http_err)
         raise
     except DATABASE_AWAY as exc:
+        if request.transport is None or request.transport.is_closing():
+            # the HTTP client hung up (aiohttp's "Connection lost"), not the database
+            log.info("%s %s: the client went away", request.method, request.path)
+            return web.Response(status=499)
         log.warning("%s %s: the database is unavailable: %s", request.method, request.path, exc)
         return _json_error(Unavailable("the database is unavailable right now; retry shortly",
                                        error_id="dependency-unavailable",

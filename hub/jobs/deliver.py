@@ -20,19 +20,17 @@ from typing import Any
 
 import asyncpg
 from pydantic import ValidationError
-from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from hub import constants as c
-from hub.aredis import async_redis
 from hub.config import Settings, load_settings
+from hub.jobs.jobloop import Shared, run_job
 from hub.jobs.pipeline import Pipeline
 from hub.jobs.queueing import Kicker
 from hub.jobs.slots import Slot, Turn
 from hub.net import BlockedURL, FetchError
 from hub.store import deliveries, receipts, sessions
 from hub.store import transports as transports_store
-from hub.store.db import create_pool
 from hub.store.deliveries import Outcome, Recorded
 from hub.transports.registry import sending_spec
 
@@ -40,28 +38,24 @@ log = logging.getLogger(__name__)
 
 
 def deliver_session(session_id: str, slot: int | None = None) -> dict[str, Any]:
-    """RQ entry point (runs in the worker; RQ gives each job a fresh event loop)."""
+    """RQ entry point: runs on the worker process's job loop (`jobloop`), with the
+    database pool and Redis clients it keeps between jobs."""
     settings = load_settings()
-    return asyncio.run(_deliver(settings, uuid.UUID(session_id), slot))
+    result: dict[str, Any] = run_job(
+        settings, partial(_deliver, settings, uuid.UUID(session_id), slot))
+    return result
 
 
-async def _deliver(settings: Settings, session_id: uuid.UUID, slot_no: int | None) -> dict[str, Any]:
-    redis = Redis.from_url(settings.redis_url)
-    aredis = async_redis(settings.redis_url)
-    slot = Slot(aredis, str(session_id), slot_no)
+async def _deliver(settings: Settings, session_id: uuid.UUID, slot_no: int | None,
+                   shared: Shared) -> dict[str, Any]:
+    slot = Slot(shared.aredis, str(session_id), slot_no)
     try:
         if not await slot.take():
             return {"sent": 0, "reason": "other jobs serve this session"}
-        pool = await create_pool(settings.database_url, min_size=1, max_size=3)
-        try:
-            engine = Engine(settings, pool, Kicker(redis), aredis)
-            return await engine.run(session_id, slot)
-        finally:
-            await pool.close()
+        engine = Engine(settings, shared.pool, Kicker(shared.redis), shared.aredis)
+        return await engine.run(session_id, slot)
     finally:
         await slot.release()
-        await aredis.aclose()
-        redis.close()
 
 
 class Engine:

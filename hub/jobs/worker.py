@@ -30,6 +30,7 @@ from rq.scheduler import RQScheduler
 
 from hub.config import Settings
 from hub.constants import QUEUES, RECONCILER_LOCK_KEY, SCHEDULER_LOCK_PREFIX
+from hub.jobs.jobloop import close_all
 from hub.jobs.queueing import WEBHOOKS_KICK_KEY, Kicker
 from hub.jobs.reconciler import reconcile
 from hub.jobs.webhook_sender import outbox_drainer
@@ -152,3 +153,4 @@ def run_worker(settings: Settings, queues: tuple[str, ...], *, burst: bool = Fal
         worker.work(burst=burst, logging_level=settings.log_level)
     finally:
         stop.set()
+        close_all()
