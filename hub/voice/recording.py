@@ -3,7 +3,7 @@ in one round (one `deliveries.record` and one completion check per session), not
 transaction, completion check and webhook kick per call. At a hundred calls a second the
 per-call way queued on the session's completion lock and fell seconds behind.
 
-A batch waits at most BATCH_WAIT_S for company. While the database is away a batch is
+A batch waits a moment for company (`hub.batching`). While the database is away a batch is
 tried again with a growing delay, up to `tries` times; each session's part is written
 once (recording is idempotent anyway: a delivery only moves while its claim is held).
 """
@@ -17,13 +17,12 @@ from collections.abc import Callable
 
 import asyncpg
 
+from hub.batching import GroupCommit
 from hub.observe import metrics
 from hub.store import deliveries, sessions
 from hub.store.deliveries import Outcome
 
 log = logging.getLogger(__name__)
-BATCH_MAX = 200
-BATCH_WAIT_S = 0.02
 DATABASE_AWAY = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -35,37 +34,26 @@ class CallRecorder:
         self.report_base = report_base
         self.kick = kick
         self.tries = tries
-        self.pending: list[tuple[uuid.UUID, Outcome, asyncio.Future[bool]]] = []
-        self.flushing: asyncio.Task[None] | None = None
+        self.commit: GroupCommit[tuple[uuid.UUID, Outcome], bool] = GroupCommit(self._write)
 
     async def record(self, session_id: uuid.UUID, outcome: Outcome) -> bool:
         """Write one call's outcome with the others ending now: True once written, False
         when the database stayed away for every try (the reconciler closes it then)."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.pending.append((session_id, outcome, future))
-        if self.flushing is None or self.flushing.done():
-            self.flushing = asyncio.create_task(self._flush())
-        return await future
+        return await self.commit.submit((session_id, outcome))
 
-    async def _flush(self) -> None:
-        while self.pending:
-            if len(self.pending) < BATCH_MAX:
-                await asyncio.sleep(BATCH_WAIT_S)
-            batch, self.pending = self.pending[:BATCH_MAX], self.pending[BATCH_MAX:]
-            by_session: dict[uuid.UUID, list[Outcome]] = {}
-            for session_id, outcome, _ in batch:
-                by_session.setdefault(session_id, []).append(outcome)
-            written = await self._write(by_session)
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_result(written)
-            if written:
-                try:  # webhooks are kicked again by the reconciler
-                    await asyncio.to_thread(self.kick)
-                except Exception as exc:  # noqa: BLE001 (a kick is best effort)
-                    log.debug("voice: webhook kick failed: %s", exc)
+    async def _write(self, batch: list[tuple[uuid.UUID, Outcome]]) -> list[bool]:
+        by_session: dict[uuid.UUID, list[Outcome]] = {}
+        for session_id, outcome in batch:
+            by_session.setdefault(session_id, []).append(outcome)
+        written = await self._write_sessions(by_session)
+        if written:
+            try:  # webhooks are kicked again by the reconciler
+                await asyncio.to_thread(self.kick)
+            except Exception as exc:  # noqa: BLE001 (a kick is best effort)
+                log.debug("voice: webhook kick failed: %s", exc)
+        return [written] * len(batch)
 
-    async def _write(self, by_session: dict[uuid.UUID, list[Outcome]]) -> bool:
+    async def _write_sessions(self, by_session: dict[uuid.UUID, list[Outcome]]) -> bool:
         left = dict(by_session)
         delay = 0.2
         for _ in range(self.tries):
