@@ -61,10 +61,13 @@ class Ari:
         self._closing = False
 
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession(headers=self._headers,
-                                           connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
-                                           timeout=aiohttp.ClientTimeout(total=10))
+        self._http = self._session(timeout_s=10)
         self._reader = asyncio.create_task(self._read_forever(), name="ari-events")
+
+    def _session(self, timeout_s: float) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(headers=self._headers,
+                                     connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
+                                     timeout=aiohttp.ClientTimeout(total=timeout_s))
 
     async def close(self) -> None:
         self._closing = True
@@ -79,9 +82,7 @@ class Ari:
 
     async def request(self, method: str, path: str, **params: Any) -> Any:
         if self._http is None:  # REST only (e.g. asking another Asterisk about a call)
-            self._http = aiohttp.ClientSession(
-                headers=self._headers, connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
-                timeout=aiohttp.ClientTimeout(total=5))
+            self._http = self._session(timeout_s=5)
         body = params.pop("json", None)
         clean = {k: (str(v).lower() if isinstance(v, bool) else v)
                  for k, v in params.items() if v is not None}
