@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> web.Application:
         app[st.POOL] = await create_pool(settings.database_url, min_size=0, max_size=20)
         redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         app[st.KICKER] = Kicker(redis)
+        app[st.KICKS] = st.Kicks(app[st.KICKER])
         app[callbacks.RECEIPTS] = ReceiptBatcher(app[st.POOL], settings.base_url,
                                                    app[st.KICKER].webhooks)
         listener = asyncio.create_task(listen(settings.database_url, app[st.LOOKUPS]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
+from rq.queue import EnqueueData
 
 from hub.constants import (
     JOB_FAILURE_TTL_S,
@@ -35,6 +37,9 @@ VOICE_ALIVE_TTL_S = 10
 # a running job's after SLOT_RUNNING_TTL_S without a heartbeat (its worker died).
 SLOT_QUEUED_TTL_S = 900
 SLOT_RUNNING_TTL_S = 15
+
+
+Kick = tuple[str, str, int]  # (session id, transport type, delivery jobs wanted)
 
 
 def slot_key(session_id: str, slot: int) -> str:
@@ -80,20 +85,50 @@ class Kicker:
                     queue.enqueue_at(datetime.fromtimestamp(second, UTC), DELIVER_FUNC,
                                      session_id, job_id=job_id, **opts)
                 return True
-            wanted = min(max(1, parallel), MAX_PARALLEL_JOBS_PER_SESSION)
-            slots = [slot_key(session_id, n) for n in range(MAX_PARALLEL_JOBS_PER_SESSION)]
-            held = sum(1 for v in self.redis.mget(slots) if v is not None)
-            for n, key in enumerate(slots):
-                if held >= wanted:
-                    break
-                job_id = uuid.uuid4().hex
-                if self.redis.set(key, f"queued:{job_id}", nx=True, ex=SLOT_QUEUED_TTL_S):
-                    queue.enqueue(DELIVER_FUNC, session_id, n, job_id=job_id, **opts)
-                    held += 1
         except RedisError as exc:
             log.warning("could not enqueue session %s (the reconciler will): %s", session_id, exc)
             return False
-        return True
+        return self.sessions([(session_id, transport_type, parallel)])[0]
+
+    def sessions(self, kicks: Sequence[Kick]) -> list[bool]:
+        """`session()` now, for many sessions in three Redis round trips: read every slot,
+        take the free ones wanted (SET NX), enqueue one job per slot taken. One answer per
+        kick: False if Redis failed (the reconciler enqueues them later)."""
+        wanted = [(sid, type_, min(max(1, jobs), MAX_PARALLEL_JOBS_PER_SESSION))
+                  for sid, type_, jobs in kicks if type_ != "voice"]
+        if not wanted:
+            return [True] * len(kicks)
+        per = MAX_PARALLEL_JOBS_PER_SESSION
+        try:
+            markers = self.redis.mget([slot_key(sid, n) for sid, _, _ in wanted
+                                       for n in range(per)])
+            claims = []  # (session id, transport type, slot, job id)
+            for at, (sid, type_, jobs) in enumerate(wanted):
+                held = markers[at * per:(at + 1) * per]
+                free = [n for n, marker in enumerate(held) if marker is None]
+                need = jobs - (per - len(free))
+                claims += [(sid, type_, n, uuid.uuid4().hex) for n in free[:max(0, need)]]
+            if not claims:
+                return [True] * len(kicks)
+            pipe = self.redis.pipeline(transaction=False)
+            for sid, _, n, job_id in claims:
+                pipe.set(slot_key(sid, n), f"queued:{job_id}", nx=True, ex=SLOT_QUEUED_TTL_S)
+            taken = pipe.execute()
+            jobs_by_queue: dict[str, list[EnqueueData]] = {}
+            for (sid, type_, n, job_id), won in zip(claims, taken, strict=True):
+                if won:
+                    jobs_by_queue.setdefault(type_, []).append(Queue.prepare_data(
+                        DELIVER_FUNC, (sid, n), job_id=job_id, timeout=JOB_TIMEOUT_S,
+                        result_ttl=JOB_RESULT_TTL_S, failure_ttl=JOB_FAILURE_TTL_S))
+            pipe = self.redis.pipeline()
+            for type_, datas in jobs_by_queue.items():
+                self._queue(type_).enqueue_many(datas, pipeline=pipe)
+            pipe.execute()
+        except RedisError as exc:
+            log.warning("could not enqueue %d session(s) (the reconciler will): %s",
+                        len(wanted), exc)
+            return [False] * len(kicks)
+        return [True] * len(kicks)
 
     def to_back(self, session_id: str, transport_type: str) -> int:
         """Take the session's jobs still waiting on its queue off it (to be kicked again at

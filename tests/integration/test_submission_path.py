@@ -1,0 +1,109 @@
+"""The submission hot path (issue 12 part 4): what a burst of POST /v1/sessions leaves in
+Redis and what storing a session costs PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from redis import Redis
+from rq import Queue
+
+from hub.jobs.queueing import DELIVER_FUNC, Kicker, queued_job, slot_key
+from tests.conftest import DB_URL
+from tests.helpers import Api
+
+pytestmark = pytest.mark.e2e
+
+
+def queued_jobs(redis: Redis, queue: str) -> dict[str, list[int]]:
+    """session id → the job slots of the delivery jobs waiting on `queue`."""
+    out: dict[str, list[int]] = {}
+    for job in Queue(queue, connection=redis).get_jobs():
+        assert job.func_name == DELIVER_FUNC
+        session_id, slot = job.args
+        out.setdefault(session_id, []).append(slot)
+    return {sid: sorted(slots) for sid, slots in out.items()}
+
+
+def test_a_batch_of_kicks_enqueues_each_session_s_missing_jobs_once(db: Any, redis: Redis) -> None:
+    a, b, c, v = (str(uuid.uuid4()) for _ in range(4))
+    redis.set(slot_key(b, 0), "running:elsewhere")  # b already has a job running
+    kicker = Kicker(redis)
+    answers = kicker.sessions([(a, "email", 3), (b, "email", 2), (c, "sms", 1), (v, "voice", 1)])
+    assert answers == [True] * 4
+    assert queued_jobs(redis, "email") == {a: [0, 1, 2], b: [1]}
+    assert queued_jobs(redis, "sms") == {c: [0]}
+    assert redis.llen("rq:queue:voice") == 0  # the controller claims its own work
+    for sid, slot in ((a, 0), (a, 1), (a, 2), (b, 1), (c, 0)):  # each slot names its job
+        job_id = queued_job(redis.get(slot_key(sid, slot)))
+        assert job_id is not None and redis.exists(f"rq:job:{job_id}")
+    # Kicked again (the reconciler, a resume): the slots are held, nothing more is queued.
+    assert kicker.sessions([(a, "email", 3), (b, "email", 2), (c, "sms", 1)]) == [True] * 3
+    assert kicker.session(a, "email", parallel=3)
+    assert queued_jobs(redis, "email") == {a: [0, 1, 2], b: [1]}
+    assert queued_jobs(redis, "sms") == {c: [0]}
+
+
+async def test_a_burst_of_submissions_queues_exactly_one_job_per_session(
+        api: Api, email_transport: dict[str, Any], redis: Redis) -> None:
+    """200 submissions at once (the API batches their hand-offs): every session stored is
+    on the queue once, and nothing else is."""
+
+    async def submit(i: int) -> str:
+        status, body = await api.post("/v1/sessions", {
+            "transport": {"type": "email", "subject": "Hi", "message": "Hello"},
+            "audience": [f"r{i}@example.com"], "options": {"trigger": "immediate"}})
+        assert status == 201, body
+        return str(body["sessionId"])
+
+    created = await asyncio.gather(*(submit(i) for i in range(200)))
+    assert len(set(created)) == 200
+    assert queued_jobs(redis, "email") == {sid: [0] for sid in created}
+
+
+async def test_counting_deliveries_never_scans_the_sessions_table(db: asyncpg.Pool) -> None:
+    """The metrics triggers look each session up by its key. Planned on a small table they
+    chose a hash join over a sequential scan of every session, and the cached plan went on
+    scanning as the table grew: one full scan per delivery insert and update. PostgreSQL's
+    auto_explain hands this connection the plan of every statement the triggers run."""
+    plans: list[str] = []
+    conn = await asyncpg.connect(DB_URL)  # its own: auto_explain stays loaded on it
+    try:
+        conn.add_log_listener(lambda _, message: plans.append(message.message))
+        async with conn.transaction():
+            await conn.execute("LOAD 'auto_explain'")
+            for name, value in (("log_min_duration", "0"), ("log_nested_statements", "on"),
+                                ("log_level", "notice")):
+                await conn.execute(f"SET LOCAL auto_explain.{name} = '{value}'")
+            app_id, tid = uuid.uuid4(), uuid.uuid4()
+            await conn.execute("INSERT INTO apps (id, name, webhook_secret)"
+                               " VALUES ($1, 'scan', 's')", app_id)
+            await conn.execute(
+                "INSERT INTO transports (id, app_id, name, type, provider, config, secrets)"
+                " VALUES ($1, $2, 'smtp', 'email', 'smtp', '{}', '{}')", tid, app_id)
+            for n in range(20):
+                sid = uuid.uuid4()
+                await conn.execute(
+                    "INSERT INTO sessions (id, app_id, transport_id, transport_type, status,"
+                    " trigger, instruction, retries, retry_intervals_s, audience_count,"
+                    " duplicates_removed) VALUES ($1, $2, $3, 'email', 'queued', 'immediate',"
+                    " '{}', 0, '{}', 2, 0)", sid, app_id, tid)
+                await conn.execute(
+                    "INSERT INTO deliveries (session_id, address, status) VALUES"
+                    " ($1, $2, 'pending'), ($1, $3, 'pending')",
+                    sid, f"a{n}@example.com", f"b{n}@example.com")
+                await conn.execute("UPDATE deliveries SET status = 'in_progress'"
+                                   " WHERE session_id = $1", sid)
+            counted = await conn.fetchval(
+                "SELECT sum(n) FROM metric_deltas WHERE metric = 'deliveries'"
+                " AND transport = 'email' AND status = 'in_progress'")
+    finally:
+        await conn.close()
+    assert counted == 40  # the triggers still count every delivery
+    counting = [p for p in plans if "INSERT INTO metric_deltas" in p and "'deliveries'" in p]
+    assert len(counting) == 40  # 20 inserts and 20 updates, each counted once
+    assert not [p for p in counting if "Seq Scan on sessions" in p], counting[-1]
