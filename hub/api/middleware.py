@@ -28,9 +28,12 @@ from hub.errors import (
 from hub.store import apps
 
 log = logging.getLogger(__name__)
-# A restarting PostgreSQL or a failover: 503 with Retry-After, not an internal error.
-DATABASE_AWAY = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                 asyncpg.InterfaceError, ConnectionError)
+# A restarting PostgreSQL or a failover: 503 with Retry-After, not an internal error. Down,
+# it refuses connections; going down or starting, it says so (operator intervention); a
+# connection it dropped is an asyncpg interface error. Not any ConnectionError: an HTTP
+# client that hangs up mid-body raises ConnectionResetError too, and is not the database.
+DATABASE_AWAY = (asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError,
+                 asyncpg.InterfaceError, ConnectionRefusedError)
 
 
 def _json_error(err: HubError) -> web.Response:
@@ -57,18 +60,25 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             return _json_error(http_err)
         raise
     except DATABASE_AWAY as exc:
-        if request.transport is None or request.transport.is_closing():
-            # the HTTP client hung up (aiohttp's "Connection lost"), not the database
-            log.info("%s %s: the client went away", request.method, request.path)
-            return web.Response(status=499)
         log.warning("%s %s: the database is unavailable: %s", request.method, request.path, exc)
         return _json_error(Unavailable("the database is unavailable right now; retry shortly",
                                        error_id="dependency-unavailable",
                                        headers={"Retry-After": "2"}))
+    except ConnectionResetError:
+        if request.transport is None or request.transport.is_closing():
+            # aiohttp's "Connection lost": the client hung up before its request was read
+            log.info("%s %s: the client went away", request.method, request.path)
+            return web.Response(status=499)
+        return _internal_error(request)
     except Exception:
-        ref = uuid.uuid4().hex[:12]
-        log.exception("unhandled error %s on %s %s", ref, request.method, request.path)
-        return _json_error(HubError(f"internal error (reference {ref}); the request may be retried"))
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    """A 500 with a reference to the traceback logged (called while handling the error)."""
+    ref = uuid.uuid4().hex[:12]
+    log.exception("unhandled error %s on %s %s", ref, request.method, request.path)
+    return _json_error(HubError(f"internal error (reference {ref}); the request may be retried"))
 
 
 def _check_parameters(request: web.Request) -> None:

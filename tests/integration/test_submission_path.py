@@ -4,17 +4,19 @@ Redis and what storing a session costs PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from redis import Redis
 from rq import Queue
 
 from hub.jobs.queueing import DELIVER_FUNC, Kicker, queued_job, slot_key
-from tests.conftest import DB_URL
-from tests.helpers import Api
+from tests.conftest import DB_URL, Procs
+from tests.helpers import Api, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -107,3 +109,34 @@ async def test_counting_deliveries_never_scans_the_sessions_table(db: asyncpg.Po
     counting = [p for p in plans if "INSERT INTO metric_deltas" in p and "'deliveries'" in p]
     assert len(counting) == 40  # 20 inserts and 20 updates, each counted once
     assert not [p for p in counting if "Seq Scan on sessions" in p], counting[-1]
+
+
+async def test_a_client_that_hangs_up_mid_body_is_logged_as_gone_not_as_an_outage(
+        procs: Procs, make_app: Any) -> None:
+    """aiohttp reports a client gone before its body arrived as ConnectionResetError;
+    it once matched the middleware's "database unavailable" branch (a warning that sends an
+    operator to PostgreSQL) and must not become an internal error either."""
+    port = free_port()
+    procs.api(port)
+    app = await make_app("gone")
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer " + app.api_key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"transport\": ")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is reading the body
+        writer.transport.abort()  # RST: gone
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and procs.logs().count("the client went away") < 3:
+        await asyncio.sleep(0.1)
+    logs = procs.logs()
+    assert logs.count("POST /v1/sessions: the client went away") == 3, logs
+    assert "database is unavailable" not in logs and "unhandled error" not in logs, logs
+    async with aiohttp.ClientSession() as http, http.post(
+            f"http://127.0.0.1:{port}/v1/sessions",
+            headers={"Authorization": f"Bearer {app.api_key}"},
+            json={"transport": {"type": "email", "subject": "Hi", "message": "Hello"},
+                  "audience": ["a@example.com"], "options": {"trigger": "manual"}}) as r:
+        assert r.status == 422  # this app has no transport: answered, the API is fine
