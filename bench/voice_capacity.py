@@ -49,6 +49,7 @@ QUICK_RAMP = (5, 10)
 HOLD_TONE_S = 60     # every call plays this long: all of a step are up together
 SETTLE_S = 5         # after the last answer, how long all must stay up (RTP counted)
 HUB_CPS = 200
+QUIET_TIMEOUT_S = 60.0  # after a step, how long Asterisk gets to be rid of its channels
 
 
 def judge(calls: int, sipp: dict[str, int], streams: int, max_up: int) -> bool:
@@ -56,12 +57,20 @@ def judge(calls: int, sipp: dict[str, int], streams: int, max_up: int) -> bool:
         and max_up >= calls
 
 
-async def hang_up_all(ari: aiohttp.ClientSession) -> None:
-    async with ari.get(f"{ARI}/channels") as r:
-        channels = await r.json()
-    for ch in channels:
-        async with ari.delete(f"{ARI}/channels/{ch['id']}") as r:
-            await r.read()
+async def hang_up_all(ari: aiohttp.ClientSession, timeout_s: float = QUIET_TIMEOUT_S) -> int:
+    """Hang up every channel, again each second until Asterisk has none left (a step
+    must not start with the previous step's calls still tearing down); the channels
+    still there after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with ari.get(f"{ARI}/channels") as r:
+            channels = await r.json()
+        if not channels or time.monotonic() > deadline:
+            return len(channels)
+        for ch in channels:
+            async with ari.delete(f"{ARI}/channels/{ch['id']}") as r:
+                await r.read()
+        await asyncio.sleep(1.0)
 
 
 async def until_up(obs: Observer, calls: int, timeout_s: float) -> None:
@@ -89,8 +98,10 @@ async def step(kind: str, calls: int, work: Path, ari: aiohttp.ClientSession, ob
         if hub and sid:  # no retry of what we hang up may leak into the next step
             async with aiohttp.ClientSession() as http:
                 await hub.call(http, "POST", f"/v1/sessions/{sid}/cancel")
-        await hang_up_all(ari)
-        await asyncio.sleep(2)
+        left = await hang_up_all(ari)
+        if left:
+            print(f"  {kind} {calls}: {left} channels still up after {QUIET_TIMEOUT_S:g} s",
+                  flush=True)
     out.update(sipp_stats(stats_file))
     out["passed"] = judge(calls, out, streams, obs.max_up)
     print(f"  {kind} {calls}: {out}", flush=True)
