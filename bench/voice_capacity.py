@@ -97,7 +97,7 @@ async def step(kind: str, calls: int, work: Path, ari: aiohttp.ClientSession, ob
             out["controllerPeakRssMb"] = peak_rss_mb(hub.voice_pid)
         if hub and sid:  # no retry of what we hang up may leak into the next step
             async with aiohttp.ClientSession() as http:
-                await hub.call(http, "POST", f"/v1/sessions/{sid}/cancel")
+                await hub.cancel(http, sid)
         left = await hang_up_all(ari)
         if left:
             print(f"  {kind} {calls}: {left} channels still up after {QUIET_TIMEOUT_S:g} s",
@@ -160,7 +160,7 @@ async def main(opts: Options) -> list[Figure]:
                                                channels=1)
                     sound = await hub.media_uri(probe)
                     await asyncio.sleep(2)
-                    await hub.call(http, "POST", f"/v1/sessions/{probe}/cancel")
+                    await hub.cancel(http, probe)
                     await hang_up_all(ari)
                 for _ in range(opts.trials):
                     got, raw_steps = await ramp("raw", steps, work, ari, http, obs, hub,

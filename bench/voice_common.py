@@ -203,6 +203,13 @@ class Hub:
             assert r.status < 300, data
             return data
 
+    async def cancel(self, http: aiohttp.ClientSession, session_id: str) -> None:
+        """Cancel a session; one that has already ended (every call done) is fine."""
+        async with http.post(f"{self.url}/v1/sessions/{session_id}/cancel",
+                             headers={"Authorization": f"Bearer {self.key}"}) as r:
+            data = await r.json()
+            assert r.status < 300 or data.get("error_id") == "cannot-cancel", data
+
     async def campaign(self, http: aiohttp.ClientSession, numbers: list[str], file_url: str,
                        *, cps: float, channels: int) -> str:
         """A session through the one bench transport, set to `cps` and `channels` first.
