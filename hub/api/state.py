@@ -65,7 +65,7 @@ class Kicks:
         self.batches: GroupCommit[Kick, bool] = GroupCommit(self._enqueue, wait_s=0.0)
 
     async def _enqueue(self, batch: list[Kick]) -> list[bool]:
-        return await asyncio.to_thread(self.kicker.sessions, batch)
+        return [await asyncio.to_thread(self.kicker.sessions, batch)] * len(batch)
 
     async def session(self, session: Any, *, parallel: int = 1,
                       at: datetime | None = None) -> None:

@@ -73,31 +73,30 @@ class Kicker:
         """
         if transport_type == "voice":
             return True  # the voice controller claims its own work
-        queue = self._queue(transport_type)
-        opts = {"job_timeout": JOB_TIMEOUT_S, "result_ttl": JOB_RESULT_TTL_S,
-                "failure_ttl": JOB_FAILURE_TTL_S}
+        if at is None or at <= datetime.now(UTC):
+            return self.sessions([(session_id, transport_type, parallel)])
+        # RQ's scheduler keeps whole seconds and may fire up to 1 s early: round up.
+        second = math.ceil(at.timestamp())
+        job_id = f"deliver-{session_id}-{second}"
         try:
-            if at is not None and at > datetime.now(UTC):
-                # RQ's scheduler keeps whole seconds and may fire up to 1 s early: round up.
-                second = math.ceil(at.timestamp())
-                job_id = f"deliver-{session_id}-{second}"
-                if not Job.exists(job_id, connection=self.redis):
-                    queue.enqueue_at(datetime.fromtimestamp(second, UTC), DELIVER_FUNC,
-                                     session_id, job_id=job_id, **opts)
-                return True
+            if not Job.exists(job_id, connection=self.redis):
+                self._queue(transport_type).enqueue_at(
+                    datetime.fromtimestamp(second, UTC), DELIVER_FUNC, session_id,
+                    job_id=job_id, job_timeout=JOB_TIMEOUT_S, result_ttl=JOB_RESULT_TTL_S,
+                    failure_ttl=JOB_FAILURE_TTL_S)
         except RedisError as exc:
             log.warning("could not enqueue session %s (the reconciler will): %s", session_id, exc)
             return False
-        return self.sessions([(session_id, transport_type, parallel)])[0]
+        return True
 
-    def sessions(self, kicks: Sequence[Kick]) -> list[bool]:
+    def sessions(self, kicks: Sequence[Kick]) -> bool:
         """`session()` now, for many sessions in three Redis round trips: read every slot,
-        take the free ones wanted (SET NX), enqueue one job per slot taken. One answer per
-        kick: False if Redis failed (the reconciler enqueues them later)."""
+        take the free ones wanted (SET NX), enqueue one job per slot taken. False if Redis
+        failed (the reconciler enqueues them later)."""
         wanted = [(sid, type_, min(max(1, jobs), MAX_PARALLEL_JOBS_PER_SESSION))
                   for sid, type_, jobs in kicks if type_ != "voice"]
         if not wanted:
-            return [True] * len(kicks)
+            return True
         per = MAX_PARALLEL_JOBS_PER_SESSION
         try:
             markers = self.redis.mget([slot_key(sid, n) for sid, _, _ in wanted
@@ -109,7 +108,7 @@ class Kicker:
                 need = jobs - (per - len(free))
                 claims += [(sid, type_, n, uuid.uuid4().hex) for n in free[:max(0, need)]]
             if not claims:
-                return [True] * len(kicks)
+                return True
             pipe = self.redis.pipeline(transaction=False)
             for sid, _, n, job_id in claims:
                 pipe.set(slot_key(sid, n), f"queued:{job_id}", nx=True, ex=SLOT_QUEUED_TTL_S)
@@ -127,8 +126,8 @@ class Kicker:
         except RedisError as exc:
             log.warning("could not enqueue %d session(s) (the reconciler will): %s",
                         len(wanted), exc)
-            return [False] * len(kicks)
-        return [True] * len(kicks)
+            return False
+        return True
 
     def to_back(self, session_id: str, transport_type: str) -> int:
         """Take the session's jobs still waiting on its queue off it (to be kicked again at

@@ -35,8 +35,7 @@ def test_a_batch_of_kicks_enqueues_each_session_s_missing_jobs_once(db: Any, red
     a, b, c, v = (str(uuid.uuid4()) for _ in range(4))
     redis.set(slot_key(b, 0), "running:elsewhere")  # b already has a job running
     kicker = Kicker(redis)
-    answers = kicker.sessions([(a, "email", 3), (b, "email", 2), (c, "sms", 1), (v, "voice", 1)])
-    assert answers == [True] * 4
+    assert kicker.sessions([(a, "email", 3), (b, "email", 2), (c, "sms", 1), (v, "voice", 1)])
     assert queued_jobs(redis, "email") == {a: [0, 1, 2], b: [1]}
     assert queued_jobs(redis, "sms") == {c: [0]}
     assert redis.llen("rq:queue:voice") == 0  # the controller claims its own work
@@ -44,7 +43,7 @@ def test_a_batch_of_kicks_enqueues_each_session_s_missing_jobs_once(db: Any, red
         job_id = queued_job(redis.get(slot_key(sid, slot)))
         assert job_id is not None and redis.exists(f"rq:job:{job_id}")
     # Kicked again (the reconciler, a resume): the slots are held, nothing more is queued.
-    assert kicker.sessions([(a, "email", 3), (b, "email", 2), (c, "sms", 1)]) == [True] * 3
+    assert kicker.sessions([(a, "email", 3), (b, "email", 2), (c, "sms", 1)])
     assert kicker.session(a, "email", parallel=3)
     assert queued_jobs(redis, "email") == {a: [0, 1, 2], b: [1]}
     assert queued_jobs(redis, "sms") == {c: [0]}
