@@ -88,22 +88,18 @@ async def loadgen(url: str, key: str, rate: float, opts: Options, webhook: str |
     return result
 
 
-async def backlog() -> int:
+async def backlog(db: asyncpg.Connection) -> int:
     """Sessions the worker has not finished (queued or running)."""
-    conn = await asyncpg.connect(DB_URL)
-    try:
-        open_: int = await conn.fetchval(
-            "SELECT count(*) FROM sessions WHERE status IN ('queued', 'running')")
-    finally:
-        await conn.close()
+    open_: int = await db.fetchval(
+        "SELECT count(*) FROM sessions WHERE status IN ('queued', 'running')")
     return open_
 
 
-async def drained(timeout_s: float) -> float:
+async def drained(db: asyncpg.Connection, timeout_s: float) -> float:
     """Seconds until no session is queued or running (the worker caught up), at most
     `timeout_s`."""
     start = time.perf_counter()
-    while time.perf_counter() - start < timeout_s and await backlog():
+    while time.perf_counter() - start < timeout_s and await backlog(db):
         await asyncio.sleep(1.0)
     return time.perf_counter() - start
 
@@ -135,15 +131,16 @@ async def open_loop(url: str, key: str, base_url: str, webhook: str, opts: Optio
     raw: dict[float, list[dict[str, Any]]] = {}
     backlogs: dict[float, list[int]] = {}
     figures = []
+    db = await asyncpg.connect(DB_URL)
     for rate in rates:
         for _ in range(opts.trials):
             with paused(worker):
                 raw.setdefault(rate, []).append(await loadgen(base_url, "none", rate, opts,
                                                               None))
-            backlogs.setdefault(rate, []).append(await backlog())
+            backlogs.setdefault(rate, []).append(await backlog(db))
             hub.setdefault(rate, []).append(await loadgen(url + "/v1/sessions", key, rate, opts,
                                                           webhook))
-            await drained(opts.pick(DRAIN_CAP_S, 10.0))
+            await drained(db, opts.pick(DRAIN_CAP_S, 10.0))
         h, b = hub[rate], raw[rate]
         print(f"  {rate:g} req/s offered: hub {[r['achieved'] for r in h]} achieved,"
               f" p99 {[r['p99Ms'] for r in h]} ms, errors {[r['errorCount'] for r in h]},"
@@ -161,6 +158,7 @@ async def open_loop(url: str, key: str, base_url: str, webhook: str, opts: Optio
         figures.append(Figure(f"api.small.p99@{rate:g}", "ms", [r["p99Ms"] or 1e9 for r in h],
                               "<=", 50.0 if rate <= 1000 else SUSTAINED_P99_MS,
                               baseline=[r["p99Ms"] or 1e9 for r in b]))
+    await db.close()
     figures.insert(0, Figure(
         "api.small.sustained", "req/s", [sustained(hub)], ">=", 3 * TODAY_RPS,
         baseline=[sustained(raw)],
