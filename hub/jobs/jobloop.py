@@ -64,7 +64,7 @@ class JobLoop:
         async with self._opening:
             if self._shared is None:
                 pool = await create_pool(self.settings.database_url, min_size=0,
-                                         max_size=POOL_MAX)
+                                         max_size=POOL_MAX, custom_plans=True)
                 self._shared = Shared(pool, Redis.from_url(self.settings.redis_url),
                                       async_redis(self.settings.redis_url))
             return self._shared

@@ -34,26 +34,37 @@ _EXPIRED = ("d.status = 'in_progress' AND d.lease_until < now()"
 def claim_sql(scope: str) -> str:
     """The claim statement for deliveries matching `scope` (SQL over `d` and `s`, with
     $1 its parameter): lease up to $2 due ones for $3 seconds, owner $5; a delivery whose
-    lease expired has its open attempt closed as interrupted ($4)."""
+    lease expired has its open attempt closed as interrupted ($4).
+
+    Interrupted claims go first, then the earliest due, read in the order of
+    `deliveries_session_due` up to the limit: a claim reads what it takes, whatever the
+    size of the session. The rows are then found by id (`= ANY`), never by a join whose
+    plan could read the table."""
     return f"""
-WITH due AS (
+WITH lapsed AS (
     SELECT d.id FROM deliveries d JOIN sessions s ON s.id = d.session_id
-    WHERE {scope}
-      AND ((d.status IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= now())
-           OR ({_EXPIRED} AND d.interruptions < {MAX_INTERRUPTIONS - 1}))
-    ORDER BY d.next_attempt_at NULLS FIRST, d.id
+    WHERE {scope} AND {_EXPIRED} AND d.interruptions < {MAX_INTERRUPTIONS - 1}
+    ORDER BY d.lease_until, d.id
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
+), fresh AS (
+    SELECT d.id FROM deliveries d JOIN sessions s ON s.id = d.session_id
+    WHERE {scope} AND d.status IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= now()
+    ORDER BY d.next_attempt_at, d.id
+    LIMIT $2
+    FOR UPDATE OF d SKIP LOCKED
+), due AS (  -- read lazily: `fresh` is read only as far as `lapsed` leaves room
+    SELECT id FROM lapsed UNION ALL SELECT id FROM fresh LIMIT $2
 ), lost AS (
     UPDATE attempts a SET ended_at = now(), outcome = 'interrupted', error = $4
-    FROM due WHERE a.delivery_id = due.id AND a.ended_at IS NULL
+    WHERE a.delivery_id = ANY(ARRAY(SELECT id FROM lapsed)) AND a.ended_at IS NULL
     RETURNING a.delivery_id
 )
 UPDATE deliveries d
 SET status = 'in_progress', attempts = d.attempts + 1, last_attempt_at = now(),
     interruptions = d.interruptions + (CASE WHEN d.status = 'in_progress' THEN 1 ELSE 0 END),
     next_attempt_at = NULL, lease_until = now() + make_interval(secs => $3), claimed_by = $5
-FROM due WHERE d.id = due.id
+WHERE d.id = ANY(ARRAY(SELECT id FROM due))
 RETURNING d.id, d.address, d.attempts, d.tries, d.session_id, d.role
 """
 

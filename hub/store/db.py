@@ -30,10 +30,26 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     lookup listener use connections of their own)."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
-    """A pool whose connections encode and decode json/jsonb as Python objects."""
+# Plan each statement for its own parameters and the tables as they are now. A cached
+# generic plan is made once per connection, often while a new session's rows are still
+# few (or before the table was ever analyzed), and kept: a batch update that was planned
+# as a scan of a small table goes on scanning it as it grows. Batched statements can
+# afford the planning; the API's small per-request statements keep their cached plans.
+CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
+
+
+async def plan_afresh(conn: asyncpg.Connection) -> None:
+    """For the rest of this transaction, plan every statement afresh (`CUSTOM_PLANS`)."""
+    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
+                      custom_plans: bool = False) -> Pool:
+    """A pool whose connections encode and decode json/jsonb as Python objects (and plan
+    every statement afresh if `custom_plans`)."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset,
+        server_settings=CUSTOM_PLANS if custom_plans else None,
     )
     assert pool is not None
     return pool

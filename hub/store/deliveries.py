@@ -74,14 +74,20 @@ async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequ
             " claimed_by = CASE WHEN u.status = 'in_progress' THEN $11 END,"
             " duration_s = coalesce(u.duration, d.duration_s)"
             " FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::jsonb[],"
-            " $6::text[], $7::text[], $8::timestamptz[], $9::float8[], $10::int[])"
-            " AS u(id, att, status, outcome, detail, ref, error, next, duration, spend)"
-            " WHERE d.id = u.id AND d.attempts = u.att AND d.status = 'in_progress'"
-            " AND d.claimed_by IS NOT DISTINCT FROM $12"
+            " $6::text[], $7::text[], $8::timestamptz[], $9::float8[], $10::int[],"
+            " $12::text[], $13::text[])"
+            " AS u(id, att, status, outcome, detail, ref, error, next, duration, spend,"
+            " held, owner)"
+            # The claim's guard is matched against the batch's rows, not written as a
+            # filter on `deliveries` alone: such a filter (status in_progress, one owner)
+            # looks like a handful of rows to the planner, which then scans them once per
+            # row of the batch (a nested loop with the batch inside), quadratic per batch.
+            " WHERE d.id = u.id AND d.attempts = u.att AND d.status = u.held"
+            " AND d.claimed_by IS NOT DISTINCT FROM u.owner"
             " RETURNING d.id, d.status",
             cols["did"], cols["att"], cols["status"], cols["outcome"], cols["detail"],
             cols["ref"], cols["error"], cols["next"], cols["duration"], cols["spend"],
-            RECEIPT_OWNER, owner,
+            RECEIPT_OWNER, [c.D_IN_PROGRESS] * len(outcomes), [owner] * len(outcomes),
         )
         moved = {r["id"] for r in rows}
         final = [r["id"] for r in rows if r["status"] in c.FINAL_DELIVERY_STATUSES]

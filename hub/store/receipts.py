@@ -28,6 +28,7 @@ from hub import constants as c
 from hub.retry import decide, when_cancelled
 from hub.store import outbox, sessions
 from hub.store.claims import RECEIPT_OWNER
+from hub.store.db import plan_afresh
 from hub.transports.base import Result
 
 NO_RECEIPT = "the provider sent no delivery receipt before the deadline; assumed delivered"
@@ -70,6 +71,7 @@ async def apply_many(conn: asyncpg.Connection, receipts: Sequence[tuple[uuid.UUI
     wanted = {(tid, ref): result for tid, ref, result in receipts}  # the last word wins
     outcome: dict[Key, str] = {}
     async with conn.transaction():
+        await plan_afresh(conn)  # a batch of callbacks is worth its planning
         await _lock(conn, wanted)
         found = await _find(conn, wanted)
         applied = await _settle_locked(

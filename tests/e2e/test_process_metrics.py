@@ -17,7 +17,7 @@ from hub.dev.fake_twilio import FakeTwilio
 from tests.conftest import Procs
 from tests.e2e.test_email_flow import email
 from tests.e2e.test_twilio import sms
-from tests.helpers import Api, WebhookReceiver, eventually, free_port
+from tests.helpers import Api, WebhookReceiver, eventually, free_port, free_ports
 
 pytestmark = pytest.mark.e2e
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -129,7 +129,7 @@ async def _done(db: asyncpg.Pool) -> bool | None:
 async def test_several_workers_on_one_host_take_the_next_port(
     db: asyncpg.Pool, http: aiohttp.ClientSession, procs: Procs,
 ) -> None:
-    port = free_port()
+    port = free_ports(2)  # the second worker's is the next one: it must be free too
     procs.worker(HUB_WORKER_METRICS_PORT=str(port))
     await serving(http, f"http://127.0.0.1:{port}/metrics")
     procs.worker(HUB_WORKER_METRICS_PORT=str(port))
