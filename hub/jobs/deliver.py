@@ -31,6 +31,7 @@ from hub.jobs.slots import Slot, Turn
 from hub.net import BlockedURL, FetchError
 from hub.store import deliveries, receipts, sessions
 from hub.store import transports as transports_store
+from hub.store.db import DATABASE_TROUBLE
 from hub.store.deliveries import Outcome, Recorded
 from hub.transports.registry import sending_spec
 
@@ -142,7 +143,7 @@ class Engine:
                                                      report_base=self.settings.base_url)
                 active = await conn.fetchval("SELECT status FROM sessions WHERE id = $1",
                                              session["id"])
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_TROUBLE as exc:
             log.warning("follow-up of session %s skipped (the reconciler will): %s",
                         session["id"], exc)
             return

@@ -36,10 +36,11 @@ def claim_sql(scope: str) -> str:
     $1 its parameter): lease up to $2 due ones for $3 seconds, owner $5; a delivery whose
     lease expired has its open attempt closed as interrupted ($4).
 
-    Interrupted claims go first, then the earliest due, read in the order of
-    `deliveries_session_due` up to the limit: a claim reads what it takes, whatever the
-    size of the session. The rows are then found by id (`= ANY`), never by a join whose
-    plan could read the table."""
+    Interrupted claims go first (oldest lease first), then the earliest due, each read in
+    the order of its index (`deliveries_session_working`, `deliveries_session_due`) up to
+    the limit: a claim reads what it takes, whatever the size of the session and however
+    many of its messages wait for a receipt. The rows are then found by id (`= ANY`),
+    never by a join whose plan could read the table, and answered in claim order."""
     return f"""
 WITH lapsed AS (
     SELECT d.id FROM deliveries d JOIN sessions s ON s.id = d.session_id
@@ -53,19 +54,21 @@ WITH lapsed AS (
     ORDER BY d.next_attempt_at, d.id
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
-), due AS (  -- read lazily: `fresh` is read only as far as `lapsed` leaves room
-    SELECT id FROM lapsed UNION ALL SELECT id FROM fresh LIMIT $2
+), picked AS MATERIALIZED (  -- `fresh` is read only as far as `lapsed` leaves room
+    SELECT ARRAY(SELECT id FROM lapsed UNION ALL SELECT id FROM fresh LIMIT $2) AS ids
 ), lost AS (
     UPDATE attempts a SET ended_at = now(), outcome = 'interrupted', error = $4
     WHERE a.delivery_id = ANY(ARRAY(SELECT id FROM lapsed)) AND a.ended_at IS NULL
     RETURNING a.delivery_id
+), taken AS (
+    UPDATE deliveries d
+    SET status = 'in_progress', attempts = d.attempts + 1, last_attempt_at = now(),
+        interruptions = d.interruptions + (CASE WHEN d.status = 'in_progress' THEN 1 ELSE 0 END),
+        next_attempt_at = NULL, lease_until = now() + make_interval(secs => $3), claimed_by = $5
+    WHERE d.id = ANY((SELECT ids FROM picked)::bigint[])
+    RETURNING d.id, d.address, d.attempts, d.tries, d.session_id, d.role
 )
-UPDATE deliveries d
-SET status = 'in_progress', attempts = d.attempts + 1, last_attempt_at = now(),
-    interruptions = d.interruptions + (CASE WHEN d.status = 'in_progress' THEN 1 ELSE 0 END),
-    next_attempt_at = NULL, lease_until = now() + make_interval(secs => $3), claimed_by = $5
-WHERE d.id = ANY(ARRAY(SELECT id FROM due))
-RETURNING d.id, d.address, d.attempts, d.tries, d.session_id, d.role
+SELECT taken.* FROM taken, picked ORDER BY array_position(picked.ids, taken.id)
 """
 
 
@@ -125,10 +128,14 @@ async def give_back(conn: asyncpg.Connection, session_id: uuid.UUID, items: Sequ
                     owner: str, *, at: datetime | None = None, note: str | None = None) -> int:
     """Return claimed deliveries that were never sent: their attempt disappears and they
     are due again at once, or `at` (with `note` as their error), or `cancelled` if the
-    session was cancelled meanwhile. No try is spent."""
+    session was cancelled meanwhile. No try is spent. Each is matched by its attempt's own
+    id too: giving back takes the attempt number back, so the owner's next claim of the
+    delivery has the same number, and a give-back tried again (its first answer lost)
+    must not undo that claim."""
     if not items:
         return 0
     ids, atts = _keys(items)
+    aids = [uuid.UUID(i.recipient.attempt_id) for i in items]
     async with conn.transaction():
         status = await conn.fetchval(
             "SELECT status FROM sessions WHERE id = $1 FOR KEY SHARE", session_id)
@@ -141,14 +148,14 @@ async def give_back(conn: asyncpg.Connection, session_id: uuid.UUID, items: Sequ
             " next_attempt_at = CASE WHEN $4 THEN NULL ELSE coalesce($5, now()) END,"
             " error = CASE WHEN $4 THEN coalesce(d.error, 'session cancelled')"
             "   ELSE coalesce($6, d.error) END"
-            " FROM unnest($1::bigint[], $2::int[]) AS u(id, att)"
+            " FROM unnest($1::bigint[], $2::int[], $7::uuid[]) AS u(id, att, aid)"
             " WHERE d.id = u.id AND d.attempts = u.att AND d.status = 'in_progress'"
-            " AND d.claimed_by = $3 RETURNING d.id, u.att", ids, atts, owner, cancelled, at, note)
+            " AND d.claimed_by = $3"
+            " AND EXISTS (SELECT 1 FROM attempts a WHERE a.id = u.aid AND a.delivery_id = u.id)"
+            " RETURNING d.id, u.aid", ids, atts, owner, cancelled, at, note, aids)
         if rows:
-            await conn.execute(
-                "DELETE FROM attempts a USING unnest($1::bigint[], $2::int[]) AS u(id, att)"
-                " WHERE a.delivery_id = u.id AND a.attempt = u.att",
-                [r["id"] for r in rows], [r["att"] for r in rows])
+            await conn.execute("DELETE FROM attempts WHERE id = ANY($1::uuid[])",
+                               [r["aid"] for r in rows])
             if cancelled:
                 await outbox.add_delivery_events(conn, [r["id"] for r in rows])
     return len(rows)

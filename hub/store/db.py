@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TypeAlias
 from urllib.parse import urlsplit, urlunsplit
@@ -14,6 +16,27 @@ log = logging.getLogger(__name__)
 
 Pool: TypeAlias = asyncpg.Pool
 MIGRATIONS_LOCK_ID = 0x4855_42  # advisory lock held while migrating ("HUB")
+# The database could not be reached or answered with an error: worth trying again.
+DATABASE_TROUBLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+FIRST_PAUSE_S = 0.2
+LONGEST_PAUSE_S = 5.0
+
+
+async def patiently(attempt: Callable[[], Awaitable[None]], tries: int,
+                    what: Callable[[], str]) -> bool:
+    """Run `attempt` until it succeeds, at most `tries` times; after each failure with the
+    database (`DATABASE_TROUBLE`) a warning naming `what()` and a pause that doubles from
+    FIRST_PAUSE_S up to LONGEST_PAUSE_S. True once it succeeded, False if it never did."""
+    pause = FIRST_PAUSE_S
+    for _ in range(tries):
+        try:
+            await attempt()
+            return True
+        except DATABASE_TROUBLE as exc:
+            log.warning("%s failed, trying again: %s", what(), exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LONGEST_PAUSE_S)
+    return False
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -25,6 +25,7 @@ import asyncpg
 from hub.config import Settings
 from hub.store import callbacks as store
 from hub.store import suppressions
+from hub.store.db import DATABASE_TROUBLE
 from hub.voice.agi import Agi, AgiServer, Route
 from hub.voice.audio import AudioError, AudioStore, Media
 
@@ -96,7 +97,7 @@ class Callbacks:
                 callback_id = await store.start(conn, caller=caller or raw or "unknown",
                                                 trunk=trunk, channel=channel or None,
                                                 found=found)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DATABASE_TROUBLE:
             log.exception("agi: callback from %s: database unavailable; fallback played",
                           caller or raw)
             await agi.answer()
@@ -125,7 +126,7 @@ class Callbacks:
             async with self.pool.acquire() as conn:
                 await suppressions.add_one(conn, app_id, address, "voice",
                                            "pressed 9 on a callback")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DATABASE_TROUBLE:
             log.exception("agi: adding %s to the do-not-contact list failed", address)
             return False
         log.info("agi: %s asked to stop these calls", address)
@@ -136,7 +137,7 @@ class Callbacks:
             async with self.pool.acquire() as conn:
                 await store.finish(conn, callback_id, listened_s=heard.listened_s(),
                                    digits=heard.digits, suppressed=heard.suppressed)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DATABASE_TROUBLE:
             log.exception("agi: recording callback %s failed", callback_id)
 
     async def lookup(self, agi: Agi) -> None:

@@ -32,7 +32,7 @@ from hub.retry import decide
 from hub.store import claims, deliveries, grants, sessions
 from hub.store import voice as store
 from hub.store.claims import Claimed
-from hub.store.db import create_pool
+from hub.store.db import DATABASE_TROUBLE, create_pool, patiently
 from hub.store.deliveries import Outcome
 from hub.transports.base import Recipient, Result
 from hub.voice import ami
@@ -155,7 +155,7 @@ class Controller:
                     if trunk.task is None or trunk.task.done():
                         trunk.task = asyncio.create_task(self._dial(trunk), name=f"trunk-{row['name']}")
                     trunk.wake.set()
-            except (OSError, asyncpg.PostgresError) as exc:
+            except DATABASE_TROUBLE as exc:
                 log.warning("voice: database unavailable: %s", exc)
             await self._sleep(self.settings.voice_poll_s)
 
@@ -193,7 +193,7 @@ class Controller:
                                             turn=trunk.turn, lapsed_before=cutoff)
                 self.held.update(c.item.recipient.delivery_id for c in claimed)
             trunk.turn += 1
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_TROUBLE as exc:
             log.warning("voice: trunk %s cannot claim now: %s", trunk.name, exc)
             await self._sleep(1.0)
             return
@@ -229,8 +229,7 @@ class Controller:
         trunk.calls.discard(channel)
         await self.carrier.release(trunk.config.trunk, channel)
         info = self.sessions.get(session_id)
-        if info is None or isinstance(exc, (OSError, asyncpg.PostgresError,
-                                            asyncpg.InterfaceError, RedisError)):
+        if info is None or isinstance(exc, (*DATABASE_TROUBLE, RedisError)):
             # Nothing dialled: no try spent. The database may be the trouble, so the claim
             # stays held (its lease renewed) until it could be given back.
             task = asyncio.create_task(self._give_back_patiently(
@@ -416,29 +415,26 @@ class Controller:
         """Give back a claim whose call was never placed, trying again while the database is
         away (as recording does); until then the claim stays held, so no reconcile counts
         it as a call lost and spends a try on it."""
-        delay = 0.2
-        for _ in range(RECORD_TRIES):
-            try:
-                await self._give_back(item, session_id, None, note)
-                return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                self.held.add(item.recipient.delivery_id)  # _give_back let go of it
-                log.warning("voice: giving back %s failed, trying again: %s",
-                            item.recipient.address, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        log.error("voice: gave up giving back %s; its lease will lapse", item.recipient.address)
-        self.held.discard(item.recipient.delivery_id)
+        self.held.add(item.recipient.delivery_id)
+        given = False
+        try:
+            given = await patiently(lambda: self._give_back(item, session_id, None, note),
+                                    RECORD_TRIES,
+                                    lambda: f"voice: giving back {item.recipient.address}")
+        finally:
+            if not given:  # its lease lapses; the claim is no longer kept alive here
+                log.error("voice: gave up giving back %s; its lease will lapse",
+                          item.recipient.address)
+                self.held.discard(item.recipient.delivery_id)
 
     async def _give_back(self, item: Claimed, session_id: uuid.UUID, at: datetime | None,
                          note: str) -> None:
-        try:
-            async with self.pool.acquire() as conn:
-                await claims.give_back(conn, session_id, [item], self.owner,
-                                       at=at or datetime.now(UTC) + GIVE_BACK_DELAY,
-                                       note=note)
-        finally:
-            self.held.discard(item.recipient.delivery_id)
+        """Return the claim, due again at `at` (or shortly); it is no longer held once given
+        back (a claim that could not be given back stays held)."""
+        async with self.pool.acquire() as conn:
+            await claims.give_back(conn, session_id, [item], self.owner,
+                                   at=at or datetime.now(UTC) + GIVE_BACK_DELAY, note=note)
+        self.held.discard(item.recipient.delivery_id)
 
     async def _session(self, session_id: uuid.UUID) -> SessionInfo:
         info = self.sessions.pop(session_id, None)
@@ -506,7 +502,7 @@ class Controller:
             try:
                 async with self.pool.acquire() as conn:
                     await store.renew(conn, sorted(ids), self.settings.voice_lease_s, self.owner)
-            except (OSError, asyncpg.PostgresError) as exc:
+            except DATABASE_TROUBLE as exc:
                 log.warning("voice: could not renew leases: %s", exc)
 
     async def _sweep(self) -> None:
@@ -721,7 +717,7 @@ def _channel_of(event: dict[str, Any]) -> str:
 async def serve(settings: Settings) -> None:
     """Run the controller until cancelled."""
     metrics.serve(metrics.VOICE, settings.metrics_host, settings.voice_metrics_port, "voice")
-    pool = await create_pool(settings.database_url, min_size=1, max_size=10)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=10, custom_plans=True)
     redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     ari = Ari(settings.ari_url, settings.ari_user, settings.ari_password, STASIS_APP)
     aredis = async_redis(settings.redis_url, timeout_s=2, connect_timeout_s=1)

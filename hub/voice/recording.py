@@ -20,10 +20,10 @@ import asyncpg
 from hub.batching import GroupCommit
 from hub.observe import metrics
 from hub.store import deliveries, sessions
+from hub.store.db import patiently
 from hub.store.deliveries import Outcome
 
 log = logging.getLogger(__name__)
-DATABASE_AWAY = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class CallRecorder:
@@ -55,24 +55,17 @@ class CallRecorder:
 
     async def _write_sessions(self, by_session: dict[uuid.UUID, list[Outcome]]) -> bool:
         left = dict(by_session)
-        delay = 0.2
-        for _ in range(self.tries):
-            try:
-                async with self.pool.acquire() as conn:
-                    for session_id in list(left):
-                        outcomes = left[session_id]
-                        done = await deliveries.record(conn, session_id, outcomes,
-                                                       owner=self.owner,
-                                                       report_base=self.report_base)
-                        await sessions.finish_if_done(conn, session_id,
-                                                      report_base=self.report_base)
-                        del left[session_id]
-                        metrics.recorded("voice", [o.result.outcome for o in outcomes
-                                                   if o.result.attempted], done.moved)
-                return True
-            except DATABASE_AWAY as exc:
-                log.warning("voice: recording %d calls failed, trying again: %s",
-                            sum(len(o) for o in left.values()), exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        return False
+
+        async def write_left() -> None:  # a session written is not written again
+            async with self.pool.acquire() as conn:
+                for session_id in list(left):
+                    outcomes = left[session_id]
+                    done = await deliveries.record(conn, session_id, outcomes, owner=self.owner,
+                                                   report_base=self.report_base)
+                    await sessions.finish_if_done(conn, session_id, report_base=self.report_base)
+                    del left[session_id]
+                    metrics.recorded("voice", [o.result.outcome for o in outcomes
+                                               if o.result.attempted], done.moved)
+
+        return await patiently(write_left, self.tries, lambda: (
+            f"voice: recording {sum(len(o) for o in left.values())} calls"))

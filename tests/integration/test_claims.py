@@ -79,24 +79,41 @@ async def test_attempts_interrupted_too_often_are_given_up(
 
 
 def _rows_read(plan: dict[str, Any], table: str) -> int:
-    """Rows the plan's scans of `table` produced, summed over every node and loop."""
-    own = (plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1)
-           if plan.get("Relation Name") == table else 0)
+    """Rows the plan's scans of `table` looked at (kept or filtered out), over every node
+    and loop."""
+    own = 0
+    if plan.get("Relation Name") == table:
+        looked = (plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)
+                  + plan.get("Rows Removed by Index Recheck", 0))
+        own = looked * plan.get("Actual Loops", 1)
     return own + sum(_rows_read(child, table) for child in plan.get("Plans", []))
 
 
 async def test_a_claim_reads_only_the_deliveries_it_takes(
     api: Api, email_transport: dict[str, Any], db: asyncpg.Pool,
 ) -> None:
-    """Each claim of a big session costs what it takes, not the session's size: the due
-    deliveries are read in order from an index and the scan stops at the limit (reading
-    and sorting every due delivery per claim made a session's sending quadratic). Holds
-    whether or not the table was analyzed since the session was stored."""
+    """Each claim of a big session costs what it takes, not the session's size nor the
+    number of its messages waiting for a receipt: lapsed claims and due deliveries are
+    read in order from indexes and the scans stop at the limit (reading and sorting every
+    due delivery per claim made a session's sending quadratic). Holds whether or not the
+    table was analyzed since the session was stored. Claims come back in claim order:
+    lapsed ones first, then by due time."""
     audience = [f"r{i}@example.com" for i in range(3000)]
     sid = await running_session(api, audience)
     async with db.acquire() as conn:
         first = await claims.claim(conn, sid, 10, 30, "job:first")
         await expire(db, sid)  # an interrupted claim is taken again, before anything else
+        # 1,000 sent messages waiting for their receipts (leases far from over) ...
+        await conn.execute(
+            "UPDATE deliveries SET status = 'in_progress', claimed_by = 'receipt',"
+            " lease_until = now() + interval '1 hour', next_attempt_at = NULL"
+            " WHERE id IN (SELECT id FROM deliveries WHERE session_id = $1"
+            "  AND status = 'pending' ORDER BY id DESC LIMIT 1000)", sid)
+        # ... and the five last pending ones due before all the others
+        early = [r["id"] for r in await conn.fetch(
+            "UPDATE deliveries SET next_attempt_at = now() - interval '1 hour'"
+            " WHERE id IN (SELECT id FROM deliveries WHERE session_id = $1"
+            "  AND status = 'pending' ORDER BY id DESC LIMIT 5) RETURNING id", sid)]
         for analyzed in (False, True):
             if analyzed:
                 await conn.execute("ANALYZE deliveries")
@@ -109,10 +126,30 @@ async def test_a_claim_reads_only_the_deliveries_it_takes(
             finally:
                 await probe.rollback()
             read = _rows_read(plan[0]["Plan"], "deliveries")
-            assert read <= 3 * 20 + 20, (analyzed, read)  # the 20 claimed, their updates
+            assert read <= 4 * 20, (analyzed, read)  # the 20 claimed: found, locked, updated
         taken = await claims.claim(conn, sid, 250, 30, "job:second")
-    # Expired claims first (in delivery order), then the earliest due.
     ids = [c.recipient.delivery_id for c in taken]
-    assert ids[:10] == sorted(c.recipient.delivery_id for c in first)
-    assert ids[10:] == sorted(ids[10:])
     assert len(set(ids)) == 250
+    assert ids[:10] == sorted(c.recipient.delivery_id for c in first)  # lapsed, lease order
+    assert ids[10:15] == sorted(early)  # then the earliest due
+    assert ids[15:] == sorted(ids[15:])  # then in due order (one time: by id)
+
+
+async def test_a_give_back_tried_again_never_undoes_a_newer_claim(
+    api: Api, email_transport: dict[str, Any], db: asyncpg.Pool,
+) -> None:
+    """Giving back takes the attempt number back, so the owner's next claim has the same
+    number. A give-back tried again after its answer was lost must not give back (and
+    delete the attempt of) that newer claim, whose call or message may be under way."""
+    sid = await running_session(api, ["again@example.com"])
+    async with db.acquire() as conn:
+        [old] = await claims.claim(conn, sid, 1, 30, "job:same")
+        assert await claims.give_back(conn, sid, [old], "job:same") == 1
+        [new] = await claims.claim(conn, sid, 1, 30, "job:same")
+        assert new.recipient.attempt == old.recipient.attempt  # the number came back
+        assert await claims.give_back(conn, sid, [old], "job:same") == 0  # the retry
+        row = await conn.fetchrow("SELECT * FROM deliveries WHERE session_id = $1", sid)
+        assert (row["status"], row["claimed_by"]) == ("in_progress", "job:same")
+        assert await conn.fetchval("SELECT count(*) FROM attempts WHERE id = $1",
+                                   uuid.UUID(new.recipient.attempt_id)) == 1
+        assert await claims.give_back(conn, sid, [new], "job:same") == 1
