@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from hub.store import suppressions
 from hub.store.claims import INTERRUPTED_ERROR, Claimed, claim_sql, open_attempts
 
 ACTIVATE_SQL = """
@@ -64,31 +62,22 @@ async def trunks_with_work(conn: asyncpg.Connection) -> list[Any]:
     return list(await conn.fetch(TRUNKS_SQL))
 
 
-@dataclass(frozen=True)
-class CallClaim:
-    item: Claimed
-    session_id: uuid.UUID
-    blocked: bool  # the address is on the app's do-not-contact list: record, never dial
-
-
 async def claim(conn: asyncpg.Connection, transport_id: uuid.UUID, limit: int, lease_s: float,
                 owner: str, turn: int = 0, lapsed_before: datetime | None = None
-                ) -> list[CallClaim]:
+                ) -> list[tuple[Claimed, uuid.UUID]]:
     """Claim up to `limit` due calls on the trunk, shared out between its running sessions
     (each gets its part, the first in line changing with `turn`), so sessions sharing a
-    trunk are served in turn rather than one after the other. Each session's part is
-    checked against its app's do-not-contact list in the claim's transaction (one query
-    for the part, not one per call)."""
-    sessions = [(r["id"], r["app_id"]) for r in await conn.fetch(
-        "SELECT id, app_id FROM sessions WHERE transport_id = $1 AND status = 'running'"
+    trunk are served in turn rather than one after the other."""
+    sessions = [r["id"] for r in await conn.fetch(
+        "SELECT id FROM sessions WHERE transport_id = $1 AND status = 'running'"
         " AND media IS NOT NULL ORDER BY created_at, id", transport_id)]
     if not sessions:
         return []
     start = turn % len(sessions)
     order = sessions[start:] + sessions[:start]
     share = -(-limit // len(order))  # ceiling
-    found: list[CallClaim] = []
-    for session_id, app_id in order:
+    found: list[tuple[Claimed, uuid.UUID]] = []
+    for session_id in order:
         if len(found) >= limit:
             break
         async with conn.transaction():
@@ -96,9 +85,7 @@ async def claim(conn: asyncpg.Connection, transport_id: uuid.UUID, limit: int, l
                                     lease_s, INTERRUPTED_ERROR, owner,
                                     lapsed_before or datetime.fromtimestamp(0, UTC))
             claimed = await open_attempts(conn, rows)
-            blocked = await suppressions.suppressed(
-                conn, app_id, "voice", [c.recipient.address for c in claimed]) if claimed else set()
-        found += [CallClaim(c, session_id, c.recipient.address in blocked) for c in claimed]
+        found += [(c, session_id) for c in claimed]
     return found
 
 

@@ -29,7 +29,7 @@ from hub.config import Settings
 from hub.jobs.queueing import Kicker
 from hub.observe import metrics
 from hub.retry import decide
-from hub.store import claims, deliveries, grants, sessions
+from hub.store import claims, deliveries, grants, sessions, suppressions
 from hub.store import voice as store
 from hub.store.claims import Claimed
 from hub.store.db import DATABASE_TROUBLE, create_pool, patiently
@@ -191,7 +191,7 @@ class Controller:
                 claimed = await store.claim(conn, trunk.id, want,
                                             self.settings.voice_lease_s, self.owner,
                                             turn=trunk.turn, lapsed_before=cutoff)
-                self.held.update(c.item.recipient.delivery_id for c in claimed)
+                self.held.update(item.recipient.delivery_id for item, _ in claimed)
             trunk.turn += 1
         except DATABASE_TROUBLE as exc:
             log.warning("voice: trunk %s cannot claim now: %s", trunk.name, exc)
@@ -206,20 +206,19 @@ class Controller:
         # slots keep the pacing, whatever the number in flight.
         gate = asyncio.Semaphore(max(1, self.settings.voice_originates_in_flight))
 
-        async def start(call: store.CallClaim) -> None:
+        async def start(item: Claimed, session_id: uuid.UUID) -> None:
             try:
-                await self._start_call(trunk, call)
+                await self._start_call(trunk, item, session_id)
             except Exception as exc:  # one call's trouble never stops the dialler
-                log.exception("voice: starting a call to %s failed",
-                              call.item.recipient.address)
-                await self._fail_unstarted(trunk, call.item, call.session_id, exc)
+                log.exception("voice: starting a call to %s failed", item.recipient.address)
+                await self._fail_unstarted(trunk, item, session_id, exc)
             finally:
                 gate.release()
 
         starting = []
-        for call in take_turns(claimed, lambda c: c.session_id):
+        for item, session_id in take_turns(claimed, lambda c: c[1]):
             await gate.acquire()  # the next call starts once one in flight is under way
-            starting.append(asyncio.create_task(start(call)))
+            starting.append(asyncio.create_task(start(item, session_id)))
         await asyncio.gather(*starting)
 
     async def _fail_unstarted(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
@@ -289,8 +288,7 @@ class Controller:
         except TimeoutError:
             pass
 
-    async def _start_call(self, trunk: Trunk, claimed: store.CallClaim) -> None:
-        item, session_id = claimed.item, claimed.session_id
+    async def _start_call(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID) -> None:
         session = await self._session(session_id)
         address = item.recipient.address
         opens = trunk.config.window_opens(address, datetime.now(UTC))
@@ -303,10 +301,12 @@ class Controller:
                                Result("failed", error=f"trunk {trunk.config.trunk!r} is not"
                                       " granted to this app (any more); not dialled"))
             return
-        if claimed.blocked:  # checked when claimed
-            await self._record(Call(item, session, trunk.id, trunk.config, ""),
-                               Result(c.O_SUPPRESSED, error="address is on the do-not-contact list"))
-            return
+        async with self.pool.acquire() as conn:
+            if await suppressions.suppressed(conn, session.app_id, "voice", [address]):
+                await self._record(Call(item, session, trunk.id, trunk.config, ""),
+                                   Result(c.O_SUPPRESSED,
+                                          error="address is on the do-not-contact list"))
+                return
         channel = channel_id(item.recipient.attempt_id)
         if not await self._carrier_slot(trunk.config, channel):
             await self._give_back(item, session_id, None, "the trunk's channels or calls per"
