@@ -28,14 +28,15 @@ async def patiently(attempt: Callable[[], Awaitable[None]], tries: int,
     database (`DATABASE_TROUBLE`) a warning naming `what()` and a pause that doubles from
     FIRST_PAUSE_S up to LONGEST_PAUSE_S. True once it succeeded, False if it never did."""
     pause = FIRST_PAUSE_S
-    for _ in range(tries):
+    for left in range(tries - 1, -1, -1):
         try:
             await attempt()
             return True
         except DATABASE_TROUBLE as exc:
-            log.warning("%s failed, trying again: %s", what(), exc)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, LONGEST_PAUSE_S)
+            log.warning("%s failed%s: %s", what(), ", trying again" if left else "", exc)
+            if left:  # no pause after the last try
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LONGEST_PAUSE_S)
     return False
 
 
@@ -63,7 +64,7 @@ CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
 
 async def plan_afresh(conn: asyncpg.Connection) -> None:
     """For the rest of this transaction, plan every statement afresh (`CUSTOM_PLANS`)."""
-    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+    await conn.execute(f"SET LOCAL plan_cache_mode = {CUSTOM_PLANS['plan_cache_mode']}")
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,

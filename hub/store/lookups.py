@@ -26,6 +26,8 @@ from typing import Any
 
 import asyncpg
 
+from hub.store.db import DATABASE_TROUBLE
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "hub_lookups"
@@ -114,7 +116,7 @@ async def listen(dsn: str, cache: LookupCache) -> None:
     while True:
         try:
             await _listen_once(dsn, cache)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (*DATABASE_TROUBLE, TimeoutError) as exc:
             log.warning("lookup cache listener lost (%s: %s); caching off until it is back",
                         type(exc).__name__, exc)
         await asyncio.sleep(RECONNECT_S)
