@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     metrics_token: str = ""
     metrics_cache_s: float = Field(default=2.0, ge=0)
     lookup_cache_s: float = Field(default=2.0, ge=0)
+    api_max_in_flight: int = Field(default=256, ge=0)  # per API process; 0: no bound
     metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
     voice_metrics_port: int = Field(default=9201, ge=0, le=65535)

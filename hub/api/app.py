@@ -21,8 +21,10 @@ from hub.api import (
     usage,
 )
 from hub.api import state as st
+from hub.api.admission import IN_FLIGHT, InFlight, admission
 from hub.api.middleware import auth, errors
 from hub.api.receipts import ReceiptBatcher
+from hub.aredis import async_redis
 from hub.config import Settings
 from hub.jobs.queueing import Kicker
 from hub.store.db import create_pool
@@ -30,8 +32,9 @@ from hub.store.lookups import LookupCache, listen
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[errors, auth], client_max_size=settings.body_max_bytes)
+    app = web.Application(middlewares=[errors, admission, auth], client_max_size=settings.body_max_bytes)
     app[st.SETTINGS] = settings
+    app[IN_FLIGHT] = InFlight()
     app[callbacks.TRANSPORT_CACHE] = {}
     app[ops.METRICS_CACHE] = ops.MetricsCache(settings.metrics_cache_s)
     app[st.LOOKUPS] = LookupCache(settings.lookup_cache_s)
@@ -40,7 +43,8 @@ def create_app(settings: Settings) -> web.Application:
         app[st.POOL] = await create_pool(settings.database_url, min_size=0, max_size=20)
         redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         app[st.KICKER] = Kicker(redis)
-        app[st.KICKS] = st.Kicks(app[st.KICKER])
+        aredis = async_redis(settings.redis_url, timeout_s=2, connect_timeout_s=2)
+        app[st.KICKS] = st.Kicks(app[st.KICKER], aredis)
         app[callbacks.RECEIPTS] = ReceiptBatcher(app[st.POOL], settings.base_url,
                                                    app[st.KICKER].webhooks)
         listener = asyncio.create_task(listen(settings.database_url, app[st.LOOKUPS]))
@@ -50,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
             await listener
         await app[st.POOL].close()
         redis.close()
+        await aredis.aclose()
 
     app.cleanup_ctx.append(resources)
     for module in (ops, sessions, transports, apps, suppressions, callbacks, usage, dashboard_auth,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -84,3 +86,44 @@ async def test_readyz_reports_each_dependency(server: Factory) -> None:
         body = await resp.json()
         assert resp.status == 503 and body["error_id"] == "dependency-unavailable"
         assert set(body["details"]) == {"postgres", "redis"}
+
+
+async def test_past_its_in_flight_limit_the_api_answers_503_at_once(server: Factory,
+                                                                    db: Any) -> None:
+    """Two submissions held open mid-body fill a limit of 2: the next client-API request
+    is refused at once with 503 `overloaded` and Retry-After, nothing is stored for it, a
+    provider callback is still served, and once the two finish a request is admitted."""
+    url, key = await server(api_max_in_flight=2)
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps(email(["held@example.com"], trigger="manual")).encode()
+    held = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nAuthorization: Bearer " + key.encode()
+                     + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+        await writer.drain()
+        held.append((reader, writer))
+    await asyncio.sleep(0.3)  # both are inside their handlers, reading the rest of the body
+    status, err = await post(url, key, email(["refused@example.com"], trigger="manual"))
+    assert status == 503 and err["error_id"] == "overloaded", err
+    assert "HUB_API_MAX_IN_FLIGHT" in err["message"]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/v1/sessions", headers={"Authorization": f"Bearer {key}"}
+                            ) as resp:
+            assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+        async with http.post(url + "/v1/callbacks/twilio/00000000-0000-0000-0000-000000000000",
+                             data={"MessageSid": "SM1"}) as resp:
+            assert resp.status != 503  # providers' callbacks are not client requests
+        async with http.get(url + "/healthz") as resp:
+            assert resp.status == 200
+    for reader, writer in held:
+        writer.write(body[10:])
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 201")
+        writer.close()
+    status, _ = await post(url, key, email(["admitted@example.com"], trigger="manual"))
+    assert status == 201
+    stored = await db.fetch("SELECT address FROM deliveries ORDER BY address")
+    assert [r["address"] for r in stored] == ["admitted@example.com", "held@example.com",
+                                              "held@example.com"]

@@ -14,11 +14,13 @@ import pytest
 from redis import Redis
 from rq import Queue
 
+from hub.aredis import async_redis
 from hub.jobs.queueing import DELIVER_FUNC, Kicker, queued_job, slot_key
-from tests.conftest import DB_URL, Procs
+from tests.conftest import DB_URL, REDIS_URL, Procs
 from tests.helpers import Api, free_port
 
 pytestmark = pytest.mark.e2e
+DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
 def queued_jobs(redis: Redis, queue: str) -> dict[str, list[int]]:
@@ -31,11 +33,22 @@ def queued_jobs(redis: Redis, queue: str) -> dict[str, list[int]]:
     return {sid: sorted(slots) for sid, slots in out.items()}
 
 
-def test_a_batch_of_kicks_enqueues_each_session_s_missing_jobs_once(db: Any, redis: Redis) -> None:
+@pytest.mark.parametrize("driver", ["blocking", "asyncio"])
+async def test_a_batch_of_kicks_enqueues_each_session_s_missing_jobs_once(
+        db: Any, redis: Redis, driver: str) -> None:
+    """The workers' blocking client and the API's asyncio client leave the same jobs."""
     a, b, c, v = (str(uuid.uuid4()) for _ in range(4))
     redis.set(slot_key(b, 0), "running:elsewhere")  # b already has a job running
     kicker = Kicker(redis)
-    assert kicker.sessions([(a, "email", 3), (b, "email", 2), (c, "sms", 1), (v, "voice", 1)])
+    kicks = [(a, "email", 3), (b, "email", 2), (c, "sms", 1), (v, "voice", 1)]
+    if driver == "blocking":
+        assert kicker.sessions(kicks)
+    else:
+        aredis = async_redis(REDIS_URL)
+        try:
+            assert await kicker.sessions_async(kicks, aredis)
+        finally:
+            await aredis.aclose()
     assert queued_jobs(redis, "email") == {a: [0, 1, 2], b: [1]}
     assert queued_jobs(redis, "sms") == {c: [0]}
     assert redis.llen("rq:queue:voice") == 0  # the controller claims its own work
@@ -47,6 +60,19 @@ def test_a_batch_of_kicks_enqueues_each_session_s_missing_jobs_once(db: Any, red
     assert kicker.session(a, "email", parallel=3)
     assert queued_jobs(redis, "email") == {a: [0, 1, 2], b: [1]}
     assert queued_jobs(redis, "sms") == {c: [0]}
+
+
+async def test_a_kick_with_redis_away_answers_false_at_once(db: Any, redis: Redis) -> None:
+    """The API's hand-off fails fast when Redis is away (the reconciler starts the
+    session later): it answers False instead of raising."""
+    kicker = Kicker(Redis.from_url(DEAD_REDIS, socket_timeout=1, socket_connect_timeout=1))
+    aredis = async_redis(DEAD_REDIS, timeout_s=1, connect_timeout_s=1)
+    try:
+        started = time.monotonic()
+        assert not await kicker.sessions_async([(str(uuid.uuid4()), "email", 1)], aredis)
+        assert time.monotonic() - started < 5.0
+    finally:
+        await aredis.aclose()
 
 
 async def test_a_burst_of_submissions_queues_exactly_one_job_per_session(
