@@ -24,6 +24,10 @@ from hub.store.outbox import add_delivery_events
 
 log = logging.getLogger(__name__)
 
+# Sessions kicked per batch of Redis round trips. Kicked one by one, a backlog of 80,000
+# queued sessions cost 80,000 round trips every pass, one worker thread's whole time.
+KICK_BATCH = 1000
+
 DUE_SESSIONS_SQL = """
 SELECT s.id, s.transport_type FROM sessions s
 WHERE (s.status IN ('queued', 'running')
@@ -77,9 +81,11 @@ class Pass:
 
 async def reconcile(conn: asyncpg.Connection, kicker: Kicker, settings: Settings) -> Pass:
     done = Pass()
-    for row in await conn.fetch(DUE_SESSIONS_SQL, float(RECONCILE_GRACE_S)):
-        kicker.session(str(row["id"]), row["transport_type"])
-        done.kicked.append(str(row["id"]))
+    due = [(str(row["id"]), row["transport_type"], 1)
+           for row in await conn.fetch(DUE_SESSIONS_SQL, float(RECONCILE_GRACE_S))]
+    for start in range(0, len(due), KICK_BATCH):  # a backlog costs a few round trips
+        kicker.sessions(due[start:start + KICK_BATCH])
+    done.kicked = [sid for sid, _, _ in due]
     async with conn.transaction():
         released = await conn.fetch(RELEASE_SQL, INTERRUPTED_ERROR)
         await add_delivery_events(conn, [r["id"] for r in released if r["status"] == "cancelled"])

@@ -15,7 +15,9 @@ from redis import Redis
 from rq import Queue
 
 from hub.aredis import async_redis
+from hub.config import Settings
 from hub.jobs.queueing import DELIVER_FUNC, Kicker, queued_job, slot_key
+from hub.jobs.reconciler import reconcile
 from tests.conftest import DB_URL, REDIS_URL, Procs
 from tests.helpers import Api, free_port
 
@@ -165,3 +167,34 @@ async def test_a_client_that_hangs_up_mid_body_is_logged_as_gone_not_as_an_outag
             json={"transport": {"type": "email", "subject": "Hi", "message": "Hello"},
                   "audience": ["a@example.com"], "options": {"trigger": "manual"}}) as r:
         assert r.status == 422  # this app has no transport: answered, the API is fine
+
+
+async def test_a_reconciler_pass_kicks_a_backlog_in_batches(
+        api: Api, email_transport: dict[str, Any], redis: Redis, db: asyncpg.Pool,
+        settings: Settings) -> None:
+    """Sessions stranded without jobs (Redis lost them) are each queued once more by one
+    reconciler pass, a batch of them per set of round trips: one slot read and one
+    enqueue transaction per batch, not per session."""
+
+    async def submit(i: int) -> str:
+        status, body = await api.post("/v1/sessions", {
+            "transport": {"type": "email", "subject": "Hi", "message": "Hello"},
+            "audience": [f"r{i}@example.com"], "options": {"trigger": "immediate"}})
+        assert status == 201, body
+        return str(body["sessionId"])
+
+    created = set(await asyncio.gather(*(submit(i) for i in range(600))))
+    redis.flushdb()  # Redis lost every job
+    await db.execute("UPDATE deliveries SET next_attempt_at = now() - interval '1 minute'")
+
+    def calls(command: str) -> int:
+        stats = redis.info("commandstats").get(f"cmdstat_{command}", {})
+        return int(stats.get("calls", 0)) if isinstance(stats, dict) else 0
+
+    before = {c: calls(c) for c in ("mget", "exec")}
+    async with db.acquire() as conn:
+        done = await reconcile(conn, Kicker(redis), settings)
+    assert set(done.kicked) == created
+    assert queued_jobs(redis, "email") == {sid: [0] for sid in created}
+    assert calls("mget") - before["mget"] <= 2  # 600 sessions: one batch (1,000 a batch)
+    assert calls("exec") - before["exec"] <= 2
