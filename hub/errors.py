@@ -11,7 +11,7 @@ a message saying what happened and what to do, and optional `details`.
     ├── TooLarge (413)          body-too-large, audience-too-large, message-too-long
     ├── UnsupportedMediaType (415) unsupported-media-type
     ├── Unprocessable (422)     invalid-instruction, transport-not-configured, ...
-    └── Unavailable (503)       dependency-unavailable
+    └── Unavailable (503)       dependency-unavailable, overloaded
 """
 
 from __future__ import annotations

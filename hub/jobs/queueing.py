@@ -12,7 +12,7 @@ from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from rq import Queue
 from rq.job import Job
 from rq.queue import EnqueueData
@@ -56,10 +56,26 @@ def _failed(sessions: int, exc: Exception) -> bool:
     return False
 
 
+RQ_UNKNOWN_VERSION = (5, 0, 9)  # what RQ assumes when the server will not say
+
+
 def _version(text: str) -> tuple[int, int, int]:
     """Redis's `redis_version` as RQ keeps it: three integers."""
-    parts = [int(part) for part in text.split(".")[:3]]
-    return (*parts, 0, 0, 0)[:3]  # type: ignore[return-value]
+    try:
+        a, b, c = ([int(part) for part in text.split(".")[:3]] + [0, 0, 0])[:3]
+    except ValueError:
+        return RQ_UNKNOWN_VERSION
+    return a, b, c
+
+
+async def _server_version(aredis: AsyncRedis) -> tuple[int, int, int]:
+    """The server's version, asked as RQ asks it (an INFO refused, e.g. by an ACL, gives
+    RQ's own fallback rather than failing every hand-off)."""
+    try:
+        info = await aredis.info("server")
+    except ResponseError:
+        return RQ_UNKNOWN_VERSION
+    return _version(str(info.get("redis_version", "")))
 
 
 def slot_key(session_id: str, slot: int) -> str:
@@ -141,11 +157,11 @@ class Kicker:
         try:
             transaction, write = next(steps)
             if self.server_version is None:  # RQ would ask for it with the blocking client
-                info = await aredis.info("server")
-                self.server_version = _version(str(info["redis_version"]))
+                self.server_version = await _server_version(aredis)
             while True:
                 recorded = self.redis.pipeline(transaction=transaction)
                 write(recorded)
+                assert not recorded.scripts, "RQ used a script: replay it too"
                 sending = aredis.pipeline(transaction=transaction)
                 for args, options in recorded.command_stack:
                     sending.execute_command(*args, **options)

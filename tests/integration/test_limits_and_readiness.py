@@ -90,40 +90,51 @@ async def test_readyz_reports_each_dependency(server: Factory) -> None:
 
 async def test_past_its_in_flight_limit_the_api_answers_503_at_once(server: Factory,
                                                                     db: Any) -> None:
-    """Two submissions held open mid-body fill a limit of 2: the next client-API request
-    is refused at once with 503 `overloaded` and Retry-After, nothing is stored for it, a
-    provider callback is still served, and once the two finish a request is admitted."""
+    """Two submissions stuck in their handler (the sessions table locked) fill a limit of
+    2: the next client-API request is refused at once with 503 `overloaded` and
+    Retry-After, a provider callback and the health check are still served, and a slow
+    upload never took a place. Once the two finish, requests are admitted again."""
     url, key = await server(api_max_in_flight=2)
     host, port = url.removeprefix("http://").split(":")
-    body = json.dumps(email(["held@example.com"], trigger="manual")).encode()
-    held = []
-    for _ in range(2):
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                     b"\r\nAuthorization: Bearer " + key.encode()
-                     + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
-        await writer.drain()
-        held.append((reader, writer))
-    await asyncio.sleep(0.3)  # both are inside their handlers, reading the rest of the body
-    status, err = await post(url, key, email(["refused@example.com"], trigger="manual"))
-    assert status == 503 and err["error_id"] == "overloaded", err
-    assert "HUB_API_MAX_IN_FLIGHT" in err["message"]
-    async with aiohttp.ClientSession() as http:
-        async with http.get(url + "/v1/sessions", headers={"Authorization": f"Bearer {key}"}
-                            ) as resp:
-            assert resp.status == 503 and resp.headers["Retry-After"] == "1"
-        async with http.post(url + "/v1/callbacks/twilio/00000000-0000-0000-0000-000000000000",
-                             data={"MessageSid": "SM1"}) as resp:
-            assert resp.status != 503  # providers' callbacks are not client requests
-        async with http.get(url + "/healthz") as resp:
-            assert resp.status == 200
-    for reader, writer in held:
-        writer.write(body[10:])
-        await writer.drain()
-        assert (await reader.readline()).startswith(b"HTTP/1.1 201")
-        writer.close()
+    body = json.dumps(email(["slow@example.com"], trigger="manual")).encode()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                 b"\r\nAuthorization: Bearer " + key.encode()
+                 + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+    await writer.drain()  # the rest of the body comes at the end
+    async with db.acquire() as locker, locker.transaction():
+        await locker.execute("LOCK TABLE sessions IN SHARE ROW EXCLUSIVE MODE")
+        stuck = [asyncio.create_task(post(url, key, email([f"stuck{i}@example.com"],
+                                                          trigger="manual")))
+                 for i in range(2)]
+        for _ in range(100):  # until both wait for the lock inside their handler
+            waiting = await db.fetchval("SELECT count(*) FROM pg_stat_activity"
+                                        " WHERE wait_event_type = 'Lock'")
+            if waiting >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 2
+        status, err = await asyncio.wait_for(  # at once, not after the lock
+            post(url, key, email(["refused@example.com"], trigger="manual")), 5.0)
+        assert status == 503 and err["error_id"] == "overloaded", err
+        assert "HUB_API_MAX_IN_FLIGHT" in err["message"]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/v1/sessions",
+                                headers={"Authorization": f"Bearer {key}"}) as resp:
+                assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+            async with http.post(
+                    url + "/v1/callbacks/twilio/00000000-0000-0000-0000-000000000000",
+                    data={"MessageSid": "SM1"}) as resp:
+                assert resp.status != 503  # providers' callbacks are not client requests
+            async with http.get(url + "/healthz") as resp:
+                assert resp.status == 200
+    assert [s for s, _ in await asyncio.gather(*stuck)] == [201, 201]
+    writer.write(body[10:])
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.1 201")
+    writer.close()
     status, _ = await post(url, key, email(["admitted@example.com"], trigger="manual"))
     assert status == 201
     stored = await db.fetch("SELECT address FROM deliveries ORDER BY address")
-    assert [r["address"] for r in stored] == ["admitted@example.com", "held@example.com",
-                                              "held@example.com"]
+    assert [r["address"] for r in stored] == ["admitted@example.com", "slow@example.com",
+                                              "stuck0@example.com", "stuck1@example.com"]
