@@ -26,6 +26,15 @@ pytestmark = pytest.mark.e2e
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
+async def submit(api: Api, i: int) -> str:
+    """An immediate one-recipient email session; its id."""
+    status, body = await api.post("/v1/sessions", {
+        "transport": {"type": "email", "subject": "Hi", "message": "Hello"},
+        "audience": [f"r{i}@example.com"], "options": {"trigger": "immediate"}})
+    assert status == 201, body
+    return str(body["sessionId"])
+
+
 def queued_jobs(redis: Redis, queue: str) -> dict[str, list[int]]:
     """session id → the job slots of the delivery jobs waiting on `queue`."""
     out: dict[str, list[int]] = {}
@@ -83,14 +92,7 @@ async def test_a_burst_of_submissions_queues_exactly_one_job_per_session(
     """200 submissions at once (the API batches their hand-offs): every session stored is
     on the queue once, and nothing else is."""
 
-    async def submit(i: int) -> str:
-        status, body = await api.post("/v1/sessions", {
-            "transport": {"type": "email", "subject": "Hi", "message": "Hello"},
-            "audience": [f"r{i}@example.com"], "options": {"trigger": "immediate"}})
-        assert status == 201, body
-        return str(body["sessionId"])
-
-    created = await asyncio.gather(*(submit(i) for i in range(200)))
+    created = await asyncio.gather(*(submit(api, i) for i in range(200)))
     assert len(set(created)) == 200
     assert queued_jobs(redis, "email") == {sid: [0] for sid in created}
 
@@ -177,14 +179,7 @@ async def test_a_reconciler_pass_kicks_a_backlog_in_batches(
     reconciler pass, a batch of them per set of Redis round trips (one slot read, one
     SET NX pipeline, one enqueue transaction), not one set per session."""
 
-    async def submit(i: int) -> str:
-        status, body = await api.post("/v1/sessions", {
-            "transport": {"type": "email", "subject": "Hi", "message": "Hello"},
-            "audience": [f"r{i}@example.com"], "options": {"trigger": "immediate"}})
-        assert status == 201, body
-        return str(body["sessionId"])
-
-    created = set(await asyncio.gather(*(submit(i) for i in range(600))))
+    created = set(await asyncio.gather(*(submit(api, i) for i in range(600))))
     redis.flushdb()  # Redis lost every job
     await db.execute("UPDATE deliveries SET next_attempt_at = now() - interval '1 minute'")
 
