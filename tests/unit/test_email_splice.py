@@ -3,16 +3,19 @@ part must give the message that building it whole gives, for 8-bit and 7-bit ser
 
 from __future__ import annotations
 
+import socket
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
+import aiosmtplib
 import pytest
 from aiosmtplib.email import flatten_message
 
 from hub.config import Settings
+from hub.dev import smtp
 from hub.net import Guard
 from hub.transports.base import Recipient
-from hub.transports.email import EmailConfig, SmtpSender
+from hub.transports.email import EmailConfig, SmtpSender, local_hostname
 
 
 class Server:
@@ -68,3 +71,34 @@ def test_each_message_gets_its_own_headers_only() -> None:
     assert b"one@example.com" not in second and b"a-1@" not in second
     assert parsed(first)["To"] == "one@example.com" and parsed(second)["To"] == "two@example.com"
     assert parsed(second)["X-Hub-Copy"] is None
+
+
+async def test_the_ehlo_name_is_looked_up_once_per_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiosmtplib looks the host's name up (`socket.getfqdn`, ~3 ms, in a thread) for every
+    connection it opens; a worker opens one per small session. Three senders, three
+    connections, at most one lookup, and every message delivered."""
+    looked_up = []
+    real = aiosmtplib.SMTP._get_default_local_hostname
+
+    async def counting(self: aiosmtplib.SMTP) -> str:
+        looked_up.append(self)
+        return await real(self)
+
+    monkeypatch.setattr(aiosmtplib.SMTP, "_get_default_local_hostname", counting)
+    controller, sink = smtp.start()
+    try:
+        cfg = EmailConfig.model_validate({"host": "127.0.0.1", "port": controller.port,
+                                          "from": "hub@example.com"})
+        for i in range(3):
+            s = SmtpSender(cfg, {"subject": "S", "message": "M"}, [], 1,
+                           Guard.of(Settings(allow_private_urls=True)))
+            result = await s.send(Recipient(delivery_id=i, attempt_id=f"a-{i}", attempt=1,
+                                            address=f"x{i}@example.com"))
+            await s.close()
+            assert result.outcome == "delivered", result
+    finally:
+        controller.stop()
+    assert len(sink.received) == 3
+    assert looked_up == []  # the name came from the process's one lookup
+    assert await local_hostname() == socket.getfqdn()
