@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 from hub.api import state as st
 from hub.api.callbacks import PREFIX as CALLBACKS
 from hub.errors import Unavailable
+from hub.observe import metrics
 
 
 class InFlight:
@@ -46,6 +47,7 @@ async def admission(request: web.Request, handler: Handler) -> web.StreamRespons
         await request.read()  # a slow upload holds its connection, not a place in the bound
     in_flight = request.app[IN_FLIGHT]
     if in_flight.count >= limit:
+        metrics.overloaded()
         raise overloaded(limit)
     in_flight.count += 1
     try:

@@ -65,6 +65,8 @@ AMI_CONNECTED = Gauge("hub_ami_connected", "1 while logged in to AMI.", registry
 RECEIPTS = Counter("hub_receipts", "Provider receipts (status callbacks) by result"
                    " (applied, ignored, stored: came before the attempt was recorded).",
                    ["result"], registry=API)
+OVERLOADED = Counter("hub_api_overloaded", "Client-API requests refused at once with 503"
+                     " overloaded (past HUB_API_MAX_IN_FLIGHT).", registry=API)
 
 
 def exposition(registry: CollectorRegistry) -> str:
@@ -105,6 +107,10 @@ def ami_connected(up: bool) -> None:
 
 def receipt(result: str) -> None:
     RECEIPTS.labels(result).inc()
+
+
+def overloaded() -> None:
+    OVERLOADED.inc()
 
 
 class QueueDepth(Collector):

@@ -88,14 +88,23 @@ async def test_readyz_reports_each_dependency(server: Factory) -> None:
         assert set(body["details"]) == {"postgres", "redis"}
 
 
+async def overloaded_total(url: str) -> float:
+    """`hub_api_overloaded_total` as this API's /metrics shows it."""
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("hub_api_overloaded_total"))
+
+
 async def test_past_its_in_flight_limit_the_api_answers_503_at_once(server: Factory,
                                                                     db: Any) -> None:
     """Two submissions stuck in their handler (the sessions table locked) fill a limit of
     2: the next client-API request is refused at once with 503 `overloaded` and
     Retry-After, a provider callback and the health check are still served, and a slow
     upload never took a place. Once the two finish, requests are admitted again."""
-    url, key = await server(api_max_in_flight=2)
+    url, key = await server(api_max_in_flight=2, metrics_cache_s=0)
     host, port = url.removeprefix("http://").split(":")
+    refused_before = await overloaded_total(url)
     body = json.dumps(email(["slow@example.com"], trigger="manual")).encode()
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
@@ -129,6 +138,7 @@ async def test_past_its_in_flight_limit_the_api_answers_503_at_once(server: Fact
             async with http.get(url + "/healthz") as resp:
                 assert resp.status == 200
     assert [s for s, _ in await asyncio.gather(*stuck)] == [201, 201]
+    assert await overloaded_total(url) == refused_before + 2  # the POST and the GET
     writer.write(body[10:])
     await writer.drain()
     assert (await reader.readline()).startswith(b"HTTP/1.1 201")
