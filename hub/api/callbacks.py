@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 from aiohttp import web
-from twilio.request_validator import RequestValidator
 
 from hub.api import state as st
 from hub.api.body import printable, text_problem
@@ -16,6 +15,7 @@ from hub.api.receipts import ReceiptBatcher
 from hub.errors import BadRequest, Forbidden, NotFound, detail
 from hub.store import suppressions
 from hub.store import transports as transports_store
+from hub.transports import twilio_signature
 from hub.transports.twilio import receipt_result
 
 routes = web.RouteTableDef()
@@ -41,20 +41,21 @@ async def _transport(request: web.Request, tid: uuid.UUID) -> dict[str, Any] | N
     return found
 
 
-async def _form(request: web.Request) -> dict[str, str]:
-    """The callback's form fields; a body that cannot be read as a form is a 400."""
+async def _form(request: web.Request) -> list[tuple[str, str]]:
+    """The callback's form fields, in order (a name may repeat); a body that cannot be
+    read as a form is a 400."""
     try:
         form = await request.post()
     except (ValueError, AssertionError, LookupError) as exc:  # aiohttp's multipart parser
         raise BadRequest(f"the body is not a readable form ({type(exc).__name__})",
                          error_id="malformed-body", details=[detail(["body"], "unreadable")]) from None
-    params = {k: str(v) for k, v in form.items()}
-    problems = [detail(["body", printable(k)], why) for k, v in params.items()
+    pairs = [(k, str(v)) for k, v in form.items()]
+    problems = [detail(["body", printable(k)], why) for k, v in pairs
                 if (why := text_problem(k) or text_problem(v))]
     if problems:
         raise BadRequest("a form field holds characters that cannot be stored",
                          error_id="malformed-body", details=problems)
-    return params
+    return pairs
 
 
 async def _signed_twilio(request: web.Request) -> tuple[dict[str, str], dict[str, Any]]:
@@ -65,14 +66,13 @@ async def _signed_twilio(request: web.Request) -> tuple[dict[str, str], dict[str
     transport = await _transport(request, tid)
     if transport is None or transport["provider"] != "twilio":
         raise NotFound("no such Twilio transport", error_id="transport-not-found")
-    params = await _form(request)
+    pairs = await _form(request)
     url = st.settings(request).base_url + request.path_qs  # the public URL Twilio called
     signature = request.headers.get("X-Twilio-Signature", "")
-    validator = RequestValidator(transport["full_config"]["authToken"])
-    if not signature or not validator.validate(url, params, signature):
+    if not twilio_signature.valid(transport["full_config"]["authToken"], url, pairs, signature):
         raise Forbidden("the X-Twilio-Signature does not match this request",
                         error_id="invalid-signature")
-    return params, transport
+    return dict(pairs), transport
 
 
 @routes.post("/v1/callbacks/twilio/{id}")
