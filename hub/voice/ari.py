@@ -58,6 +58,12 @@ class Ari:
         self.connected = asyncio.Event()
         self.on_event: EventHandler | None = None
         self.on_connect: Hook | None = None
+        # The event types the app handles (None: all). Asked of Asterisk at every
+        # connection (`PUT /applications/{app}/eventFilter`): a call raises some twenty
+        # events, most of them (Dial, ChannelDialplan, PlaybackStarted, ...) of no use
+        # to the hub, and each costs Asterisk its JSON and the controller its parsing.
+        # Dropped here too, should an Asterisk not filter.
+        self.event_types: frozenset[str] | None = None
         self._closing = False
 
     async def start(self) -> None:
@@ -140,6 +146,7 @@ class Ari:
                 ) as ws:
                     failures = 0
                     log.info("ARI connected, app %s registered", self.app)
+                    await self._filter_events()
                     if self.on_connect:  # e.g. reconcile: done before anyone dials again
                         try:
                             await self.on_connect()
@@ -163,12 +170,23 @@ class Ari:
             await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
             failures += 1
 
+    async def _filter_events(self) -> None:
+        if self.event_types is None:
+            return
+        try:
+            await self.request("PUT", f"/applications/{self.app}/eventFilter", json={
+                "allowed": [{"type": kind} for kind in sorted(self.event_types)]})
+        except AriError as exc:  # an Asterisk without event filters: every event comes
+            log.info("ARI: Asterisk did not take the event filter of %s: %s", self.app, exc)
+
     async def _dispatch(self, raw: str) -> None:
         assert self.on_event is not None
         try:
             event = json.loads(raw)
         except ValueError:
             log.warning("ARI sent a message that is not JSON: %.200s", raw)
+            return
+        if self.event_types is not None and event.get("type") not in self.event_types:
             return
         try:
             await self.on_event(event)

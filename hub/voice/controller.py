@@ -67,6 +67,9 @@ ASTERISK_SETTLE_S = 3.0
 MAX_CPS_WAIT_S = 5.0
 ASTERISK_GONE_S = 5.0
 SESSION_CACHE_MAX = 256
+# The ARI events `_handle` acts on; Asterisk is asked to send only these (`Ari.event_types`).
+HANDLED_EVENTS = frozenset({"StasisStart", "ChannelStateChange", "ChannelDtmfReceived",
+                            "ChannelVarset", "ChannelDestroyed", "PlaybackFinished"})
 
 
 def owner_of(settings: Settings) -> str:
@@ -114,6 +117,7 @@ class Controller:
         self.flow = CallFlow(ari, pool)
         ari.on_event = self.on_event
         ari.on_connect = self.reconcile
+        ari.event_types = HANDLED_EVENTS
 
     # ---- main loops -------------------------------------------------------------------
 
@@ -550,7 +554,11 @@ class Controller:
 
     async def on_event(self, event: dict[str, Any]) -> None:
         """Called by the websocket reader: hand the event to its channel's chain and return
-        at once (a slow database never delays other calls' playbacks and hang-ups)."""
+        at once (a slow database never delays other calls' playbacks and hang-ups). Events
+        `_handle` would pass over (the other variables set, states other than Up: about half
+        of a call's events) take no place in the chain."""
+        if not _acted_on(event):
+            return
         key = _channel_of(event)
         task = asyncio.create_task(self._after(self.chains.get(key), event))
         self.chains[key] = task
@@ -705,6 +713,15 @@ class Controller:
             return
         call.note = LOST_NOTE
         await self._record(call, call.result(None, None))
+
+
+def _acted_on(event: dict[str, Any]) -> bool:
+    kind = event.get("type")
+    if kind == "ChannelVarset":
+        return event.get("variable") == HANGUP_VAR
+    if kind == "ChannelStateChange":
+        return (event.get("channel") or {}).get("state") == "Up"
+    return kind in HANDLED_EVENTS
 
 
 def _channel_of(event: dict[str, Any]) -> str:

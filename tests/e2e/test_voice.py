@@ -4,14 +4,17 @@ SIPp phones behind the trunk, and an RTP counter standing for what the phones he
 from __future__ import annotations
 
 import asyncio
+import base64
 import signal
 import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from hub.config import Settings
 from tests.conftest import ARI_URL, ASTERISK_ENV, ROOT, Procs, TestPhones
 from tests.helpers import Api, eventually, free_port, local_server
 
@@ -93,6 +96,34 @@ async def test_answered_call_hears_the_whole_file(
     assert 1.7 <= seconds <= 2.6, seconds
     row = (await api.deliveries(created["sessionId"]))[num(10)]
     assert row["durationS"] == detail["talkS"]
+
+
+async def test_asterisk_sends_the_controller_only_the_events_it_acts_on(
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,
+    settings: Settings,
+) -> None:
+    """A call raises some twenty ARI events; the controller asks Asterisk (per app event
+    filter) for the six kinds it acts on, and its calls still go through whole."""
+    procs.start("voice")
+    token = base64.b64encode(f"{settings.ari_user}:{settings.ari_password}".encode()).decode()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Basic {token}"}) as http:
+        async def allowed() -> set[str] | None:
+            async with http.get(f"{ARI_URL}/ari/applications/hub") as resp:
+                if resp.status != 200:
+                    return None
+                found = {e["type"] for e in (await resp.json()).get("events_allowed", [])}
+                return found or None
+
+        assert await eventually(allowed, 20, "the hub app's event filter") == {
+            "StasisStart", "ChannelStateChange", "ChannelDtmfReceived", "ChannelVarset",
+            "ChannelDestroyed", "PlaybackFinished"}
+    created = await api.submit(voice([num(10), num(20)], file_url=f"{media}/tone2.wav"))
+    done = await api.wait_status(created["sessionId"], timeout_s=40)
+    assert done["counts"] == {"delivered": 2}
+    for n in (10, 20):
+        [attempt] = await attempts(api, created["sessionId"], num(n))
+        assert attempt["outcome"] == "answered" and attempt["detail"]["played"] is True
+        assert attempt["detail"]["talkS"] >= 1.9
 
 
 async def test_outcomes_follow_the_retry_policy(
