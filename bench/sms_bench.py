@@ -10,7 +10,9 @@ which posts the status callbacks Twilio would (`sent`, then `delivered`).
   database (a delivery is final, and the session closes, only once its receipt is in).
 Final counts are asserted: the fake accepted exactly N messages per run; the session has
 `delivered` = N, one attempt each; the sink got 2N callbacks.
-Trials alternate raw and hub. Target: hub ≥ 0.85× raw.
+Trials alternate raw and hub. Each run also gives the CPU milliseconds every process group
+spent per message (`bench.cpu`; `bench` is the raw client, or the hub run's poller).
+Target: hub ≥ 0.85× raw.
 
     python -m bench.sms_bench [--quick] [--trials N]
 """
@@ -30,6 +32,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from bench import common
+from bench.cpu import CpuMeter
 from bench.results import Figure
 
 MESSAGES = 10_000
@@ -41,6 +44,8 @@ CALLBACK_DELAY_S = os.environ.get("HUB_BENCH_CALLBACK_DELAY_S", "0.05")
 SID = "AC" + "0123456789abcdef" * 2
 TOKEN = "bench-auth-token-0123456789"
 FROM = "+14155550100"
+CPU_GROUPS = {"fake": "hub.dev.fake_twilio", "sink": "bench.sink", "api": "hub.cli.main api",
+              "worker": "hub.cli.main worker", "postgres": "postgres", "redis": "redis-server"}
 
 
 class LocalTwilio(AsyncTwilioHttpClient):  # type: ignore[misc]
@@ -112,6 +117,7 @@ async def main(opts: common.Options) -> list[Figure]:
                    HUB_PUBLIC_URL=url)]
     raw: list[float] = []
     hub: list[float] = []
+    cpu: dict[str, list[dict[str, float]]] = {"raw": [], "hub": []}
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     with common.processes(*procs):
         common.wait_http(fake + "/_stats")
@@ -126,13 +132,17 @@ async def main(opts: common.Options) -> list[Figure]:
             for trial in range(opts.trials):
                 for kind, runs in (("raw", raw), ("hub", hub)):
                     before = await get_int(http, fake + "/_stats", "messages")
+                    meter = CpuMeter(CPU_GROUPS)
+                    meter.start()
                     if kind == "raw":
                         runs.append(await raw_loop(http, fake, sink, n, trial))
                     else:
                         runs.append(await through_hub(http, url, n, trial))
+                    cpu[kind].append(meter.per_unit_ms(n))
                     got = await get_int(http, fake + "/_stats", "messages") - before
                     assert got == n, f"{kind}: the fake accepted {got} messages, expected {n}"
     return [Figure("sms.throughput", "msg/s", hub, ">=", 0.85, baseline=raw, on_ratio=True,
+                   extra={"cpuMsPerMessage": cpu["hub"], "baselineCpuMsPerMessage": cpu["raw"]},
                    note=f"{n:,} SMS, concurrency {CONCURRENCY}; both timed to receipts"
                         " processed (hub: endedAt in the database; raw: the callback sink"
                         " process got every callback)")]

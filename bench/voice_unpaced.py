@@ -11,7 +11,9 @@ An observer on the ARI websocket timestamps every channel for both.
 
 Per run: channels created/s and answered/s (first to last), setup p50/p99 (created → Up),
 failed originates; for the hub also the recording lag p50/p99 (ChannelDestroyed → the
-attempt recorded in the database). Target: at every step the hub ≥ 0.9× the better of
+attempt recorded in the database); and for both, the CPU milliseconds each process group
+spent per call (`bench.cpu`: Asterisk, controller, PostgreSQL, ..., `bench` being the
+raw loop with the observer, or the observer alone). Target: at every step the hub ≥ 0.9× the better of
 the two raw loops at that step (created/s and answered/s).
 
     python -m bench.voice_unpaced [--quick] [--trials N]
@@ -29,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from bench.common import Options, cli
+from bench.cpu import CpuMeter
 from bench.results import Figure
 from bench.voice_common import (
     AUTH,
@@ -50,6 +53,9 @@ SECONDS_PER_STEP = 5  # each run places cps × this many calls (at least CALLS_M
 CALLS_MIN = 200
 QUICK_CALLS = 20
 TONE_S = 1
+CPU_GROUPS = {"asterisk": "asterisk -F", "controller": "hub.cli.main voice",
+              "api": "hub.cli.main api", "postgres": "postgres", "redis": "redis-server",
+              "sipp": "sipp "}
 
 
 async def raw_run(ari: aiohttp.ClientSession, obs: Observer, media: str, calls: int,
@@ -57,6 +63,8 @@ async def raw_run(ari: aiohttp.ClientSession, obs: Observer, media: str, calls: 
     app = RawApp(ari, media)
     await app.start()
     obs.reset()
+    meter = CpuMeter(CPU_GROUPS)
+    meter.start()
     try:
         failed = await originate_raw(ari, [number(first + i) for i in range(calls)],
                                      in_flight, cps)
@@ -65,20 +73,25 @@ async def raw_run(ari: aiohttp.ClientSession, obs: Observer, media: str, calls: 
             await asyncio.sleep(0.2)
     finally:
         app.stop()
-    return {**obs.stats("raw-"), "failedOriginates": failed, "inFlight": in_flight, "cps": cps}
+    return {**obs.stats("raw-"), "failedOriginates": failed, "inFlight": in_flight, "cps": cps,
+            "cpuMsPerCall": meter.per_unit_ms(calls)}
 
 
 async def hub_run(http: aiohttp.ClientSession, hub: Hub, obs: Observer, file_url: str,
                   calls: int, cps: float, first: int) -> dict[str, Any]:
     obs.reset()
+    meter = CpuMeter(CPU_GROUPS)
+    meter.start()
     sid = await hub.campaign(http, [number(first + i) for i in range(calls)], file_url,
                              cps=cps, channels=1000)
     done = await hub.wait(http, sid, 120 + calls / 5)
+    cpu = meter.per_unit_ms(calls)
     await asyncio.sleep(1)  # the last recordings
     lags = await hub.recording_lags_ms(sid, obs.ended_wall)
     failed = sum(v for k, v in done["counts"].items() if k != "delivered")
     return {**obs.stats("hub-"), "failedCalls": failed, "cps": cps,
-            "recordingLagP50Ms": pct(lags, 0.5), "recordingLagP99Ms": pct(lags, 0.99)}
+            "recordingLagP50Ms": pct(lags, 0.5), "recordingLagP99Ms": pct(lags, 0.99),
+            "cpuMsPerCall": cpu}
 
 
 async def main(opts: Options) -> list[Figure]:
@@ -128,7 +141,8 @@ async def main(opts: Options) -> list[Figure]:
                 [r["createdPerS"] for r in raw[(cps, k)]], ">=", None,
                 extra={"answeredPerS": [r["answeredPerS"] for r in raw[(cps, k)]],
                        "setupP99Ms": [r["setupP99Ms"] for r in raw[(cps, k)]],
-                       "failedOriginates": [r["failedOriginates"] for r in raw[(cps, k)]]},
+                       "failedOriginates": [r["failedOriginates"] for r in raw[(cps, k)]],
+                       "cpuMsPerCall": [r["cpuMsPerCall"] for r in raw[(cps, k)]]},
                 note="informational: a baseline of the voice ceiling"))
         for what in ("createdPerS", "answeredPerS"):
             figures.append(Figure(
@@ -139,6 +153,8 @@ async def main(opts: Options) -> list[Figure]:
                        "failedCalls": [r["failedCalls"] for r in rs],
                        "recordingLagP50Ms": [r["recordingLagP50Ms"] for r in rs],
                        "recordingLagP99Ms": [r["recordingLagP99Ms"] for r in rs],
+                       "cpuMsPerCall": [r["cpuMsPerCall"] for r in rs],
+                       "baselineCpuMsPerCall": [r["cpuMsPerCall"] for r in base],
                        "baselineInFlight": best},
                 note=f"hub offered {cps:g} calls/s vs the better raw ARI loop offered the"
                      f" same ({best} in flight)"))

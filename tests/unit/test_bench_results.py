@@ -4,11 +4,14 @@ on the right number; the README table spliced between its markers and nowhere el
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench import readme_table
+from bench.cpu import CpuMeter
 from bench.results import Figure, record
 
 
@@ -46,3 +49,30 @@ def test_the_table_goes_between_the_markers_only(tmp_path: Path) -> None:
     readme.write_text("no markers\n")
     assert readme_table.main(["--results", str(results), "--readme", str(readme)]) == 1
     assert readme.read_text() == "no markers\n"
+
+
+
+def test_cpu_is_charged_to_the_group_of_the_process_that_spent_it() -> None:
+    """A child that burns 0.4 s of CPU is charged to its group (matched on its command
+    line), an idle one is not, per unit divides, and `total` sums the groups."""
+    burn = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
+            "print('done', flush=True)\ntime.sleep(30)")
+    meter = CpuMeter({"burner": "cpu-burner-marker", "idle": "cpu-idle-marker"})
+    meter.start()
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                             "cpu-idle-marker"])
+    busy = subprocess.Popen([sys.executable, "-c", burn, "cpu-burner-marker"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert busy.stdout is not None and busy.stdout.readline().strip() == "done"
+        spent = meter.seconds()
+        per_unit = meter.per_unit_ms(4)
+    finally:
+        for proc in (idle, busy):
+            proc.kill()
+            proc.wait()
+    assert 0.35 <= spent["burner"] < 2.0, spent
+    assert spent["idle"] < 0.2, spent
+    assert per_unit["burner"] == pytest.approx(spent["burner"] * 1000 / 4, rel=0.2)
+    assert per_unit["total"] == pytest.approx(
+        sum(v for k, v in per_unit.items() if k != "total"), abs=0.01)

@@ -1,0 +1,62 @@
+"""CPU accounting per process group over a bench run: what each part of the system spent
+per call or message. On a machine whose cores every process shares, a throughput ratio
+is the inverse ratio of these sums (the run that spends less CPU per unit does more
+units), so they say why a ratio is what it is, and where the hub's share goes.
+
+    meter = CpuMeter({"asterisk": "asterisk", "controller": "hub.cli.main voice"})
+    meter.start(); ...; per_unit_ms = meter.per_unit_ms(units)
+
+A group is matched on the process's command line (a substring); `bench` is this process.
+Processes that start during the run count from zero; those that end during it are lost
+(short-lived helpers only)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _processes() -> dict[int, tuple[str, int]]:
+    """Every process: pid → (command line, CPU ticks used so far)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        found[int(entry.name)] = (cmd, int(fields[11]) + int(fields[12]))
+    return found
+
+
+class CpuMeter:
+    def __init__(self, groups: dict[str, str]) -> None:
+        self.groups = groups
+        self._start: dict[int, tuple[str, int]] = {}
+
+    def _group(self, pid: int, cmd: str) -> str | None:
+        if pid == os.getpid():
+            return "bench"
+        return next((name for name, needle in self.groups.items() if needle in cmd), None)
+
+    def start(self) -> None:
+        self._start = _processes()
+
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds per group since `start`."""
+        spent = dict.fromkeys([*self.groups, "bench"], 0.0)
+        for pid, (cmd, ticks) in _processes().items():
+            group = self._group(pid, cmd)
+            if group is not None:
+                before = self._start.get(pid)
+                spent[group] += (ticks - (before[1] if before else 0)) / TICK
+        return spent
+
+    def per_unit_ms(self, units: int) -> dict[str, float]:
+        """CPU milliseconds per unit (call, message) per group since `start`, and `total`."""
+        spent = {k: round(v * 1000 / max(units, 1), 3) for k, v in self.seconds().items()}
+        return {**spent, "total": round(sum(spent.values()), 3)}
