@@ -6,9 +6,11 @@ units), so they say why a ratio is what it is, and where the hub's share goes.
     meter = CpuMeter({"asterisk": "asterisk", "controller": "hub.cli.main voice"})
     meter.start(); ...; per_unit_ms = meter.per_unit_ms(units)
 
-A group is matched on the process's command line (a substring); `bench` is this process.
-Processes that start during the run count from zero; those that end during it are lost
-(short-lived helpers only)."""
+A group is matched on the process's command line (a substring) over the whole machine
+(`postgres` is every PostgreSQL process: its backends, WAL writer, checkpointer): run on
+a quiet machine, as every bench. `bench` is this process. Processes that start during the
+run count from zero (a pid reused by another command too); those that end during it are
+lost (short-lived helpers only)."""
 
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ class CpuMeter:
             group = self._group(pid, cmd)
             if group is not None:
                 before = self._start.get(pid)
-                spent[group] += (ticks - (before[1] if before else 0)) / TICK
+                base = before[1] if before is not None and before[0] == cmd else 0
+                spent[group] += (ticks - base) / TICK
         return spent
 
     def per_unit_ms(self, units: int) -> dict[str, float]:

@@ -273,7 +273,8 @@ class Hub:
 
 class RawApp:
     """The raw ARI loop's Stasis app: on StasisStart play `media`, on PlaybackFinished
-    hang up — the same work the hub does for a plain broadcast call."""
+    hang up — the same work the hub does for a plain broadcast call. Like the hub's
+    controller, it asks Asterisk for only the events it acts on."""
 
     def __init__(self, http: aiohttp.ClientSession, media: str, *, hang_up: bool = True) -> None:
         self.http, self.media, self.hang_up = http, media, hang_up
@@ -284,6 +285,10 @@ class RawApp:
     async def _run(self) -> None:
         async with self.http.ws_connect(ARI.replace("http", "ws") + "/events",
                                         params={"app": "bench-raw"}) as ws:
+            # Only the events it acts on, as the hub's controller asks for its own.
+            async with self.http.put(ARI + "/applications/bench-raw/eventFilter", json={
+                    "allowed": [{"type": "StasisStart"}, {"type": "PlaybackFinished"}]}) as r:
+                assert r.status == 200, await r.text()
             self.ready.set()
             async for msg in ws:
                 event = json.loads(msg.data)

@@ -176,8 +176,10 @@ class Ari:
         try:
             await self.request("PUT", f"/applications/{self.app}/eventFilter", json={
                 "allowed": [{"type": kind} for kind in sorted(self.event_types)]})
-        except AriError as exc:  # an Asterisk without event filters: every event comes
-            log.info("ARI: Asterisk did not take the event filter of %s: %s", self.app, exc)
+        except AriError as exc:  # every event comes (and is dropped in `_dispatch`)
+            level = logging.INFO if exc.status in (400, 404, 405) else logging.WARNING
+            log.log(level, "ARI: Asterisk did not take the event filter of %s (older than"
+                    " 16, or not answering); filtering here: %s", self.app, exc)
 
     async def _dispatch(self, raw: str) -> None:
         assert self.on_event is not None

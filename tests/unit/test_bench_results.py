@@ -51,7 +51,6 @@ def test_the_table_goes_between_the_markers_only(tmp_path: Path) -> None:
     assert readme.read_text() == "no markers\n"
 
 
-
 def test_cpu_is_charged_to_the_group_of_the_process_that_spent_it() -> None:
     """A child that burns 0.4 s of CPU is charged to its group (matched on its command
     line), an idle one is not, per unit divides, and `total` sums the groups."""

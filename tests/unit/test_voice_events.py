@@ -1,0 +1,35 @@
+"""Which ARI events the controller keeps: every kind `Controller._handle` acts on is asked
+of Asterisk and kept, and the rest (other variables, states other than Up, the kinds it
+never reads) take no place in a channel's chain."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+from hub.voice.calls import HANGUP_VAR
+from hub.voice.controller import HANDLED_EVENTS, Controller, _acted_on
+
+
+def event(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "channel": {"id": "hub-x", "state": "Ringing"}, **extra}
+
+
+def test_every_kind_the_handler_reads_is_asked_for() -> None:
+    read = set(re.findall(r'kind == "(\w+)"', inspect.getsource(Controller._handle)))
+    assert read and read == HANDLED_EVENTS
+
+
+def test_kept_and_dropped() -> None:
+    kept = [event("StasisStart", args=["outbound"]), event("ChannelDtmfReceived", digit="1"),
+            event("ChannelDestroyed", cause=16),
+            {"type": "PlaybackFinished", "playback": {"id": "p", "target_uri": "channel:hub-x"}},
+            {"type": "ChannelStateChange", "channel": {"id": "hub-x", "state": "Up"}},
+            event("ChannelVarset", variable=HANGUP_VAR, value="operator")]
+    dropped = [event("ChannelVarset", variable="RTPAUDIOQOS", value="x"),
+               event("ChannelStateChange"), event("Dial"), event("ChannelDialplan"),
+               event("StasisEnd"), event("ChannelHangupRequest"),
+               {"type": "PlaybackStarted", "playback": {"id": "p", "target_uri": "channel:hub-x"}}]
+    assert [_acted_on(e) for e in kept] == [True] * len(kept)
+    assert [_acted_on(e) for e in dropped] == [False] * len(dropped)
