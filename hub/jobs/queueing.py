@@ -38,6 +38,16 @@ VOICE_ALIVE_TTL_S = 10
 # a running job's after SLOT_RUNNING_TTL_S without a heartbeat (its worker died).
 SLOT_QUEUED_TTL_S = 900
 SLOT_RUNNING_TTL_S = 15
+# A `queued` marker whose job does not exist is stale past this age (its kick's enqueue
+# round failed after the slot round); younger, it may be a kick between its two rounds.
+SLOT_STALE_AFTER_S = 60
+REPLACE_STALE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
 
 
 Kick = tuple[str, str, int]  # (session id, transport type, delivery jobs wanted)
@@ -88,6 +98,53 @@ def queued_job(marker: bytes | str | None) -> str | None:
     return text.removeprefix("queued:") if text and text.startswith("queued:") else None
 
 
+Claim = tuple[str, str, int, str, str | None]  # session, type, slot, job id, stale marker
+
+
+def _stale_markers(keys: list[str], markers: list[Any]
+                   ) -> Generator[Step, list[Any], dict[int, str]]:
+    """The slots (index into `keys`) whose `queued` marker is stale: its job does not
+    exist and the marker is older than SLOT_STALE_AFTER_S. One more round, only when some
+    slot holds a queued marker."""
+    waiting = {i: job for i, marker in enumerate(markers) if (job := queued_job(marker))}
+    if not waiting:
+        return {}
+
+    def look(pipe: Any) -> None:
+        for i, job in waiting.items():
+            pipe.exists(Job.key_for(job))
+            pipe.ttl(keys[i])
+
+    found = yield False, look
+    return {i: f"queued:{job}" for (i, job), exists, ttl
+            in zip(waiting.items(), found[0::2], found[1::2], strict=True)
+            if not exists and 0 <= ttl <= SLOT_QUEUED_TTL_S - SLOT_STALE_AFTER_S}
+
+
+def _claims(wanted: list[Kick], markers: list[Any], stale: dict[int, str]) -> list[Claim]:
+    """The slots to take for each session: free ones (or stale) up to the jobs wanted."""
+    per = MAX_PARALLEL_JOBS_PER_SESSION
+    claims: list[Claim] = []
+    for at, (sid, type_, jobs) in enumerate(wanted):
+        base = at * per
+        free = [n for n in range(per) if markers[base + n] is None or base + n in stale]
+        need = jobs - (per - len(free))
+        claims += [(sid, type_, n, uuid.uuid4().hex, stale.get(base + n))
+                   for n in free[:max(0, need)]]
+    return claims
+
+
+def _take(pipe: Any, claims: list[Claim]) -> None:
+    """Mark each claimed slot `queued:<job id>`: a free one if still free, a stale one if
+    it still holds that stale marker (another kick may have taken it meanwhile)."""
+    for sid, _, n, job_id, old in claims:
+        new = f"queued:{job_id}"
+        if old is None:
+            pipe.set(slot_key(sid, n), new, nx=True, ex=SLOT_QUEUED_TTL_S)
+        else:
+            pipe.eval(REPLACE_STALE_LUA, 1, slot_key(sid, n), old, new, SLOT_QUEUED_TTL_S)
+
+
 class Kicker:
     """Enqueues delivery and webhook jobs; failures are logged, never raised."""
 
@@ -131,8 +188,10 @@ class Kicker:
 
     def sessions(self, kicks: Sequence[Kick]) -> bool:
         """`session()` now, for many sessions in three Redis round trips: read every slot,
-        take the free ones wanted (SET NX), enqueue one job per slot taken. False if Redis
-        failed (the reconciler enqueues them later)."""
+        take the free ones wanted (SET NX), enqueue one job per slot taken (one more, when
+        some slot holds a `queued` marker: is its job there? A marker whose job never
+        reached Redis is taken again once SLOT_STALE_AFTER_S old). False if Redis failed
+        (the reconciler enqueues them later)."""
         wanted = _wanted(kicks)
         steps = self._steps(wanted)
         try:
@@ -179,22 +238,13 @@ class Kicker:
         per = MAX_PARALLEL_JOBS_PER_SESSION
         keys = [slot_key(sid, n) for sid, _, _ in wanted for n in range(per)]
         markers = (yield False, lambda pipe: pipe.mget(keys))[0]
-        claims = []  # (session id, transport type, slot, job id)
-        for at, (sid, type_, jobs) in enumerate(wanted):
-            held = markers[at * per:(at + 1) * per]
-            free = [n for n, marker in enumerate(held) if marker is None]
-            need = jobs - (per - len(free))
-            claims += [(sid, type_, n, uuid.uuid4().hex) for n in free[:max(0, need)]]
+        stale = yield from _stale_markers(keys, markers)
+        claims = _claims(wanted, markers, stale)
         if not claims:
             return
-
-        def take(pipe: Any) -> None:
-            for sid, _, n, job_id in claims:
-                pipe.set(slot_key(sid, n), f"queued:{job_id}", nx=True, ex=SLOT_QUEUED_TTL_S)
-
-        taken = yield False, take
+        taken = yield False, lambda pipe: _take(pipe, claims)
         jobs_by_queue: dict[str, list[EnqueueData]] = {}
-        for (sid, type_, n, job_id), won in zip(claims, taken, strict=True):
+        for (sid, type_, n, job_id, _), won in zip(claims, taken, strict=True):
             if won:
                 jobs_by_queue.setdefault(type_, []).append(Queue.prepare_data(
                     DELIVER_FUNC, (sid, n), job_id=job_id, timeout=JOB_TIMEOUT_S,

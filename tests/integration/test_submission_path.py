@@ -18,7 +18,14 @@ from rq import Queue
 from hub.aredis import async_redis
 from hub.config import Settings
 from hub.jobs import reconciler
-from hub.jobs.queueing import DELIVER_FUNC, Kick, Kicker, queued_job, slot_key
+from hub.jobs.queueing import (
+    DELIVER_FUNC,
+    SLOT_QUEUED_TTL_S,
+    Kick,
+    Kicker,
+    queued_job,
+    slot_key,
+)
 from tests.conftest import DB_URL, REDIS_URL, Procs
 from tests.helpers import Api, free_port
 
@@ -72,6 +79,37 @@ async def test_a_batch_of_kicks_enqueues_each_session_s_missing_jobs_once(
     assert kicker.session(a, "email", parallel=3)
     assert queued_jobs(redis, "email") == {a: [0, 1, 2], b: [1]}
     assert queued_jobs(redis, "sms") == {c: [0]}
+
+
+@pytest.mark.parametrize("driver", ["blocking", "asyncio"])
+async def test_a_slot_whose_queued_job_never_reached_redis_is_taken_again(
+        db: Any, redis: Redis, driver: str) -> None:
+    """A kick whose enqueue round failed after its slot round left `queued:<id>` markers
+    naming jobs that do not exist. Past a minute such a marker is stale: the next kick
+    takes its slot again (before, the session waited out the marker's 15 minutes). A
+    younger one may be a kick still on its way (left alone), and one whose job exists is
+    a job waiting its turn (left alone)."""
+    stale, young, waiting = (str(uuid.uuid4()) for _ in range(3))
+    kicker = Kicker(redis)
+    assert kicker.sessions([(waiting, "email", 1)])
+    waiting_job = queued_job(redis.get(slot_key(waiting, 0)))
+    redis.set(slot_key(stale, 0), "queued:lost-job", ex=SLOT_QUEUED_TTL_S - 120)
+    redis.set(slot_key(young, 0), "queued:on-its-way", ex=SLOT_QUEUED_TTL_S - 5)
+    kicks: list[Kick] = [(stale, "email", 1), (young, "email", 1), (waiting, "email", 1)]
+    if driver == "blocking":
+        assert kicker.sessions(kicks)
+    else:
+        aredis = async_redis(REDIS_URL)
+        try:
+            assert await kicker.sessions_async(kicks, aredis)
+        finally:
+            await aredis.aclose()
+    assert queued_jobs(redis, "email") == {stale: [0], waiting: [0]}
+    job_id = queued_job(redis.get(slot_key(stale, 0)))
+    assert job_id not in (None, "lost-job") and redis.exists(f"rq:job:{job_id}")
+    assert redis.ttl(slot_key(stale, 0)) > SLOT_QUEUED_TTL_S - 10
+    assert redis.get(slot_key(young, 0)) == b"queued:on-its-way"
+    assert queued_job(redis.get(slot_key(waiting, 0))) == waiting_job
 
 
 async def test_a_kick_with_redis_away_answers_false_at_once() -> None:
