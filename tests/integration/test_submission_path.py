@@ -52,6 +52,17 @@ def queued_jobs(redis: Redis, queue: str) -> dict[str, list[int]]:
     return {sid: sorted(slots) for sid, slots in out.items()}
 
 
+async def kick(kicker: Kicker, kicks: list[Kick], driver: str) -> bool:
+    """Kick through the workers' blocking driver or the API's asyncio one."""
+    if driver == "blocking":
+        return kicker.sessions(kicks)
+    aredis = async_redis(REDIS_URL)
+    try:
+        return await kicker.sessions_async(kicks, aredis)
+    finally:
+        await aredis.aclose()
+
+
 @pytest.mark.parametrize("driver", ["blocking", "asyncio"])
 async def test_a_batch_of_kicks_enqueues_each_session_s_missing_jobs_once(
         db: Any, redis: Redis, driver: str) -> None:
@@ -59,15 +70,8 @@ async def test_a_batch_of_kicks_enqueues_each_session_s_missing_jobs_once(
     a, b, c, v = (str(uuid.uuid4()) for _ in range(4))
     redis.set(slot_key(b, 0), "running:elsewhere")  # b already has a job running
     kicker = Kicker(redis)
-    kicks = [(a, "email", 3), (b, "email", 2), (c, "sms", 1), (v, "voice", 1)]
-    if driver == "blocking":
-        assert kicker.sessions(kicks)
-    else:
-        aredis = async_redis(REDIS_URL)
-        try:
-            assert await kicker.sessions_async(kicks, aredis)
-        finally:
-            await aredis.aclose()
+    kicks: list[Kick] = [(a, "email", 3), (b, "email", 2), (c, "sms", 1), (v, "voice", 1)]
+    assert await kick(kicker, kicks, driver)
     assert queued_jobs(redis, "email") == {a: [0, 1, 2], b: [1]}
     assert queued_jobs(redis, "sms") == {c: [0]}
     assert redis.llen("rq:queue:voice") == 0  # the controller claims its own work
@@ -96,14 +100,7 @@ async def test_a_slot_whose_queued_job_never_reached_redis_is_taken_again(
     redis.set(slot_key(stale, 0), "queued:lost-job", ex=SLOT_QUEUED_TTL_S - 120)
     redis.set(slot_key(young, 0), "queued:on-its-way", ex=SLOT_QUEUED_TTL_S - 5)
     kicks: list[Kick] = [(stale, "email", 1), (young, "email", 1), (waiting, "email", 1)]
-    if driver == "blocking":
-        assert kicker.sessions(kicks)
-    else:
-        aredis = async_redis(REDIS_URL)
-        try:
-            assert await kicker.sessions_async(kicks, aredis)
-        finally:
-            await aredis.aclose()
+    assert await kick(kicker, kicks, driver)
     assert queued_jobs(redis, "email") == {stale: [0], waiting: [0]}
     job_id = queued_job(redis.get(slot_key(stale, 0)))
     assert job_id not in (None, "lost-job") and redis.exists(f"rq:job:{job_id}")
