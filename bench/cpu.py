@@ -4,7 +4,7 @@ is the inverse ratio of these sums (the run that spends less CPU per unit does m
 units), so they say why a ratio is what it is, and where the hub's share goes.
 
     meter = CpuMeter({"asterisk": "asterisk", "controller": "hub.cli.main voice"})
-    meter.start(); ...; per_unit_ms = meter.per_unit_ms(units)
+    ...; per_unit_ms = meter.per_unit_ms(units)   # since the meter was made (or `start`)
 
 A group is matched on the process's command line (a substring) over the whole machine
 (`postgres` is every PostgreSQL process: its backends, WAL writer, checkpointer): run on
@@ -17,28 +17,27 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-TICK = os.sysconf("SC_CLK_TCK")
+from bench.common import cpu_s
 
 
-def _processes() -> dict[int, tuple[str, int]]:
-    """Every process: pid → (command line, CPU ticks used so far)."""
+def _processes() -> dict[int, tuple[str, float]]:
+    """Every process: pid → (command line, CPU seconds used so far)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            found[int(entry.name)] = (cmd, cpu_s(int(entry.name)))
         except OSError:  # gone meanwhile
             continue
-        found[int(entry.name)] = (cmd, int(fields[11]) + int(fields[12]))
     return found
 
 
 class CpuMeter:
     def __init__(self, groups: dict[str, str]) -> None:
         self.groups = groups
-        self._start: dict[int, tuple[str, int]] = {}
+        self._start = _processes()
 
     def _group(self, pid: int, cmd: str) -> str | None:
         if pid == os.getpid():
@@ -46,17 +45,18 @@ class CpuMeter:
         return next((name for name, needle in self.groups.items() if needle in cmd), None)
 
     def start(self) -> None:
+        """Count from now (a meter counts from when it was made until then)."""
         self._start = _processes()
 
     def seconds(self) -> dict[str, float]:
-        """CPU seconds per group since `start`."""
+        """CPU seconds per group since the meter was made (or `start`)."""
         spent = dict.fromkeys([*self.groups, "bench"], 0.0)
-        for pid, (cmd, ticks) in _processes().items():
+        for pid, (cmd, used) in _processes().items():
             group = self._group(pid, cmd)
             if group is not None:
                 before = self._start.get(pid)
-                base = before[1] if before is not None and before[0] == cmd else 0
-                spent[group] += (ticks - base) / TICK
+                base = before[1] if before is not None and before[0] == cmd else 0.0
+                spent[group] += used - base
         return spent
 
     def per_unit_ms(self, units: int) -> dict[str, float]:

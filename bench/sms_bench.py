@@ -133,7 +133,6 @@ async def main(opts: common.Options) -> list[Figure]:
                 for kind, runs in (("raw", raw), ("hub", hub)):
                     before = await get_int(http, fake + "/_stats", "messages")
                     meter = CpuMeter(CPU_GROUPS)
-                    meter.start()
                     if kind == "raw":
                         runs.append(await raw_loop(http, fake, sink, n, trial))
                     else:

@@ -13,8 +13,8 @@ Per run: channels created/s and answered/s (first to last), setup p50/p99 (creat
 failed originates; for the hub also the recording lag p50/p99 (ChannelDestroyed → the
 attempt recorded in the database); and for both, the CPU milliseconds each process group
 spent per call (`bench.cpu`: Asterisk, controller, PostgreSQL, ..., `bench` being the
-raw loop with the observer, or the observer alone). Target: at every step the hub ≥ 0.9× the better of
-the two raw loops at that step (created/s and answered/s).
+raw loop with the observer, or the observer alone). Target: at every step the hub ≥ 0.9×
+the better of the two raw loops at that step (created/s and answered/s).
 
     python -m bench.voice_unpaced [--quick] [--trials N]
 """
@@ -64,7 +64,6 @@ async def raw_run(ari: aiohttp.ClientSession, obs: Observer, media: str, calls: 
     await app.start()
     obs.reset()
     meter = CpuMeter(CPU_GROUPS)
-    meter.start()
     try:
         failed = await originate_raw(ari, [number(first + i) for i in range(calls)],
                                      in_flight, cps)
@@ -81,7 +80,6 @@ async def hub_run(http: aiohttp.ClientSession, hub: Hub, obs: Observer, file_url
                   calls: int, cps: float, first: int) -> dict[str, Any]:
     obs.reset()
     meter = CpuMeter(CPU_GROUPS)
-    meter.start()
     sid = await hub.campaign(http, [number(first + i) for i in range(calls)], file_url,
                              cps=cps, channels=1000)
     done = await hub.wait(http, sid, 120 + calls / 5)

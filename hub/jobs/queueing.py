@@ -98,17 +98,17 @@ def queued_job(marker: bytes | str | None) -> str | None:
     return text.removeprefix("queued:") if text and text.startswith("queued:") else None
 
 
-Claim = tuple[str, str, int, str, str | None]  # session, type, slot, job id, stale marker
+Claim = tuple[str, str, int, str, Any]  # session, type, slot, job id, stale marker or None
 
 
 def _stale_markers(keys: list[str], markers: list[Any]
-                   ) -> Generator[Step, list[Any], dict[int, str]]:
+                   ) -> Generator[Step, list[Any], set[int]]:
     """The slots (index into `keys`) whose `queued` marker is stale: its job does not
     exist and the marker is older than SLOT_STALE_AFTER_S. One more round, only when some
     slot holds a queued marker."""
     waiting = {i: job for i, marker in enumerate(markers) if (job := queued_job(marker))}
     if not waiting:
-        return {}
+        return set()
 
     def look(pipe: Any) -> None:
         for i, job in waiting.items():
@@ -116,12 +116,11 @@ def _stale_markers(keys: list[str], markers: list[Any]
             pipe.ttl(keys[i])
 
     found = yield False, look
-    return {i: f"queued:{job}" for (i, job), exists, ttl
-            in zip(waiting.items(), found[0::2], found[1::2], strict=True)
+    return {i for i, exists, ttl in zip(waiting, found[0::2], found[1::2], strict=True)
             if not exists and 0 <= ttl <= SLOT_QUEUED_TTL_S - SLOT_STALE_AFTER_S}
 
 
-def _claims(wanted: list[Kick], markers: list[Any], stale: dict[int, str]) -> list[Claim]:
+def _claims(wanted: list[Kick], markers: list[Any], stale: set[int]) -> list[Claim]:
     """The slots to take for each session: free ones (or stale) up to the jobs wanted."""
     per = MAX_PARALLEL_JOBS_PER_SESSION
     claims: list[Claim] = []
@@ -129,7 +128,7 @@ def _claims(wanted: list[Kick], markers: list[Any], stale: dict[int, str]) -> li
         base = at * per
         free = [n for n in range(per) if markers[base + n] is None or base + n in stale]
         need = jobs - (per - len(free))
-        claims += [(sid, type_, n, uuid.uuid4().hex, stale.get(base + n))
+        claims += [(sid, type_, n, uuid.uuid4().hex, markers[base + n])
                    for n in free[:max(0, need)]]
     return claims
 

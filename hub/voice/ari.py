@@ -62,7 +62,7 @@ class Ari:
         # connection (`PUT /applications/{app}/eventFilter`): a call raises some twenty
         # events, most of them (Dial, ChannelDialplan, PlaybackStarted, ...) of no use
         # to the hub, and each costs Asterisk its JSON and the controller its parsing.
-        # Dropped here too, should an Asterisk not filter.
+        # An Asterisk that does not filter sends them all; `on_event` passes them over.
         self.event_types: frozenset[str] | None = None
         self._closing = False
 
@@ -176,7 +176,7 @@ class Ari:
         try:
             await self.request("PUT", f"/applications/{self.app}/eventFilter", json={
                 "allowed": [{"type": kind} for kind in sorted(self.event_types)]})
-        except AriError as exc:  # every event comes (and is dropped in `_dispatch`)
+        except AriError as exc:  # every event comes (and `on_event` passes most over)
             level = logging.INFO if exc.status in (400, 404, 405) else logging.WARNING
             log.log(level, "ARI: Asterisk did not take the event filter of %s (older than"
                     " 16, or not answering); filtering here: %s", self.app, exc)
@@ -187,8 +187,6 @@ class Ari:
             event = json.loads(raw)
         except ValueError:
             log.warning("ARI sent a message that is not JSON: %.200s", raw)
-            return
-        if self.event_types is not None and event.get("type") not in self.event_types:
             return
         try:
             await self.on_event(event)
