@@ -11,12 +11,20 @@ Why our own: `ari-py` is Python 2 only, `py3ari` fails to import, and `aioari`,
 websocket (ari-client spins in an error loop). What the hub needs is small: a handful of
 REST calls, events routed by channel id, and a reconnect after which the controller
 rebuilds its state from `GET /ari/channels`.
+
+REST over the websocket: Asterisk 20.14, 21.9, 22.4 and later also take REST requests on
+the events websocket (`RESTRequest` in, `RESTResponse` out). Once Asterisk has answered
+one (a probe sent at each connection), requests go that way: about a third of the
+controller's CPU for an HTTP request (0.08 ms against 0.22 here), and no pool of HTTP
+connections to keep. Until then, when the websocket is down, or with an older Asterisk,
+they go over HTTP as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -32,6 +40,9 @@ EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 MAX_CONNECTIONS = 64  # REST connections at once (Asterisk's http.conf sessionlimit must allow them)
+REQUEST_TIMEOUT_S = 10.0
+PROBE_ID = "hub-probe"  # the request that asks whether Asterisk takes REST on the websocket
+REST_RESPONSE = "RESTResponse"
 
 
 class AriError(Exception):
@@ -48,7 +59,8 @@ class AriError(Exception):
 
 
 class Ari:
-    def __init__(self, url: str, user: str, password: str, app: str) -> None:
+    def __init__(self, url: str, user: str, password: str, app: str, *,
+                 rest_over_websocket: bool = True) -> None:
         self.base = url.rstrip("/") + "/ari"
         self.app = app
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -65,9 +77,18 @@ class Ari:
         # An Asterisk that does not filter sends them all; `on_event` passes them over.
         self.event_types: frozenset[str] | None = None
         self._closing = False
+        self.rest_over_websocket = rest_over_websocket
+        self._ws: aiohttp.ClientWebSocketResponse | None = None  # set once it takes REST
+        self._pending: dict[str, asyncio.Future[tuple[int, str]]] = {}
+        self._ids = itertools.count(1)
+
+    @property
+    def rest_transport(self) -> str:
+        """Where REST requests go now: "websocket" or "http"."""
+        return "http" if self._ws is None else "websocket"
 
     async def start(self) -> None:
-        self._http = self._session(timeout_s=10)
+        self._http = self._session(timeout_s=REQUEST_TIMEOUT_S)
         self._reader = asyncio.create_task(self._read_forever(), name="ari-events")
 
     def _session(self, timeout_s: float) -> aiohttp.ClientSession:
@@ -86,30 +107,60 @@ class Ari:
         if self._http:
             await self._http.close()
 
-    async def request(self, method: str, path: str, **params: Any) -> Any:
+    async def request(self, method: str, path: str, *, http_only: bool = False,
+                      **params: Any) -> Any:
+        body = params.pop("json", None)
+        clean = {k: (str(v).lower() if isinstance(v, bool) else str(v))
+                 for k, v in params.items() if v is not None}
+        if self._ws is not None and not http_only:
+            sent = await self._ws_request(self._ws, method, path, clean, body)
+            if sent is not None:
+                return _answer(*sent)
+        return _answer(*await self._http_request(method, path, clean, body))
+
+    async def _http_request(self, method: str, path: str, params: dict[str, str],
+                            body: Any) -> tuple[int, str]:
         if self._http is None:  # REST only (e.g. asking another Asterisk about a call)
             self._http = self._session(timeout_s=5)
-        body = params.pop("json", None)
-        clean = {k: (str(v).lower() if isinstance(v, bool) else v)
-                 for k, v in params.items() if v is not None}
         try:
-            async with self._http.request(method, self.base + path, params=clean, json=body) as r:
-                text = await r.text()
-                if r.status >= 400:
-                    raise AriError(r.status, text.strip()[:300])
-                return json.loads(text) if text else None
+            async with self._http.request(method, self.base + path, params=params,
+                                          json=body) as r:
+                return r.status, await r.text()
         except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
             raise AriError(0, f"{type(exc).__name__}: {exc}", reached=False) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise AriError(0, f"{type(exc).__name__}: {exc or 'no answer in time'}") from exc
 
+    async def _ws_request(self, ws: aiohttp.ClientWebSocketResponse, method: str, path: str,
+                          params: dict[str, str], body: Any) -> tuple[int, str] | None:
+        """The answer over the websocket; None when the request could not be sent there
+        (the websocket closed): it surely did not reach Asterisk, and goes over HTTP."""
+        request_id = str(next(self._ids))
+        answer = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = answer
+        try:
+            try:
+                await ws.send_str(_rest_request(request_id, method, path, params, body))
+            except (aiohttp.ClientError, OSError):
+                return None
+            return await asyncio.wait_for(answer, REQUEST_TIMEOUT_S)
+        except TimeoutError:
+            raise AriError(0, "no answer in time on the websocket") from None
+        finally:
+            self._pending.pop(request_id, None)
+
     async def originate(self, *, endpoint: str, channel_id: str, caller_id: str | None,
                         timeout_s: int, variables: dict[str, str], app_args: str) -> Any:
         """Dial straight into our Stasis app (it enters with `app_args` once answered).
         Originating with `app` subscribes the app to the channel from its creation, so
-        its every event (ringing, no answer, its end) reaches us without `subscribeAll`."""
+        its every event (ringing, no answer, its end) reaches us without `subscribeAll`.
+
+        Always over HTTP: whether a call was placed must be known exactly, and a refused
+        connection proves the originate never reached Asterisk, while a websocket that
+        closes with the request unanswered (Asterisk stopping) proves nothing; such a call
+        would be counted as tried though nobody was dialled."""
         return await self.request(
-            "POST", "/channels", json={"variables": variables}, endpoint=endpoint,
+            "POST", "/channels", http_only=True, json={"variables": variables}, endpoint=endpoint,
             channelId=channel_id, callerId=caller_id, timeout=timeout_s, app=self.app,
             appArgs=app_args)
 
@@ -155,9 +206,12 @@ class Ari:
                             raise OSError("not ready after connecting") from None
                     self.connected.set()
                     metrics.ari_connected(True)
+                    if self.rest_over_websocket:  # answered: REST goes this way from then on
+                        await ws.send_str(_rest_request(PROBE_ID, "GET", "/asterisk/info",
+                                                        {"only": "status"}, None))
                     async for msg in ws:
-                        if msg.type == aiohttp.WSMsgType.TEXT and self.on_event:
-                            await self._dispatch(msg.data)
+                        if msg.type == aiohttp.WSMsgType.TEXT:
+                            await self._dispatch(msg.data, ws)
                         elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
                             break
                 log.warning("ARI websocket closed by Asterisk")
@@ -167,6 +221,10 @@ class Ari:
             finally:
                 self.connected.clear()
                 metrics.ari_connected(False)
+                self._ws = None
+                for answer in self._pending.values():  # sent, and no answer will come
+                    if not answer.done():
+                        answer.set_exception(AriError(0, "the ARI websocket closed"))
             await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
             failures += 1
 
@@ -174,21 +232,58 @@ class Ari:
         if self.event_types is None:
             return
         try:
+            kinds = sorted(self.event_types | {REST_RESPONSE})  # answers are filtered too
             await self.request("PUT", f"/applications/{self.app}/eventFilter", json={
-                "allowed": [{"type": kind} for kind in sorted(self.event_types)]})
+                "allowed": [{"type": kind} for kind in kinds]})
         except AriError as exc:  # every event comes (and `on_event` passes most over)
             level = logging.INFO if exc.status in (400, 404, 405) else logging.WARNING
             log.log(level, "ARI: Asterisk did not take the event filter of %s (older than"
                     " 16, or not answering); filtering here: %s", self.app, exc)
 
-    async def _dispatch(self, raw: str) -> None:
-        assert self.on_event is not None
+    async def _dispatch(self, raw: str, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
             event = json.loads(raw)
         except ValueError:
             log.warning("ARI sent a message that is not JSON: %.200s", raw)
             return
+        if event.get("type") == REST_RESPONSE:
+            self._answered(event, ws)
+            return
+        if self.on_event is None:
+            return
         try:
             await self.on_event(event)
         except Exception:  # one bad event must not stop the reader
             log.exception("handling ARI event %s failed", event.get("type"))
+
+    def _answered(self, response: dict[str, Any], ws: aiohttp.ClientWebSocketResponse) -> None:
+        request_id = str(response.get("request_id", ""))
+        if request_id == PROBE_ID:
+            if self._ws is not ws:
+                log.info("ARI: Asterisk takes REST requests on the websocket; using it")
+            self._ws = ws
+            return
+        answer = self._pending.get(request_id)
+        if answer is not None and not answer.done():
+            answer.set_result((int(response.get("status_code") or 0),
+                               str(response.get("message_body") or "")))
+
+
+def _rest_request(request_id: str, method: str, path: str, params: dict[str, str],
+                  body: Any) -> str:
+    """A REST request as Asterisk takes it on the websocket (no URL encoding: each query
+    parameter is sent as a name and a value)."""
+    message: dict[str, Any] = {"type": "RESTRequest", "request_id": request_id,
+                               "method": method, "uri": path.lstrip("/")}
+    if params:
+        message["query_strings"] = [{"name": k, "value": v} for k, v in params.items()]
+    if body is not None:
+        message["content_type"] = "application/json"
+        message["message_body"] = json.dumps(body)
+    return json.dumps(message)
+
+
+def _answer(status: int, text: str) -> Any:
+    if status >= 400:
+        raise AriError(status, text.strip()[:300])
+    return json.loads(text) if text else None

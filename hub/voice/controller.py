@@ -736,7 +736,8 @@ async def serve(settings: Settings) -> None:
     metrics.serve(metrics.VOICE, settings.metrics_host, settings.voice_metrics_port, "voice")
     pool = await create_pool(settings.database_url, min_size=1, max_size=10, custom_plans=True)
     redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-    ari = Ari(settings.ari_url, settings.ari_user, settings.ari_password, STASIS_APP)
+    ari = Ari(settings.ari_url, settings.ari_user, settings.ari_password, STASIS_APP,
+              rest_over_websocket=settings.ari_rest_over_websocket)
     aredis = async_redis(settings.redis_url, timeout_s=2, connect_timeout_s=1)
     controller = Controller(settings, pool, ari, Kicker(redis), AudioStore(settings),
                             Carrier(aredis))

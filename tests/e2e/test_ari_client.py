@@ -1,0 +1,152 @@
+"""The ARI client's REST requests on the events websocket (Asterisk 20.14/21.9/22.4 and
+later), against the real Asterisk; and, against a stand-in for an Asterisk that does not
+take them or drops the websocket mid-request, that requests still get their answer over
+HTTP or fail as "may have reached Asterisk"."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from hub.config import Settings
+from hub.voice.ari import Ari, AriError
+from tests.conftest import ARI_URL, TestPhones
+from tests.helpers import eventually, local_server
+
+pytestmark = pytest.mark.e2e
+APP = "ari-client-test"
+
+
+async def _connected(ari: Ari, transport: str) -> Ari:
+    async def there() -> bool:
+        return ari.connected.is_set() and ari.rest_transport == transport
+    await eventually(there, 10, f"REST over {transport}")
+    return ari
+
+
+@pytest.fixture
+async def real(asterisk: None, settings: Settings) -> AsyncIterator[Ari]:
+    ari = Ari(ARI_URL, settings.ari_user, settings.ari_password, APP)
+    ari.event_types = frozenset({"StasisStart"})
+    await ari.start()
+    yield await _connected(ari, "websocket")
+    await ari.close()
+
+
+async def test_requests_go_on_the_websocket_and_answer_as_over_http(
+        real: Ari, settings: Settings, phones: TestPhones) -> None:
+    info = await real.request("GET", "/asterisk/info", only="status")
+    assert set(info) == {"status"}
+    with pytest.raises(AriError) as missing:
+        await real.request("GET", "/channels/no-such-channel")
+    assert missing.value.status == 404 and "Channel not found" in str(missing.value)
+    # A JSON body, and query parameters that would need encoding over HTTP (+, space).
+    await real.request("PUT", f"/applications/{APP}/eventFilter",
+                       json={"allowed": [{"type": "StasisStart"}, {"type": "RESTResponse"}],
+                             "disallowed": [{"type": "ChannelVarset"}]})
+    token = base64.b64encode(f"{settings.ari_user}:{settings.ari_password}".encode()).decode()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Basic {token}"}) as http:
+        async with http.get(f"{ARI_URL}/ari/applications/{APP}") as resp:  # seen over HTTP
+            assert [e["type"] for e in (await resp.json())["events_disallowed"]] == [
+                "ChannelVarset"]
+    created = await real.originate(endpoint="PJSIP/+9779812345610@trunk", channel_id="ws-1",
+                                   caller_id=None, timeout_s=5, variables={},
+                                   app_args="outbound")  # originates go over HTTP
+    assert created["id"] == "ws-1"
+    assert await real.request("POST", "/asterisk/variable", variable="HUB_WS_X",
+                              value="a b+c&d=e") is None
+    got = await real.request("GET", "/asterisk/variable", variable="HUB_WS_X")
+    assert got["value"] == "a b+c&d=e"
+    assert await real.request("DELETE", "/channels/ws-1", reason="normal") is None
+
+    async def gone() -> bool:  # the hang-up completes a moment after its answer
+        try:
+            await real.request("GET", "/channels/ws-1")
+        except AriError as exc:
+            return exc.status == 404
+        return False
+    await eventually(gone, 5, "the channel hung up")
+    assert real.rest_transport == "websocket"
+
+
+class StandIn:
+    """An ARI stand-in: every HTTP request answers {"via": "http"}; on the websocket it
+    ignores RESTRequests (`answers` False, an older Asterisk) or answers them {"via":
+    "websocket"}, except that a request for `channels/drop` closes the websocket."""
+
+    def __init__(self, answers: bool) -> None:
+        self.answers = answers
+        self.app = web.Application()
+        self.app.router.add_get("/ari/events", self.events)
+        self.app.router.add_route("*", "/ari/{tail:.*}", self.rest)
+
+    async def rest(self, request: web.Request) -> web.Response:
+        return web.json_response({"via": "http", "path": request.path})
+
+    async def events(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            req = json.loads(msg.data)
+            if not self.answers:
+                continue
+            if req["uri"] == "channels/drop":
+                await ws.close()
+                break
+            await ws.send_str(json.dumps({
+                "type": "RESTResponse", "request_id": req["request_id"], "status_code": 200,
+                "message_body": json.dumps({"via": "websocket", "uri": req["uri"]})}))
+        return ws
+
+
+async def _stand_in(answers: bool) -> tuple[web.AppRunner, Ari]:
+    runner, base = await local_server(StandIn(answers).app)
+    ari = Ari(base, "hub", "pw", APP)
+    ari.on_event = _ignore
+    await ari.start()
+    return runner, ari
+
+
+async def _ignore(event: dict[str, Any]) -> None:
+    return None
+
+
+async def test_an_asterisk_that_does_not_take_rest_on_the_websocket_is_asked_over_http() -> None:
+    runner, ari = await _stand_in(answers=False)
+    try:
+        await eventually(lambda: _true(ari.connected.is_set()), 10, "connected")
+        await asyncio.sleep(0.5)  # the probe went unanswered
+        assert ari.rest_transport == "http"
+        assert (await ari.request("GET", "/asterisk/info"))["via"] == "http"
+    finally:
+        await ari.close()
+        await runner.cleanup()
+
+
+async def test_a_request_in_flight_when_the_websocket_drops_may_have_reached_asterisk() -> None:
+    runner, ari = await _stand_in(answers=True)
+    try:
+        await _connected(ari, "websocket")
+        assert (await ari.request("GET", "/channels/x"))["via"] == "websocket"
+        with pytest.raises(AriError) as dropped:
+            await ari.request("DELETE", "/channels/drop")
+        assert dropped.value.status == 0 and dropped.value.reached
+        # Until the websocket is back and has answered again, requests go over HTTP.
+        assert ari.rest_transport == "http"
+        assert (await ari.request("GET", "/channels/x"))["via"] == "http"
+        await _connected(ari, "websocket")
+        assert (await ari.request("GET", "/channels/x"))["via"] == "websocket"
+    finally:
+        await ari.close()
+        await runner.cleanup()
+
+
+async def _true(value: bool) -> bool:
+    return value
