@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import NoScriptError
 
 MAX_CONNECTIONS = 64
 
@@ -17,3 +21,18 @@ def async_redis(url: str, *, timeout_s: float = 5.0, connect_timeout_s: float = 
         url, max_connections=max_connections, timeout=timeout_s,
         socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s)
     return Redis.from_pool(pool)
+
+
+class Lua:
+    """A Lua script sent by its SHA1 (EVALSHA), not its text on every call; sent whole
+    (EVAL, which also caches it) only when Redis does not know it (first use, a restart)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(self, redis: Redis, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await redis.eval(self.text, len(keys), *keys, *args)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -73,6 +73,20 @@ async def suppressed(
         " AND transport_type IN ($3, '*')", app_id, list(addresses), type_,
     )
     return {r["address"] for r in rows}
+
+
+async def suppressed_in_sessions(
+    conn: asyncpg.Connection, type_: str, session_ids: Iterable[uuid.UUID],
+    addresses: Iterable[str],
+) -> set[tuple[uuid.UUID, str]]:
+    """(session, address) pairs among these whose address is on the do-not-contact list
+    of the session's app: one query for a batch of claimed recipients of many sessions."""
+    rows = await conn.fetch(
+        "SELECT s.id, x.address FROM sessions s JOIN suppressions x ON x.app_id = s.app_id"
+        " WHERE s.id = ANY($1::uuid[]) AND x.address = ANY($2::text[])"
+        " AND x.transport_type IN ($3, '*')", list(set(session_ids)), list(set(addresses)), type_,
+    )
+    return {(r["id"], r["address"]) for r in rows}
 
 
 async def add_one(conn: asyncpg.Connection, app_id: uuid.UUID, address: str, type_: str | None,

@@ -17,32 +17,39 @@ from __future__ import annotations
 import asyncio
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from redis.asyncio import Redis
 
+from hub.aredis import Lua
 from hub.constants import REDIS_PREFIX
 
 US_PER_S = 1_000_000
 RATE_KEY_SLACK_MS = 1000  # the TAT outlives its last slot by this, then vanishes
 
-# KEYS[1] = the TAT (µs since the epoch, Redis time); ARGV[1] = interval (µs),
-# ARGV[2] = slack (ms), ARGV[3] = the furthest slot to reserve (µs from now; < 0: any).
-# Reserves the next slot; returns µs from now until it, or -1 (nothing reserved) when the
-# slot is further away than ARGV[3].
-RESERVE_SLOT_LUA = """
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-local slot = math.max(tat, now)
-local horizon = tonumber(ARGV[3])
-if horizon >= 0 and slot - now > horizon then
-  return -1
+# reserve_slot(key, interval, slack, horizon): `key` holds the TAT (µs since the epoch,
+# Redis time); interval (µs); slack (ms); horizon: the furthest slot to reserve (µs from
+# now; < 0: any). Reserves the next slot; returns µs from now until it, or -1 (nothing
+# reserved) when the slot is further away than the horizon.
+SLOT_FUNCTION_LUA = """
+local function reserve_slot(key, interval, slack, horizon)
+  local now_parts = redis.call('TIME')
+  local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  local slot = math.max(tat, now)
+  if horizon >= 0 and slot - now > horizon then
+    return -1
+  end
+  local next_tat = slot + interval
+  local ttl_ms = math.ceil((next_tat - now) / 1000) + slack
+  redis.call('SET', key, string.format('%d', next_tat), 'PX', ttl_ms)
+  return slot - now
 end
-local next_tat = slot + tonumber(ARGV[1])
-local ttl_ms = math.ceil((next_tat - now) / 1000) + tonumber(ARGV[2])
-redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', ttl_ms)
-return slot - now
 """
+# KEYS[1] the TAT; ARGV[1..3] interval, slack, horizon (`slot_args`).
+RESERVE_SLOT = Lua(SLOT_FUNCTION_LUA + """
+return reserve_slot(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+""")
 
 
 class Limiter:
@@ -87,8 +94,16 @@ async def reserve_slot(redis: Redis, key: str, per_s: float,
     """Reserve the next of `per_s` slots per second kept under `key` (GCRA on Redis's
     clock); seconds from now until it. With `max_wait_s`, a slot further away than that is
     not reserved: None."""
+    return slot_wait(await RESERVE_SLOT(redis, [key], slot_args(per_s, max_wait_s)))
+
+
+def slot_args(per_s: float, max_wait_s: float | None) -> list[int]:
+    """`reserve_slot`'s interval, slack and horizon for `per_s` slots per second."""
     interval_us = math.ceil(US_PER_S / per_s)  # rounded up: never faster than `per_s`
     horizon_us = -1 if max_wait_s is None else math.floor(max_wait_s * US_PER_S)
-    wait_us = int(await redis.eval(RESERVE_SLOT_LUA, 1, key, interval_us, RATE_KEY_SLACK_MS,
-                                   horizon_us))
-    return None if wait_us < 0 else max(wait_us, 0) / US_PER_S
+    return [interval_us, RATE_KEY_SLACK_MS, horizon_us]
+
+
+def slot_wait(wait_us: Any) -> float | None:
+    """Seconds until a reserved slot; None when none was reserved (-1)."""
+    return None if int(wait_us) < 0 else max(int(wait_us), 0) / US_PER_S

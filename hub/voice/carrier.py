@@ -33,9 +33,10 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from hub.aredis import Lua
 from hub.constants import REDIS_PREFIX
 from hub.store import voice as store
-from hub.transports.limits import reserve_slot
+from hub.transports.limits import SLOT_FUNCTION_LUA, reserve_slot, slot_args, slot_wait
 from hub.voice.trunks import VoiceConfig
 
 log = logging.getLogger(__name__)
@@ -54,32 +55,51 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 """
+# full(leases, channel, cap): every channel is held, and not already by `channel`.
+_FULL = """
+local function full(key, channel, cap)
+  return not redis.call('ZSCORE', key, channel) and redis.call('ZCARD', key) >= cap
+end
+"""
 
 # KEYS[1] the endpoint's leases; ARGV[1] channel id, ARGV[2] cap, ARGV[3] lease (ms).
 # 1: the channel is held (newly, or its lease was extended); 0: the endpoint is full.
-ACQUIRE_LUA = _NOW_MS + """
-local expiry = now + tonumber(ARGV[3])
-if not redis.call('ZSCORE', KEYS[1], ARGV[1])
-   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+ACQUIRE = Lua(_NOW_MS + _FULL + """
+if full(KEYS[1], ARGV[1], tonumber(ARGV[2])) then
   return 0
 end
-redis.call('ZADD', KEYS[1], expiry, ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 return 1
-"""
+""")
+
+# KEYS[1] the endpoint's leases, KEYS[2] its calls per second (`reserve_slot`'s TAT);
+# ARGV[1] channel id, ARGV[2] cap, ARGV[3] lease (ms), ARGV[4..6] the slot (`slot_args`).
+# A channel and the call's slot in one round: -2 the endpoint is full, -1 no slot within
+# the horizon (neither is taken then), else µs until the slot, the channel held.
+TAKE_CALL = Lua(_NOW_MS + _FULL + SLOT_FUNCTION_LUA + """
+if full(KEYS[1], ARGV[1], tonumber(ARGV[2])) then
+  return -2
+end
+local wait = reserve_slot(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+if wait >= 0 then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+end
+return wait
+""")
 
 # KEYS[1] the endpoint's leases; ARGV[1] lease (ms), ARGV[2..] live channel ids.
 # Extends every lease; a live channel whose lease had run out is counted again (it holds a
 # carrier channel whatever the set says). Returns how many had run out.
-RENEW_LUA = _NOW_MS + """
+RENEW = Lua(_NOW_MS + """
 local lost = 0
 for i = 2, #ARGV do
   lost = lost + redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
 end
 return lost
-"""
+""")
 
 # KEYS[1] the endpoint's leases. Returns the number of live leases.
-HELD_LUA = _NOW_MS + "return redis.call('ZCARD', KEYS[1])"
+HELD = Lua(_NOW_MS + "return redis.call('ZCARD', KEYS[1])")
 
 
 @dataclass(frozen=True)
@@ -155,9 +175,20 @@ class Carrier:
                               lease_s: float = CHANNEL_LEASE_S) -> bool:
         """Hold one of the endpoint's `cap` channels for `channel_id`; False when all are
         held (or Redis did not answer). Holding it already extends its lease."""
-        held = await self._call("acquire", endpoint, self.redis.eval(
-            ACQUIRE_LUA, 1, _key(endpoint, "channels"), channel_id, cap, _ms(lease_s)))
+        held = await self._call("acquire", endpoint, ACQUIRE(
+            self.redis, [_key(endpoint, "channels")], [channel_id, cap, _ms(lease_s)]))
         return bool(held == 1)
+
+    async def take_call(self, endpoint: str, channel_id: str, cap: int, cps: float,
+                        max_wait_s: float, lease_s: float = CHANNEL_LEASE_S) -> float | None:
+        """One of the endpoint's `cap` channels for `channel_id` and the next of its call
+        slots at `cps`, in one round: seconds until the slot (originate then). None when
+        every channel is held, the slot is further away than `max_wait_s` (then no channel
+        is taken either), or Redis did not answer."""
+        wait_us = await self._call("take", endpoint, TAKE_CALL(
+            self.redis, [_key(endpoint, "channels"), _key(endpoint, "cps")],
+            [channel_id, cap, _ms(lease_s), *slot_args(cps, max_wait_s)]))
+        return None if wait_us is None else slot_wait(wait_us)
 
     async def renew(self, endpoint: str, channel_ids: Sequence[str],
                     lease_s: float = CHANNEL_LEASE_S) -> int | None:
@@ -165,8 +196,8 @@ class Carrier:
         again), or None when Redis did not answer."""
         if not channel_ids:
             return 0
-        lost = await self._call("renew", endpoint, self.redis.eval(
-            RENEW_LUA, 1, _key(endpoint, "channels"), _ms(lease_s), *channel_ids))
+        lost = await self._call("renew", endpoint, RENEW(
+            self.redis, [_key(endpoint, "channels")], [_ms(lease_s), *channel_ids]))
         return None if lost is None else int(lost)
 
     async def release(self, endpoint: str, channel_id: str) -> None:
@@ -178,7 +209,7 @@ class Carrier:
     async def held(self, endpoint: str) -> int | None:
         """Channels held on the endpoint by every controller; None when Redis did not answer."""
         held = await self._call("count", endpoint,
-                                self.redis.eval(HELD_LUA, 1, _key(endpoint, "channels")))
+                                HELD(self.redis, [_key(endpoint, "channels")], []))
         return None if held is None else int(held)
 
     async def reserve_call(self, endpoint: str, cps: float,

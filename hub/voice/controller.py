@@ -208,11 +208,21 @@ class Controller:
         # Calls start in the claimed (fair) order, several at once: each one's checks, its
         # carrier slot and the originate round trip overlap the others'. The carrier's
         # slots keep the pacing, whatever the number in flight.
+        try:  # the round's do-not-contact check: one query, not one per call
+            async with self.pool.acquire() as conn:
+                blocked = await suppressions.suppressed_in_sessions(
+                    conn, "voice", (s for _, s in claimed),
+                    (item.recipient.address for item, _ in claimed))
+        except DATABASE_TROUBLE as exc:  # nobody dialled: every claim is given back
+            for item, session_id in claimed:
+                await self._fail_unstarted(trunk, item, session_id, exc)
+            return
         gate = asyncio.Semaphore(max(1, self.settings.voice_originates_in_flight))
 
         async def start(item: Claimed, session_id: uuid.UUID) -> None:
             try:
-                await self._start_call(trunk, item, session_id)
+                await self._start_call(trunk, item, session_id,
+                                       (session_id, item.recipient.address) in blocked)
             except Exception as exc:  # one call's trouble never stops the dialler
                 log.exception("voice: starting a call to %s failed", item.recipient.address)
                 await self._fail_unstarted(trunk, item, session_id, exc)
@@ -292,7 +302,10 @@ class Controller:
         except TimeoutError:
             pass
 
-    async def _start_call(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID) -> None:
+    async def _start_call(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
+                          suppressed: bool) -> None:
+        """Place one claimed call (`suppressed`: its address is on the app's do-not-contact
+        list, as the round found it)."""
         session = await self._session(session_id)
         address = item.recipient.address
         opens = trunk.config.window_opens(address, datetime.now(UTC))
@@ -305,12 +318,10 @@ class Controller:
                                Result("failed", error=f"trunk {trunk.config.trunk!r} is not"
                                       " granted to this app (any more); not dialled"))
             return
-        async with self.pool.acquire() as conn:
-            if await suppressions.suppressed(conn, session.app_id, "voice", [address]):
-                await self._record(Call(item, session, trunk.id, trunk.config, ""),
-                                   Result(c.O_SUPPRESSED,
-                                          error="address is on the do-not-contact list"))
-                return
+        if suppressed:
+            await self._record(Call(item, session, trunk.id, trunk.config, ""),
+                               Result(c.O_SUPPRESSED, error="address is on the do-not-contact list"))
+            return
         channel = channel_id(item.recipient.attempt_id)
         if not await self._carrier_slot(trunk.config, channel):
             await self._give_back(item, session_id, None, "the trunk's channels or calls per"
@@ -340,11 +351,9 @@ class Controller:
         """A channel under the endpoint's cap and a call slot within its cps, both held in
         Redis across every controller; false when either is not to be had now."""
         limits = await self._limits(cfg)
-        if not await self.carrier.acquire_channel(cfg.trunk, channel, limits.max_channels):
-            return False
-        wait_s = await self.carrier.reserve_call(cfg.trunk, limits.cps, MAX_CPS_WAIT_S)
+        wait_s = await self.carrier.take_call(cfg.trunk, channel, limits.max_channels,
+                                              limits.cps, MAX_CPS_WAIT_S)
         if wait_s is None:
-            await self.carrier.release(cfg.trunk, channel)
             return False
         await asyncio.sleep(wait_s)
         return True

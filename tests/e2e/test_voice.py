@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from hub.config import Settings
+from hub.dev import siplog
 from tests.conftest import ARI_URL, ASTERISK_ENV, ROOT, Procs, TestPhones
 from tests.helpers import Api, eventually, free_port, local_server
 
@@ -126,6 +127,40 @@ async def test_asterisk_sends_the_controller_only_the_events_it_acts_on(
         assert attempt["outcome"] == "answered" and attempt["detail"]["played"] is True
         assert attempt["detail"]["talkS"] >= 1.9
     assert "Asterisk takes REST requests on the websocket" in procs.logs()
+
+
+async def test_each_app_keeps_its_own_do_not_contact_list(
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,
+    make_app: Any, http: aiohttp.ClientSession,
+) -> None:
+    """The dialler checks a whole claimed round at once (two sessions of one app here):
+    the number this app opted out is not dialled in either session, its other number is,
+    and another app on the same trunk still calls the opted-out number."""
+    status, body = await api.post("/v1/suppressions", {"addresses": [num(40)],
+                                                        "transport": "voice"})
+    assert status in (200, 201), body
+    other = Api(http, api.base, await make_app("beta"))
+    status, body = await other.post("/v1/transports", {
+        "name": "beta-trunk", "type": "voice",
+        "config": {"trunk": "trunk", "callerId": "+9771000001", "maxChannels": 20, "cps": 20,
+                   "ringTimeoutS": 5}})
+    assert status == 201, body
+    tone2 = f"{media}/tone2.wav"
+    first = (await api.submit(voice([num(40), num(50)], file_url=tone2)))["sessionId"]
+    second = (await api.submit(voice([num(40)], file_url=tone2)))["sessionId"]
+    theirs = (await other.submit(voice([num(40)], file_url=tone2)))["sessionId"]
+    procs.start("voice")  # every session is due at once: one round claims both of ours
+    for client, sid in ((api, first), (api, second), (other, theirs)):
+        await client.wait_status(sid, timeout_s=60)
+    rows = await api.deliveries(first)
+    assert rows[num(40)]["outcome"] == "suppressed" and rows[num(40)]["providerRef"] is None
+    assert rows[num(50)]["status"] == "delivered"
+    [row] = (await api.deliveries(second)).values()
+    assert row["outcome"] == "suppressed" and row["providerRef"] is None
+    [row] = (await other.deliveries(theirs)).values()
+    assert row["status"] == "delivered"
+    dialled = [c.number for c in siplog.calls(phones.phones.logs)]
+    assert sorted(dialled) == sorted([num(40), num(50)]), dialled
 
 
 async def test_outcomes_follow_the_retry_policy(

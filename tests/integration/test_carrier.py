@@ -101,6 +101,34 @@ async def test_a_live_call_whose_lease_ran_out_is_counted_again(
     assert not await carrier.acquire_channel(endpoint, "hub-b", 1)
 
 
+async def test_a_call_takes_its_channel_and_slot_together_or_neither(
+        carriers: tuple[Carrier, Carrier]) -> None:
+    first, second = carriers
+    endpoint = _endpoint()
+    assert await first.take_call(endpoint, "hub-a", 2, 1, max_wait_s=0.2) == 0  # at once
+    # The next slot at 1 call/s is a second away: no slot, and no channel held for it.
+    assert await second.take_call(endpoint, "hub-b", 2, 1, max_wait_s=0.2) is None
+    assert await first.held(endpoint) == 1
+    wait_s = await second.take_call(endpoint, "hub-b", 2, 1, max_wait_s=2)
+    assert wait_s is not None and 0.7 <= wait_s <= 1.0, wait_s
+    assert await first.held(endpoint) == 2
+    # Full: refused whatever the slot, and the slot is not spent.
+    assert await first.take_call(endpoint, "hub-c", 2, 1000, max_wait_s=5) is None
+    await first.release(endpoint, "hub-a")
+    wait_c = await first.take_call(endpoint, "hub-c", 2, 1, max_wait_s=5)
+    assert wait_c is not None and 1.6 <= wait_c <= 2.0, wait_c  # the slot after hub-b's
+
+
+async def test_scripts_are_loaded_again_after_redis_forgets_them(
+        carriers: tuple[Carrier, Carrier], redis: Any) -> None:
+    carrier, _ = carriers
+    endpoint = _endpoint()
+    assert await carrier.take_call(endpoint, "hub-a", 1, 100, max_wait_s=1) is not None
+    redis.script_flush()  # as after a Redis restart
+    assert await carrier.take_call(endpoint, "hub-b", 2, 100, max_wait_s=1) is not None
+    assert await carrier.held(endpoint) == 2
+
+
 async def _slots(carrier: Carrier, endpoint: str, cps: Any, until: float) -> list[float]:
     stamps: list[float] = []
     while time.monotonic() < until:
@@ -147,6 +175,7 @@ async def test_redis_away_or_slow_means_not_now() -> None:
         began = time.monotonic()
         assert not await carrier.acquire_channel("trunk", "hub-x", 10)
         assert await carrier.reserve_call("trunk", 5) is None
+        assert await carrier.take_call("trunk", "hub-x", 10, 5, 1) is None
         assert await carrier.renew("trunk", ["hub-x"]) is None
         assert await carrier.held("trunk") is None
         await carrier.release("trunk", "hub-x")  # no error: the lease runs out by itself
