@@ -77,6 +77,7 @@ class Ari:
         # An Asterisk that does not filter sends them all; `on_event` passes them over.
         self.event_types: frozenset[str] | None = None
         self._closing = False
+        self.connections = 0  # websocket connections so far: the current one's number
         self.rest_over_websocket = rest_over_websocket
         self._ws: aiohttp.ClientWebSocketResponse | None = None  # set once it takes REST
         self._pending: dict[str, asyncio.Future[tuple[int, str]]] = {}
@@ -196,8 +197,9 @@ class Ari:
                     timeout=aiohttp.ClientWSTimeout(ws_close=5),
                 ) as ws:
                     failures = 0
+                    self.connections += 1
                     log.info("ARI connected, app %s registered", self.app)
-                    await self._filter_events()
+                    await self.filter_events()
                     if self.on_connect:  # e.g. reconcile: done before anyone dials again
                         try:
                             await self.on_connect()
@@ -228,13 +230,16 @@ class Ari:
             await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
             failures += 1
 
-    async def _filter_events(self) -> None:
-        if self.event_types is None:
+    async def filter_events(self, kinds: frozenset[str] | None = None) -> None:
+        """Ask Asterisk for only these event kinds (default `event_types`, asked at every
+        connection) on the current connection."""
+        kinds = kinds or self.event_types
+        if kinds is None:
             return
         try:
-            kinds = sorted(self.event_types | {REST_RESPONSE})  # answers are filtered too
+            allowed = sorted(kinds | {REST_RESPONSE})  # answers are filtered too
             await self.request("PUT", f"/applications/{self.app}/eventFilter", json={
-                "allowed": [{"type": kind} for kind in kinds]})
+                "allowed": [{"type": kind} for kind in allowed]})
         except AriError as exc:  # every event comes (and `on_event` passes most over)
             level = logging.INFO if exc.status in (400, 404, 405) else logging.WARNING
             log.log(level, "ARI: Asterisk did not take the event filter of %s (older than"

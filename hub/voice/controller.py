@@ -15,6 +15,7 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -70,6 +71,10 @@ SESSION_CACHE_MAX = 256
 # The ARI events `_handle` acts on; Asterisk is asked to send only these (`Ari.event_types`).
 HANDLED_EVENTS = frozenset({"StasisStart", "ChannelStateChange", "ChannelDtmfReceived",
                             "ChannelVarset", "ChannelDestroyed", "PlaybackFinished"})
+# ... and not ChannelVarset once its channels carry HANGUP_VAR (ari.conf `channelvars`):
+# then ChannelDestroyed tells the operator's mark, and a call's seven other variables
+# (STASISSTATUS, RTPAUDIOQOS...) are neither sent nor parsed.
+WITHOUT_VARSET = HANDLED_EVENTS - {"ChannelVarset"}
 
 
 def owner_of(settings: Settings) -> str:
@@ -105,7 +110,7 @@ class Controller:
         self.sessions: dict[uuid.UUID, SessionInfo] = {}
         self.stopping = asyncio.Event()
         self.held: set[int] = set()   # deliveries claimed here and not recorded yet
-        self.background: set[asyncio.Task[None]] = set()  # give-backs waiting for the database
+        self.background: set[asyncio.Task[None]] = set()  # give-backs, event filter changes
         self.remotes: dict[str, Ari] = {}  # other controllers' Asterisks, to ask about calls
         self.chains: dict[str, asyncio.Task[None]] = {}  # per-channel event handling
         self.grants: dict[tuple[uuid.UUID, str], tuple[float, bool]] = {}
@@ -118,6 +123,7 @@ class Controller:
         ari.on_event = self.on_event
         ari.on_connect = self.reconcile
         ari.event_types = HANDLED_EVENTS
+        self.varset_dropped_on = 0  # the ARI connection asked for no ChannelVarset
 
     # ---- main loops -------------------------------------------------------------------
 
@@ -245,16 +251,19 @@ class Controller:
         if info is None or isinstance(exc, (*DATABASE_TROUBLE, RedisError)):
             # Nothing dialled: no try spent. The database may be the trouble, so the claim
             # stays held (its lease renewed) until it could be given back.
-            task = asyncio.create_task(self._give_back_patiently(
+            self._in_background(self._give_back_patiently(
                 item, session_id, f"not dialled: {type(exc).__name__}: {exc}"[:300]))
-            self.background.add(task)
-            task.add_done_callback(self.background.discard)
             return
         with contextlib.suppress(Exception):  # _record retries database trouble itself
             await self._record(Call(item, info, trunk.id, trunk.config, channel),
                                Result("failed", retryable=True, provider_ref=channel,
                                       error=f"the call could not be started: {exc}"[:300]))
         self.held.discard(item.recipient.delivery_id)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def _recover_lapsed(self, trunk: Trunk) -> datetime:
         """Before dialling anyone whose claim lapsed (its controller died or lost the
@@ -566,6 +575,11 @@ class Controller:
         at once (a slow database never delays other calls' playbacks and hang-ups). Events
         `_handle` would pass over (the other variables set, states other than Up: about half
         of a call's events) take no place in the chain."""
+        if self.varset_dropped_on != self.ari.connections and _carries_hangup_var(event):
+            self.varset_dropped_on = self.ari.connections
+            log.info("voice: channels carry %s (ari.conf channelvars): no ChannelVarset"
+                     " events needed", HANGUP_VAR)
+            self._in_background(self.ari.filter_events(WITHOUT_VARSET))
         if not _acted_on(event):
             return
         key = _channel_of(event)
@@ -610,6 +624,7 @@ class Controller:
         elif kind == "ChannelVarset" and event.get("variable") == HANGUP_VAR:
             call.hangup_by = event.get("value") or None
         elif kind == "ChannelDestroyed":
+            call.hangup_by = (channel.get("channelvars") or {}).get(HANGUP_VAR) or call.hangup_by
             call.ended = time.monotonic()
             await self._forget(call)
             sip = int(event["tech_cause"]) if event.get("tech_cause") else None
@@ -731,6 +746,11 @@ def _acted_on(event: dict[str, Any]) -> bool:
     if kind == "ChannelStateChange":
         return (event.get("channel") or {}).get("state") == "Up"
     return kind in HANDLED_EVENTS
+
+
+def _carries_hangup_var(event: dict[str, Any]) -> bool:
+    """Whether the event's channel lists HANGUP_VAR among its `channelvars` (set or not)."""
+    return HANGUP_VAR in ((event.get("channel") or {}).get("channelvars") or {})
 
 
 def _channel_of(event: dict[str, Any]) -> str:

@@ -119,9 +119,13 @@ async def test_asterisk_sends_the_controller_only_the_events_it_acts_on(
         assert await eventually(allowed, 20, "the hub app's event filter") == {
             "StasisStart", "ChannelStateChange", "ChannelDtmfReceived", "ChannelVarset",
             "ChannelDestroyed", "PlaybackFinished", "RESTResponse"}
-    created = await api.submit(voice([num(10), num(20)], file_url=f"{media}/tone2.wav"))
-    done = await api.wait_status(created["sessionId"], timeout_s=40)
-    assert done["counts"] == {"delivered": 2}
+        created = await api.submit(voice([num(10), num(20)], file_url=f"{media}/tone2.wav"))
+        done = await api.wait_status(created["sessionId"], timeout_s=40)
+        assert done["counts"] == {"delivered": 2}
+        # Its channels carry HUB_HANGUP_BY (ari.conf channelvars): no ChannelVarset since.
+        assert await allowed() == {
+            "StasisStart", "ChannelStateChange", "ChannelDtmfReceived", "ChannelDestroyed",
+            "PlaybackFinished", "RESTResponse"}
     for n in (10, 20):
         [attempt] = await attempts(api, created["sessionId"], num(n))
         assert attempt["outcome"] == "answered" and attempt["detail"]["played"] is True

@@ -9,7 +9,13 @@ import re
 from typing import Any
 
 from hub.voice.calls import HANGUP_VAR
-from hub.voice.controller import HANDLED_EVENTS, Controller, _acted_on
+from hub.voice.controller import (
+    HANDLED_EVENTS,
+    WITHOUT_VARSET,
+    Controller,
+    _acted_on,
+    _carries_hangup_var,
+)
 
 
 def event(kind: str, **extra: Any) -> dict[str, Any]:
@@ -33,3 +39,16 @@ def test_kept_and_dropped() -> None:
                {"type": "PlaybackStarted", "playback": {"id": "p", "target_uri": "channel:hub-x"}}]
     assert [_acted_on(e) for e in kept] == [True] * len(kept)
     assert [_acted_on(e) for e in dropped] == [False] * len(dropped)
+
+
+def test_channelvarset_is_dropped_only_when_channels_carry_the_hangup_mark() -> None:
+    """With ari.conf `channelvars = HUB_HANGUP_BY` every channel snapshot lists it (empty
+    until set) and ChannelDestroyed tells the mark; without it, ChannelVarset must stay."""
+    assert HANDLED_EVENTS - WITHOUT_VARSET == {"ChannelVarset"}
+    carried = {"type": "ChannelStateChange",
+               "channel": {"id": "hub-x", "state": "Ringing", "channelvars": {HANGUP_VAR: ""}}}
+    assert _carries_hangup_var(carried)
+    assert not _carries_hangup_var(event("ChannelStateChange"))  # no channelvars configured
+    assert not _carries_hangup_var({"type": "ChannelStateChange", "channel": {
+        "id": "hub-x", "channelvars": {"OTHER": "1"}}})
+    assert not _carries_hangup_var({"type": "PlaybackFinished", "playback": {"id": "p"}})
