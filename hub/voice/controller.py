@@ -69,8 +69,10 @@ MAX_CPS_WAIT_S = 5.0
 ASTERISK_GONE_S = 5.0
 SESSION_CACHE_MAX = 256
 # The ARI events `_handle` acts on; Asterisk is asked to send only these (`Ari.event_types`).
-HANDLED_EVENTS = frozenset({"StasisStart", "ChannelStateChange", "ChannelDtmfReceived",
-                            "ChannelVarset", "ChannelDestroyed", "PlaybackFinished"})
+# Not ChannelStateChange: an originated call enters the app (StasisStart) once answered,
+# and ChannelDestroyed's channel state tells an answer that hung up before it got there.
+HANDLED_EVENTS = frozenset({"StasisStart", "ChannelDtmfReceived", "ChannelVarset",
+                            "ChannelDestroyed", "PlaybackFinished"})
 # ... and not ChannelVarset once its channels carry HANGUP_VAR (ari.conf `channelvars`):
 # then ChannelDestroyed tells the operator's mark, and a call's seven other variables
 # (STASISSTATUS, RTPAUDIOQOS...) are neither sent nor parsed.
@@ -573,8 +575,8 @@ class Controller:
     async def on_event(self, event: dict[str, Any]) -> None:
         """Called by the websocket reader: hand the event to its channel's chain and return
         at once (a slow database never delays other calls' playbacks and hang-ups). Events
-        `_handle` would pass over (the other variables set, states other than Up: about half
-        of a call's events) take no place in the chain."""
+        `_handle` would pass over (other variables set, when Asterisk still sends them)
+        take no place in the chain."""
         if self.varset_dropped_on != self.ari.connections and _carries_hangup_var(event):
             self.varset_dropped_on = self.ari.connections
             log.info("voice: channels carry %s (ari.conf channelvars): no ChannelVarset"
@@ -612,18 +614,18 @@ class Controller:
         channel = event.get("channel") or {}
         call = self.calls.get(channel.get("id", ""))
         if kind == "StasisStart":
+            if call is not None and call.up is None:
+                self._answered(call)
             await self.flow.stasis_start(call, channel, event.get("args") or [])
         elif call is None:
             return
-        elif kind == "ChannelStateChange" and channel.get("state") == "Up" and call.up is None:
-            call.up = time.monotonic()
-            self.setup_times.append(call.up - call.started)
-            metrics.CALL_SETUP_SECONDS.observe(call.up - call.started)
         elif kind == "ChannelDtmfReceived":
             await self.flow.dtmf(call, event.get("digit", ""))
         elif kind == "ChannelVarset" and event.get("variable") == HANGUP_VAR:
             call.hangup_by = event.get("value") or None
         elif kind == "ChannelDestroyed":
+            if call.up is None and channel.get("state") == "Up":  # hung up on the way in
+                self._answered(call)
             call.hangup_by = (channel.get("channelvars") or {}).get(HANGUP_VAR) or call.hangup_by
             call.ended = time.monotonic()
             await self._forget(call)
@@ -633,6 +635,11 @@ class Controller:
                 log.warning("trunk %s: %s (%s)", call.config.trunk, note, call.channel)
                 await self.carrier.note_problem(call.config.trunk, sip or 0, note)
             await self._record(call, call.result(event.get("cause"), sip))
+
+    def _answered(self, call: Call) -> None:
+        call.up = time.monotonic()
+        self.setup_times.append(call.up - call.started)
+        metrics.CALL_SETUP_SECONDS.observe(call.up - call.started)
 
     # ---- recording -------------------------------------------------------------------
 
@@ -743,8 +750,6 @@ def _acted_on(event: dict[str, Any]) -> bool:
     kind = event.get("type")
     if kind == "ChannelVarset":
         return event.get("variable") == HANGUP_VAR
-    if kind == "ChannelStateChange":
-        return (event.get("channel") or {}).get("state") == "Up"
     return kind in HANDLED_EVENTS
 
 

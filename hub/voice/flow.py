@@ -32,8 +32,6 @@ class CallFlow:
                             args: list[str]) -> None:
         if call is None:
             return  # not ours (or already recorded): leave it to its owner
-        if call.up is None:
-            call.up = time.monotonic()
         if args[:1] == [AMD_FIRST]:
             try:
                 await self.ari.continue_in_dialplan(call.channel, AMD_CONTEXT)

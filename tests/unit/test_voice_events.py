@@ -1,5 +1,5 @@
 """Which ARI events the controller keeps: every kind `Controller._handle` acts on is asked
-of Asterisk and kept, and the rest (other variables, states other than Up, the kinds it
+of Asterisk and kept, and the rest (other variables, channel state changes, the kinds it
 never reads) take no place in a channel's chain."""
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ def test_kept_and_dropped() -> None:
     kept = [event("StasisStart", args=["outbound"]), event("ChannelDtmfReceived", digit="1"),
             event("ChannelDestroyed", cause=16),
             {"type": "PlaybackFinished", "playback": {"id": "p", "target_uri": "channel:hub-x"}},
-            {"type": "ChannelStateChange", "channel": {"id": "hub-x", "state": "Up"}},
             event("ChannelVarset", variable=HANGUP_VAR, value="operator")]
     dropped = [event("ChannelVarset", variable="RTPAUDIOQOS", value="x"),
-               event("ChannelStateChange"), event("Dial"), event("ChannelDialplan"),
+               event("ChannelStateChange"),
+               {"type": "ChannelStateChange", "channel": {"id": "hub-x", "state": "Up"}},
+               event("Dial"), event("ChannelDialplan"),
                event("StasisEnd"), event("ChannelHangupRequest"),
                {"type": "PlaybackStarted", "playback": {"id": "p", "target_uri": "channel:hub-x"}}]
     assert [_acted_on(e) for e in kept] == [True] * len(kept)
@@ -45,8 +46,8 @@ def test_channelvarset_is_dropped_only_when_channels_carry_the_hangup_mark() -> 
     """With ari.conf `channelvars = HUB_HANGUP_BY` every channel snapshot lists it (empty
     until set) and ChannelDestroyed tells the mark; without it, ChannelVarset must stay."""
     assert HANDLED_EVENTS - WITHOUT_VARSET == {"ChannelVarset"}
-    carried = {"type": "ChannelStateChange",
-               "channel": {"id": "hub-x", "state": "Ringing", "channelvars": {HANGUP_VAR: ""}}}
+    carried = {"type": "StasisStart",
+               "channel": {"id": "hub-x", "state": "Up", "channelvars": {HANGUP_VAR: ""}}}
     assert _carries_hangup_var(carried)
     assert not _carries_hangup_var(event("ChannelStateChange"))  # no channelvars configured
     assert not _carries_hangup_var({"type": "ChannelStateChange", "channel": {
