@@ -137,14 +137,15 @@ class Ari:
         """The answer over the websocket; None when the request could not be sent there
         (the websocket closed): it surely did not reach Asterisk, and goes over HTTP."""
         request_id = str(next(self._ids))
-        answer = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = answer
         try:
             try:
                 await ws.send_str(_rest_request(request_id, method, path, params, body))
             except (aiohttp.ClientError, OSError):
                 return None
-            return await asyncio.wait_for(answer, REQUEST_TIMEOUT_S)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                return await answer
         except TimeoutError:
             raise AriError(0, "no answer in time on the websocket") from None
         finally:

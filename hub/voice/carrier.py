@@ -165,7 +165,8 @@ class Carrier:
     async def _call(self, what: str, endpoint: str, coro: Awaitable[Any]) -> Any:
         """The Redis call's answer, or None when Redis failed or took too long."""
         try:
-            return await asyncio.wait_for(coro, self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # no task per call, as wait_for makes
+                return await coro
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("carrier %s: %s failed (%s); not now", endpoint, what,
                         exc or type(exc).__name__)
