@@ -75,3 +75,11 @@ def test_cpu_is_charged_to_the_group_of_the_process_that_spent_it() -> None:
     assert per_unit["burner"] == pytest.approx(spent["burner"] * 1000 / 4, rel=0.2)
     assert per_unit["total"] == pytest.approx(
         sum(v for k, v in per_unit.items() if k != "total"), abs=0.01)
+
+
+def test_a_missed_target_is_never_shown_rounded_onto_it() -> None:
+    missed = Figure("voice.x", "calls/s", [166.0], ">=", 0.9, baseline=[185.3], on_ratio=True)
+    kept = Figure("voice.y", "calls/s", [166.0], ">=", 0.8, baseline=[185.3], on_ratio=True)
+    rows = readme_table.table({"figures": [missed.as_dict(), kept.as_dict()]}).splitlines()
+    assert "| 0.896 | >= 0.9× baseline | **no** |" in rows[-2]
+    assert "| 0.90 | >= 0.8× baseline | yes |" in rows[-1]
