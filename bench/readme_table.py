@@ -81,4 +81,3 @@ def _ratio(ratio: float, met: bool | None) -> str:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -1,4 +1,5 @@
-"""The app's do-not-contact list, checked right before every attempt."""
+"""The app's do-not-contact list, checked for each batch of claimed recipients just
+before their attempts (a worker's claim, a voice dialler's round)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ from hub.voice.trunks import Amd, VoiceConfig
 CHANNEL_PREFIX = "hub-"
 MAIN_PLAYBACK = "main"
 # `hub calls hangup` sets it on the channel ("operator", or "operator-retry" for --retry)
-# before ending the call; the controller learns it from the ChannelVarset event.
+# before ending the call; the controller reads it from ChannelDestroyed (ari.conf
+# `channelvars`), or from the ChannelVarset event where Asterisk is not configured so.
 HANGUP_VAR = "HUB_HANGUP_BY"
 OPERATOR_NOTE = "hung up by the operator"
 

@@ -221,9 +221,11 @@ class Controller:
                 blocked = await suppressions.suppressed_in_sessions(
                     conn, "voice", (s for _, s in claimed),
                     (item.recipient.address for item, _ in claimed))
-        except DATABASE_TROUBLE as exc:  # nobody dialled: every claim is given back
+        except Exception as exc:  # nobody dialled: every claim is given back, no try spent
+            log.warning("voice: trunk %s: the do-not-contact check failed: %s", trunk.name, exc)
             for item, session_id in claimed:
-                await self._fail_unstarted(trunk, item, session_id, exc)
+                self._in_background(self._give_back_patiently(
+                    item, session_id, f"not dialled: {type(exc).__name__}: {exc}"[:300]))
             return
         gate = asyncio.Semaphore(max(1, self.settings.voice_originates_in_flight))
 
@@ -261,6 +263,10 @@ class Controller:
                                Result("failed", retryable=True, provider_ref=channel,
                                       error=f"the call could not be started: {exc}"[:300]))
         self.held.discard(item.recipient.delivery_id)
+
+    async def _without_varset(self, connection: int) -> None:
+        if self.ari.connections == connection:  # not for a connection already gone
+            await self.ari.filter_events(WITHOUT_VARSET)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -581,7 +587,7 @@ class Controller:
             self.varset_dropped_on = self.ari.connections
             log.info("voice: channels carry %s (ari.conf channelvars): no ChannelVarset"
                      " events needed", HANGUP_VAR)
-            self._in_background(self.ari.filter_events(WITHOUT_VARSET))
+            self._in_background(self._without_varset(self.ari.connections))
         if not _acted_on(event):
             return
         key = _channel_of(event)
@@ -624,8 +630,8 @@ class Controller:
         elif kind == "ChannelVarset" and event.get("variable") == HANGUP_VAR:
             call.hangup_by = event.get("value") or None
         elif kind == "ChannelDestroyed":
-            if call.up is None and channel.get("state") == "Up":  # hung up on the way in
-                self._answered(call)
+            if call.up is None and channel.get("state") == "Up":  # answered, never in the
+                call.up = time.monotonic()  # app (or its StasisStart lost): no setup time
             call.hangup_by = (channel.get("channelvars") or {}).get(HANGUP_VAR) or call.hangup_by
             call.ended = time.monotonic()
             await self._forget(call)

@@ -1,7 +1,8 @@
 """The ARI client's REST requests on the events websocket (Asterisk 20.14/21.9/22.4 and
-later), against the real Asterisk; and, against a stand-in for an Asterisk that does not
-take them or drops the websocket mid-request, that requests still get their answer over
-HTTP or fail as "may have reached Asterisk"."""
+later; only those asked with `websocket=True`, the controller's plays and hang-ups),
+against the real Asterisk; and, against a stand-in for an Asterisk that does not take
+them or drops the websocket mid-request, that requests still get their answer over HTTP
+or fail as "may have reached Asterisk"."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from aiohttp import web
 
 from hub.config import Settings
 from hub.voice.ari import Ari, AriError
+from hub.voice.flow import CallFlow
+from hub.voice.menu import Menu, enter
 from tests.conftest import ARI_URL, TestPhones
 from tests.helpers import eventually, local_server
+from tests.integration.test_menu_flow import MENU, _call
 
 pytestmark = pytest.mark.e2e
 APP = "ari-client-test"
@@ -42,13 +46,13 @@ async def real(asterisk: None, settings: Settings) -> AsyncIterator[Ari]:
 
 async def test_requests_go_on_the_websocket_and_answer_as_over_http(
         real: Ari, settings: Settings, phones: TestPhones) -> None:
-    info = await real.request("GET", "/asterisk/info", only="status")
+    info = await real.request("GET", "/asterisk/info", websocket=True, only="status")
     assert set(info) == {"status"}
     with pytest.raises(AriError) as missing:
-        await real.request("GET", "/channels/no-such-channel")
+        await real.request("GET", "/channels/no-such-channel", websocket=True)
     assert missing.value.status == 404 and "Channel not found" in str(missing.value)
     # A JSON body, and query parameters that would need encoding over HTTP (+, space).
-    await real.request("PUT", f"/applications/{APP}/eventFilter",
+    await real.request("PUT", f"/applications/{APP}/eventFilter", websocket=True,
                        json={"allowed": [{"type": "StasisStart"}, {"type": "RESTResponse"}],
                              "disallowed": [{"type": "ChannelVarset"}]})
     token = base64.b64encode(f"{settings.ari_user}:{settings.ari_password}".encode()).decode()
@@ -60,15 +64,15 @@ async def test_requests_go_on_the_websocket_and_answer_as_over_http(
                                    caller_id=None, timeout_s=5, variables={},
                                    app_args="outbound")  # originates go over HTTP
     assert created["id"] == "ws-1"
-    assert await real.request("POST", "/asterisk/variable", variable="HUB_WS_X",
-                              value="a b+c&d=e") is None
-    got = await real.request("GET", "/asterisk/variable", variable="HUB_WS_X")
+    assert await real.request("POST", "/asterisk/variable", websocket=True,
+                              variable="HUB_WS_X", value="a b+c&d=e") is None
+    got = await real.request("GET", "/asterisk/variable", websocket=True, variable="HUB_WS_X")
     assert got["value"] == "a b+c&d=e"
-    assert await real.request("DELETE", "/channels/ws-1", reason="normal") is None
+    await real.hangup("ws-1")  # on the websocket
 
     async def gone() -> bool:  # the hang-up completes a moment after its answer
         try:
-            await real.request("GET", "/channels/ws-1")
+            await real.request("GET", "/channels/ws-1", websocket=True)
         except AriError as exc:
             return exc.status == 404
         return False
@@ -83,11 +87,14 @@ class StandIn:
 
     def __init__(self, answers: bool) -> None:
         self.answers = answers
+        self.over_http: list[str] = []
+        self.over_websocket: list[str] = []
         self.app = web.Application()
         self.app.router.add_get("/ari/events", self.events)
         self.app.router.add_route("*", "/ari/{tail:.*}", self.rest)
 
     async def rest(self, request: web.Request) -> web.Response:
+        self.over_http.append(f"{request.method} {request.path.removeprefix('/ari/')}")
         return web.json_response({"via": "http", "path": request.path})
 
     async def events(self, request: web.Request) -> web.WebSocketResponse:
@@ -97,6 +104,7 @@ class StandIn:
             req = json.loads(msg.data)
             if not self.answers:
                 continue
+            self.over_websocket.append(f"{req['method']} {req['uri']}")
             if req["uri"] == "channels/drop":
                 await ws.close()
                 break
@@ -106,12 +114,13 @@ class StandIn:
         return ws
 
 
-async def _stand_in(answers: bool) -> tuple[web.AppRunner, Ari]:
-    runner, base = await local_server(StandIn(answers).app)
+async def _stand_in(answers: bool) -> tuple[web.AppRunner, Ari, StandIn]:
+    stand_in = StandIn(answers)
+    runner, base = await local_server(stand_in.app)
     ari = Ari(base, "hub", "pw", APP)
     ari.on_event = _ignore
     await ari.start()
-    return runner, ari
+    return runner, ari, stand_in
 
 
 async def _ignore(event: dict[str, Any]) -> None:
@@ -119,30 +128,54 @@ async def _ignore(event: dict[str, Any]) -> None:
 
 
 async def test_an_asterisk_that_does_not_take_rest_on_the_websocket_is_asked_over_http() -> None:
-    runner, ari = await _stand_in(answers=False)
+    runner, ari, _ = await _stand_in(answers=False)
     try:
         await eventually(lambda: _true(ari.connected.is_set()), 10, "connected")
         await asyncio.sleep(0.5)  # the probe went unanswered
         assert ari.rest_transport == "http"
-        assert (await ari.request("GET", "/asterisk/info"))["via"] == "http"
+        assert (await ari.request("GET", "/asterisk/info", websocket=True))["via"] == "http"
     finally:
         await ari.close()
         await runner.cleanup()
 
 
 async def test_a_request_in_flight_when_the_websocket_drops_may_have_reached_asterisk() -> None:
-    runner, ari = await _stand_in(answers=True)
+    runner, ari, _ = await _stand_in(answers=True)
     try:
         await _connected(ari, "websocket")
-        assert (await ari.request("GET", "/channels/x"))["via"] == "websocket"
+        assert (await ari.request("GET", "/channels/x", websocket=True))["via"] == "websocket"
+        # Requests not asked to go there (they may wait in Asterisk) go over HTTP.
+        assert (await ari.request("GET", "/channels/x"))["via"] == "http"
         with pytest.raises(AriError) as dropped:
-            await ari.request("DELETE", "/channels/drop")
+            await ari.hangup("drop")
         assert dropped.value.status == 0 and dropped.value.reached
         # Until the websocket is back and has answered again, requests go over HTTP.
         assert ari.rest_transport == "http"
-        assert (await ari.request("GET", "/channels/x"))["via"] == "http"
+        assert (await ari.request("GET", "/channels/x", websocket=True))["via"] == "http"
         await _connected(ari, "websocket")
-        assert (await ari.request("GET", "/channels/x"))["via"] == "websocket"
+        assert (await ari.request("GET", "/channels/x", websocket=True))["via"] == "websocket"
+    finally:
+        await ari.close()
+        await runner.cleanup()
+
+
+async def test_only_plays_and_hangups_go_on_the_websocket() -> None:
+    """Asterisk carries out a websocket's requests one after the other: a menu step's
+    variable (which waits while a playback runs) goes over HTTP, or every call's plays
+    and hang-ups would wait behind it."""
+    runner, ari, stand_in = await _stand_in(answers=True)
+    try:
+        await _connected(ari, "websocket")
+        menu = Menu.model_validate(MENU)
+        call = _call(menu)
+        flow = CallFlow(ari, None)  # no opt-out here: no database needed
+        await flow._step(call, enter(menu))  # remembers the step, plays the prompt
+        await flow.hangup(call)
+        await ari.originate(endpoint="PJSIP/1@trunk", channel_id="hub-y", caller_id=None,
+                            timeout_s=5, variables={}, app_args="outbound")
+        assert stand_in.over_websocket == ["GET asterisk/info",  # the probe
+                                           "POST channels/hub-x/play", "DELETE channels/hub-x"]
+        assert stand_in.over_http == ["POST channels/hub-x/variable", "POST channels"]
     finally:
         await ari.close()
         await runner.cleanup()

@@ -112,8 +112,8 @@ async def test_a_call_takes_its_channel_and_slot_together_or_neither(
     wait_s = await second.take_call(endpoint, "hub-b", 2, 1, max_wait_s=2)
     assert wait_s is not None and 0.7 <= wait_s <= 1.0, wait_s
     assert await first.held(endpoint) == 2
-    # Full: refused whatever the slot, and the slot is not spent.
-    assert await first.take_call(endpoint, "hub-c", 2, 1000, max_wait_s=5) is None
+    # Full: refused, and no slot is spent (one spent would put hub-c's a second later).
+    assert await first.take_call(endpoint, "hub-c", 2, 1, max_wait_s=5) is None
     await first.release(endpoint, "hub-a")
     wait_c = await first.take_call(endpoint, "hub-c", 2, 1, max_wait_s=5)
     assert wait_c is not None and 1.6 <= wait_c <= 2.0, wait_c  # the slot after hub-b's
