@@ -8,8 +8,8 @@ transport's theoretical arrival time (TAT), the earliest moment the next message
 Each send reserves the slot `max(TAT, now)` and moves TAT one interval (1/mps) past it,
 in one script on Redis's clock, so every worker process agrees; the sender then sleeps
 until its slot. Sends are never closer than one interval, below 1 per second too, and an
-idle transport saves up no burst. `reserve_slot` is the one implementation, shared with the
-voice carrier's calls per second (hub/voice/carrier.py).
+idle transport saves up no burst. `SLOT_FUNCTION_LUA` is the one implementation, shared with
+the voice carrier's calls per second (hub/voice/carrier.py).
 """
 
 from __future__ import annotations
@@ -105,5 +105,6 @@ def slot_args(per_s: float, max_wait_s: float | None) -> list[int]:
 
 
 def slot_wait(wait_us: Any) -> float | None:
-    """Seconds until a reserved slot; None when none was reserved (-1)."""
-    return None if int(wait_us) < 0 else max(int(wait_us), 0) / US_PER_S
+    """Seconds until a reserved slot; None when none was reserved (< 0)."""
+    wait = int(wait_us)
+    return None if wait < 0 else wait / US_PER_S

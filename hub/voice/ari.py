@@ -144,12 +144,12 @@ class Ari:
         (the websocket closed): it surely did not reach Asterisk, and goes over HTTP."""
         request_id = str(next(self._ids))
         answer: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = answer
+        self._pending[request_id] = answer  # before sending: the answer may come at once
         try:
             try:
                 await ws.send_str(_rest_request(request_id, method, path, params, body))
-            except (aiohttp.ClientError, OSError):
-                if answer.done():  # failed by the reader as the websocket closed: unsent
+            except (aiohttp.ClientError, OSError):  # not sent: the websocket is closing
+                if answer.done():  # the reader failed it meanwhile
                     answer.exception()
                 return None
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
@@ -240,11 +240,13 @@ class Ari:
             await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
             failures += 1
 
-    async def filter_events(self, kinds: frozenset[str] | None = None) -> None:
+    async def filter_events(self, kinds: frozenset[str] | None = None, *,
+                            connection: int | None = None) -> None:
         """Ask Asterisk for only these event kinds (default `event_types`, asked at every
-        connection) on the current connection."""
+        connection) on the current connection; nothing if that is no longer `connection`
+        (the next one asks for `event_types` again)."""
         kinds = kinds or self.event_types
-        if kinds is None:
+        if kinds is None or connection not in (None, self.connections):
             return
         try:
             allowed = sorted(kinds | {REST_RESPONSE})  # answers are filtered too

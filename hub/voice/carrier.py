@@ -5,10 +5,12 @@ every `hub voice` process that dials through it (DESIGN §1).
   the channel id, score the lease's expiry (ms, Redis's clock). A channel is acquired
   before it is originated and released when it is destroyed; the controller renews the
   leases of its live calls every `RENEW_EVERY_S`. A dead controller's channels come back
-  when their leases run out. Acquiring drops expired leases, counts and adds in one script,
-  so no two processes can both take the last channel.
-- Calls per second: one GCRA slot per call (`hub:carrier:<endpoint>:cps`), the same script
-  as the transports' messages per second (`hub.transports.limits.reserve_slot`).
+  when their leases run out.
+- Calls per second: one GCRA slot per call (`hub:carrier:<endpoint>:cps`), the same Lua
+  function as the transports' messages per second (`hub.transports.limits.reserve_slot`).
+- A call takes its channel and its slot in one script (`take_call`): expired leases
+  dropped, the count, the slot and the lease in one step, so no two processes can both
+  take the last channel, and a call that gets no slot holds no channel.
 - Limits: an endpoint's effective `maxChannels` and `cps` are the smallest over every voice
   transport, in any app, that names it (`LimitsReader`, read again after `LIMITS_TTL_S`);
   they are passed in on each call, so a PATCHed limit applies within seconds.
@@ -36,7 +38,7 @@ from redis.exceptions import RedisError
 from hub.aredis import Lua
 from hub.constants import REDIS_PREFIX
 from hub.store import voice as store
-from hub.transports.limits import SLOT_FUNCTION_LUA, reserve_slot, slot_args, slot_wait
+from hub.transports.limits import SLOT_FUNCTION_LUA, slot_args, slot_wait
 from hub.voice.trunks import VoiceConfig
 
 log = logging.getLogger(__name__)
@@ -62,20 +64,11 @@ local function full(key, channel, cap)
 end
 """
 
-# KEYS[1] the endpoint's leases; ARGV[1] channel id, ARGV[2] cap, ARGV[3] lease (ms).
-# 1: the channel is held (newly, or its lease was extended); 0: the endpoint is full.
-ACQUIRE = Lua(_NOW_MS + _FULL + """
-if full(KEYS[1], ARGV[1], tonumber(ARGV[2])) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-return 1
-""")
-
 # KEYS[1] the endpoint's leases, KEYS[2] its calls per second (`reserve_slot`'s TAT);
 # ARGV[1] channel id, ARGV[2] cap, ARGV[3] lease (ms), ARGV[4..6] the slot (`slot_args`).
 # A channel and the call's slot in one round: -2 the endpoint is full, -1 no slot within
-# the horizon (neither is taken then), else µs until the slot, the channel held.
+# the horizon (neither is taken then), else µs until the slot, the channel held (newly,
+# or its lease extended).
 TAKE_CALL = Lua(_NOW_MS + _FULL + SLOT_FUNCTION_LUA + """
 if full(KEYS[1], ARGV[1], tonumber(ARGV[2])) then
   return -2
@@ -172,20 +165,14 @@ class Carrier:
                         exc or type(exc).__name__)
             return None
 
-    async def acquire_channel(self, endpoint: str, channel_id: str, cap: int,
-                              lease_s: float = CHANNEL_LEASE_S) -> bool:
-        """Hold one of the endpoint's `cap` channels for `channel_id`; False when all are
-        held (or Redis did not answer). Holding it already extends its lease."""
-        held = await self._call("acquire", endpoint, ACQUIRE(
-            self.redis, [_key(endpoint, "channels")], [channel_id, cap, _ms(lease_s)]))
-        return bool(held == 1)
-
     async def take_call(self, endpoint: str, channel_id: str, cap: int, cps: float,
-                        max_wait_s: float, lease_s: float = CHANNEL_LEASE_S) -> float | None:
-        """One of the endpoint's `cap` channels for `channel_id` and the next of its call
-        slots at `cps`, in one round: seconds until the slot (originate then). None when
-        every channel is held, the slot is further away than `max_wait_s` (then no channel
-        is taken either), or Redis did not answer."""
+                        max_wait_s: float | None, lease_s: float = CHANNEL_LEASE_S
+                        ) -> float | None:
+        """One of the endpoint's `cap` channels for `channel_id` (holding it already
+        extends its lease) and the next of its call slots at `cps`, in one round: seconds
+        until the slot (originate then). None when every channel is held, the slot is
+        further away than `max_wait_s` (then no channel is taken either), or Redis did not
+        answer."""
         wait_us = await self._call("take", endpoint, TAKE_CALL(
             self.redis, [_key(endpoint, "channels"), _key(endpoint, "cps")],
             [channel_id, cap, _ms(lease_s), *slot_args(cps, max_wait_s)]))
@@ -212,15 +199,6 @@ class Carrier:
         held = await self._call("count", endpoint,
                                 HELD(self.redis, [_key(endpoint, "channels")], []))
         return None if held is None else int(held)
-
-    async def reserve_call(self, endpoint: str, cps: float,
-                           max_wait_s: float | None = None) -> float | None:
-        """Reserve the endpoint's next call slot at `cps` calls per second; seconds until
-        it (originate then, not before). None: no slot (Redis did not answer, or the slot
-        is further away than `max_wait_s`, and then none is taken)."""
-        wait_s: float | None = await self._call("cps", endpoint, reserve_slot(
-            self.redis, _key(endpoint, "cps"), cps, max_wait_s))
-        return wait_s
 
     async def next_session(self, endpoint: str, session_ids: Sequence[K]) -> K | None:
         """Whose turn it is among the sessions with work on the endpoint: a counter shared

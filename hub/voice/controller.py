@@ -264,10 +264,6 @@ class Controller:
                                       error=f"the call could not be started: {exc}"[:300]))
         self.held.discard(item.recipient.delivery_id)
 
-    async def _without_varset(self, connection: int) -> None:
-        if self.ari.connections == connection:  # not for a connection already gone
-            await self.ari.filter_events(WITHOUT_VARSET)
-
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self.background.add(task)
@@ -587,7 +583,8 @@ class Controller:
             self.varset_dropped_on = self.ari.connections
             log.info("voice: channels carry %s (ari.conf channelvars): no ChannelVarset"
                      " events needed", HANGUP_VAR)
-            self._in_background(self._without_varset(self.ari.connections))
+            self._in_background(self.ari.filter_events(WITHOUT_VARSET,
+                                                       connection=self.ari.connections))
         if not _acted_on(event):
             return
         key = _channel_of(event)

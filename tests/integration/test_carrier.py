@@ -33,6 +33,16 @@ def _endpoint() -> str:
     return f"trunk-{uuid.uuid4().hex[:8]}"
 
 
+UNPACED = 1e9  # calls per second: the slot never binds
+UNCAPPED = 10**9  # channels: the cap never binds
+
+
+async def _channel(carrier: Carrier, endpoint: str, channel: str, cap: int,
+                   **lease: float) -> bool:
+    """A call's channel under `cap` (its slot never in the way)."""
+    return await carrier.take_call(endpoint, channel, cap, UNPACED, None, **lease) is not None
+
+
 async def test_two_controllers_never_hold_more_than_the_cap(
         carriers: tuple[Carrier, Carrier]) -> None:
     endpoint, cap = _endpoint(), 4
@@ -43,7 +53,7 @@ async def test_two_controllers_never_hold_more_than_the_cap(
         nonlocal most, grants, refusals
         while time.monotonic() < until:
             channel = f"hub-{uuid.uuid4()}"
-            if not await carrier.acquire_channel(endpoint, channel, cap):
+            if not await _channel(carrier, endpoint, channel, cap):
                 refusals += 1
                 await asyncio.sleep(0)
                 continue
@@ -78,27 +88,27 @@ async def test_a_dead_controllers_channels_come_back_when_their_leases_run_out(
     endpoint = _endpoint()
     kept = [f"hub-kept-{i}" for i in range(2)]
     for channel in kept:
-        assert await alive.acquire_channel(endpoint, channel, 4, lease_s=0.6)
+        assert await _channel(alive, endpoint, channel, 4, lease_s=0.6)
     for i in range(2):
-        assert await dead.acquire_channel(endpoint, f"hub-dead-{i}", 4, lease_s=0.6)
-    assert not await alive.acquire_channel(endpoint, "hub-new-0", 4)
+        assert await _channel(dead, endpoint, f"hub-dead-{i}", 4, lease_s=0.6)
+    assert not await _channel(alive, endpoint, "hub-new-0", 4)
     for _ in range(5):  # the live controller renews its calls; the dead one cannot
         await asyncio.sleep(0.25)
         assert await alive.renew(endpoint, kept, lease_s=0.6) == 0
     assert await alive.held(endpoint) == 2
-    assert await alive.acquire_channel(endpoint, "hub-new-0", 4)
-    assert await alive.acquire_channel(endpoint, "hub-new-1", 4)
-    assert not await alive.acquire_channel(endpoint, "hub-new-2", 4)
+    assert await _channel(alive, endpoint, "hub-new-0", 4)
+    assert await _channel(alive, endpoint, "hub-new-1", 4)
+    assert not await _channel(alive, endpoint, "hub-new-2", 4)
 
 
 async def test_a_live_call_whose_lease_ran_out_is_counted_again(
         carriers: tuple[Carrier, Carrier]) -> None:
     carrier, _ = carriers
     endpoint = _endpoint()
-    assert await carrier.acquire_channel(endpoint, "hub-a", 1, lease_s=0.1)
+    assert await _channel(carrier, endpoint, "hub-a", 1, lease_s=0.1)
     await asyncio.sleep(0.2)  # e.g. Redis was unreachable for longer than the lease
     assert await carrier.renew(endpoint, ["hub-a"]) == 1
-    assert not await carrier.acquire_channel(endpoint, "hub-b", 1)
+    assert not await _channel(carrier, endpoint, "hub-b", 1)
 
 
 async def test_a_call_takes_its_channel_and_slot_together_or_neither(
@@ -132,7 +142,8 @@ async def test_scripts_are_loaded_again_after_redis_forgets_them(
 async def _slots(carrier: Carrier, endpoint: str, cps: Any, until: float) -> list[float]:
     stamps: list[float] = []
     while time.monotonic() < until:
-        wait_s = await carrier.reserve_call(endpoint, cps() if callable(cps) else cps)
+        wait_s = await carrier.take_call(endpoint, f"hub-{uuid.uuid4()}", UNCAPPED,
+                                         cps() if callable(cps) else cps, None)
         assert wait_s is not None
         await asyncio.sleep(wait_s)
         stamps.append(time.monotonic())
@@ -173,8 +184,8 @@ async def test_redis_away_or_slow_means_not_now() -> None:
         redis = Redis.from_url(url)
         carrier = Carrier(redis, timeout_s=0.3)
         began = time.monotonic()
-        assert not await carrier.acquire_channel("trunk", "hub-x", 10)
-        assert await carrier.reserve_call("trunk", 5) is None
+        assert not await _channel(carrier, "trunk", "hub-x", 10)
+        assert await carrier.take_call("trunk", "hub-x", 10, 5, None) is None
         assert await carrier.take_call("trunk", "hub-x", 10, 5, 1) is None
         assert await carrier.renew("trunk", ["hub-x"]) is None
         assert await carrier.held("trunk") is None
