@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 
 from hub.observe import metrics
+from hub.voice.coalesce import coalesce_writes
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ class Ari:
                 ) as ws:
                     failures = 0
                     self.connections += 1
+                    coalesce_writes(ws)  # a burst of events' plays and hang-ups: one write
                     log.info("ARI connected, app %s registered", self.app)
                     await self.filter_events()
                     if self.on_connect:  # e.g. reconcile: done before anyone dials again

@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from hub.aredis import Lua
+from hub.batching import GroupCommit
 from hub.constants import REDIS_PREFIX
 from hub.store import voice as store
 from hub.transports.limits import SLOT_FUNCTION_LUA, slot_args, slot_wait
@@ -47,6 +48,7 @@ CHANNEL_LEASE_S = 15.0   # a channel whose controller stopped renewing it is fre
 RENEW_EVERY_S = 5.0      # how often a controller renews the leases of its live channels
 REDIS_TIMEOUT_S = 1.0    # each Redis call; past it the answer is "not now"
 LIMITS_TTL_S = 2.0       # an endpoint's limits are read again after this
+RELEASE_WAIT_S = 0.01    # channels given back within this go to Redis in one call
 PROBLEM_TTL_S = 3600     # a trunk problem is shown (`hub trunks`) for this long
 
 T = TypeVar("T")
@@ -154,6 +156,8 @@ class Carrier:
         self.redis = redis
         self.timeout_s = timeout_s
         self._turns = 0  # used only while Redis is unavailable
+        self._releases: GroupCommit[tuple[str, str], None] = GroupCommit(
+            self._release_many, wait_s=RELEASE_WAIT_S)
 
     async def _call(self, what: str, endpoint: str, coro: Awaitable[Any]) -> Any:
         """The Redis call's answer, or None when Redis failed or took too long."""
@@ -189,10 +193,19 @@ class Carrier:
         return None if lost is None else int(lost)
 
     async def release(self, endpoint: str, channel_id: str) -> None:
-        """Give the channel back (its call ended or was never placed). If Redis does not
-        answer, the lease runs out by itself."""
-        await self._call("release", endpoint,
-                         self.redis.zrem(_key(endpoint, "channels"), channel_id))
+        """Give the channel back (its call ended or was never placed), with the others
+        given back meanwhile (one Redis call for them). If Redis does not answer, the
+        lease runs out by itself."""
+        await self._releases.submit((endpoint, channel_id))
+
+    async def _release_many(self, channels: list[tuple[str, str]]) -> list[None]:
+        by_endpoint: dict[str, list[str]] = {}
+        for endpoint, channel_id in channels:
+            by_endpoint.setdefault(endpoint, []).append(channel_id)
+        for endpoint, ids in by_endpoint.items():
+            await self._call("release", endpoint,
+                             self.redis.zrem(_key(endpoint, "channels"), *ids))
+        return [None] * len(channels)
 
     async def held(self, endpoint: str) -> int | None:
         """Channels held on the endpoint by every controller; None when Redis did not answer."""
