@@ -12,15 +12,20 @@ websocket (ari-client spins in an error loop). What the hub needs is small: a ha
 REST calls, events routed by channel id, and a reconnect after which the controller
 rebuilds its state from `GET /ari/channels`.
 
-REST over the websocket: Asterisk 20.14, 21.9, 22.4 and later also take REST requests on
-the events websocket (`RESTRequest` in, `RESTResponse` out), about a third of the
+REST over websockets: Asterisk 20.14, 21.9, 22.4 and later also take REST requests on an
+events websocket (`RESTRequest` in, `RESTResponse` out), about a third of the
 controller's CPU for an HTTP request (0.08 ms against 0.22 here). Asterisk carries out a
-websocket's requests one after the other, so only those it answers at once go that way
-(`websocket=True`: a call's play and hang-up, two of its three requests); a request
-that waits in Asterisk (setting a variable while a playback runs: seconds) or answers
-with much (`GET /channels`) would hold up every call's plays and hang-ups behind it.
-They go that way once Asterisk has answered a probe sent at each connection; until
-then, while the websocket is down, and with an older Asterisk, over HTTP as the rest.
+websocket's requests one after the other, in that websocket's one thread, so only those
+it answers at once go that way (`websocket=True`: a call's play and hang-up, two of its
+three requests); a request that waits in Asterisk (setting a variable while a playback
+runs: seconds) or answers with much (`GET /channels`) would hold up the others. And not
+on the events websocket, nor on one alone: on a busy host one thread serving every
+call's requests (and writing every event) fell behind, plays started 0.1-1.8 s after the
+answer and every call lived that much longer, which cost Asterisk more CPU than the
+websocket saved the controller. So REST_SOCKETS websockets of their own (apps
+`<app>-rest-N`, which no channel is subscribed to) carry them in turn. Each is used once
+Asterisk has answered a probe sent on it at each connection; while none is, and with an
+older Asterisk, requests go over HTTP as the rest.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ MAX_CONNECTIONS = 64  # REST connections at once (Asterisk's http.conf sessionli
 REQUEST_TIMEOUT_S = 10.0
 PROBE_ID = "hub-probe"  # the request that asks whether Asterisk takes REST on the websocket
 REST_RESPONSE = "RESTResponse"
+REST_SOCKETS = 4  # websockets carrying REST requests (Asterisk serves each one's in turn)
 
 
 class AriError(Exception):
@@ -64,7 +70,7 @@ class AriError(Exception):
 
 class Ari:
     def __init__(self, url: str, user: str, password: str, app: str, *,
-                 rest_over_websocket: bool = True) -> None:
+                 rest_over_websocket: bool = True, rest_sockets: int = REST_SOCKETS) -> None:
         self.base = url.rstrip("/") + "/ari"
         self.app = app
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -82,19 +88,24 @@ class Ari:
         self.event_types: frozenset[str] | None = None
         self._closing = False
         self.connections = 0  # websocket connections so far: the current one's number
-        self.rest_over_websocket = rest_over_websocket
-        self._ws: aiohttp.ClientWebSocketResponse | None = None  # set once it takes REST
-        self._pending: dict[str, asyncio.Future[tuple[int, str]]] = {}
+        self.rest_sockets = rest_sockets if rest_over_websocket else 0
+        self._rest: list[aiohttp.ClientWebSocketResponse] = []  # those that answered a probe
+        self._rest_loops: list[asyncio.Task[None]] = []
+        self._pending: dict[str, tuple[asyncio.Future[tuple[int, str]],
+                                       aiohttp.ClientWebSocketResponse]] = {}
         self._ids = itertools.count(1)
+        self._turn = itertools.count()
 
     @property
     def rest_transport(self) -> str:
-        """Where REST requests go now: "websocket" or "http"."""
-        return "http" if self._ws is None else "websocket"
+        """Where REST requests asked with `websocket=True` go now: "websocket" or "http"."""
+        return "websocket" if self._rest else "http"
 
     async def start(self) -> None:
         self._http = self._session(timeout_s=REQUEST_TIMEOUT_S)
         self._reader = asyncio.create_task(self._read_forever(), name="ari-events")
+        self._rest_loops = [asyncio.create_task(self._rest_forever(n), name=f"ari-rest-{n}")
+                            for n in range(1, self.rest_sockets + 1)]
 
     def _session(self, timeout_s: float) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(headers=self._headers,
@@ -103,10 +114,10 @@ class Ari:
 
     async def close(self) -> None:
         self._closing = True
-        if self._reader:
-            self._reader.cancel()
+        for task in [*self._rest_loops, *([self._reader] if self._reader else [])]:
+            task.cancel()
             try:
-                await self._reader
+                await task
             except asyncio.CancelledError:
                 pass
         if self._http:
@@ -120,8 +131,9 @@ class Ari:
         body = params.pop("json", None)
         clean = {k: (str(v).lower() if isinstance(v, bool) else str(v))
                  for k, v in params.items() if v is not None}
-        if self._ws is not None and websocket:
-            sent = await self._ws_request(self._ws, method, path, clean, body)
+        if self._rest and websocket:
+            ws = self._rest[next(self._turn) % len(self._rest)]
+            sent = await self._ws_request(ws, method, path, clean, body)
             if sent is not None:
                 return _answer(*sent)
         return _answer(*await self._http_request(method, path, clean, body))
@@ -145,7 +157,7 @@ class Ari:
         (the websocket closed): it surely did not reach Asterisk, and goes over HTTP."""
         request_id = str(next(self._ids))
         answer: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = answer  # before sending: the answer may come at once
+        self._pending[request_id] = (answer, ws)  # before sending: it may be answered at once
         try:
             try:
                 await ws.send_str(_rest_request(request_id, method, path, params, body))
@@ -209,7 +221,6 @@ class Ari:
                 ) as ws:
                     failures = 0
                     self.connections += 1
-                    coalesce_writes(ws)  # a burst of events' plays and hang-ups: one write
                     log.info("ARI connected, app %s registered", self.app)
                     await self.filter_events()
                     if self.on_connect:  # e.g. reconcile: done before anyone dials again
@@ -220,12 +231,9 @@ class Ari:
                             raise OSError("not ready after connecting") from None
                     self.connected.set()
                     metrics.ari_connected(True)
-                    if self.rest_over_websocket:  # answered: REST goes this way from then on
-                        await ws.send_str(_rest_request(PROBE_ID, "GET", "/asterisk/info",
-                                                        {"only": "status"}, None))
                     async for msg in ws:
                         if msg.type == aiohttp.WSMsgType.TEXT:
-                            await self._dispatch(msg.data, ws)
+                            await self._dispatch(msg.data)
                         elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
                             break
                 log.warning("ARI websocket closed by Asterisk")
@@ -235,12 +243,46 @@ class Ari:
             finally:
                 self.connected.clear()
                 metrics.ari_connected(False)
-                self._ws = None
-                for answer in self._pending.values():  # sent, and no answer will come
-                    if not answer.done():
-                        answer.set_exception(AriError(0, "the ARI websocket closed"))
             await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
             failures += 1
+
+    async def _rest_forever(self, number: int) -> None:
+        """One websocket for REST requests, connected again and again like the events'
+        one; used once Asterisk has answered its probe, until it closes."""
+        assert self._http is not None
+        ws_url = self.base.replace("http", "ws", 1) + "/events"
+        failures = 0
+        while not self._closing:
+            try:
+                async with self._http.ws_connect(
+                    ws_url, params={"app": f"{self.app}-rest-{number}"}, heartbeat=10,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5),
+                ) as ws:
+                    failures = 0
+                    coalesce_writes(ws)  # a burst of events' plays and hang-ups: one write
+                    await ws.send_str(_rest_request(PROBE_ID, "GET", "/asterisk/info",
+                                                    {"only": "status"}, None))
+                    try:
+                        async for msg in ws:
+                            if msg.type == aiohttp.WSMsgType.TEXT:
+                                self._answered(msg.data, ws)
+                            elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
+                                break
+                    finally:
+                        self._lost(ws)
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass  # the events websocket's reader logs Asterisk's absence
+            await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+            failures += 1
+
+    def _lost(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """A REST websocket closed: no more requests on it, and those sent on it that
+        have no answer may have reached Asterisk."""
+        if ws in self._rest:
+            self._rest.remove(ws)
+        for answer, sent_on in self._pending.values():
+            if sent_on is ws and not answer.done():
+                answer.set_exception(AriError(0, "the ARI websocket closed"))
 
     async def filter_events(self, kinds: frozenset[str] | None = None, *,
                             connection: int | None = None) -> None:
@@ -251,7 +293,7 @@ class Ari:
         if kinds is None or connection not in (None, self.connections):
             return
         try:
-            allowed = sorted(kinds | {REST_RESPONSE})  # answers are filtered too
+            allowed = sorted(kinds)
             await self.request("PUT", f"/applications/{self.app}/eventFilter", json={
                 "allowed": [{"type": kind} for kind in allowed]})
         except AriError as exc:  # every event comes (and `on_event` passes most over)
@@ -259,14 +301,11 @@ class Ari:
             log.log(level, "ARI: Asterisk did not take the event filter of %s (older than"
                     " 16, or not answering); filtering here: %s", self.app, exc)
 
-    async def _dispatch(self, raw: str, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _dispatch(self, raw: str) -> None:
         try:
             event = json.loads(raw)
         except ValueError:
             log.warning("ARI sent a message that is not JSON: %.200s", raw)
-            return
-        if event.get("type") == REST_RESPONSE:
-            self._answered(event, ws)
             return
         if self.on_event is None:
             return
@@ -275,14 +314,22 @@ class Ari:
         except Exception:  # one bad event must not stop the reader
             log.exception("handling ARI event %s failed", event.get("type"))
 
-    def _answered(self, response: dict[str, Any], ws: aiohttp.ClientWebSocketResponse) -> None:
+    def _answered(self, raw: str, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            response = json.loads(raw)
+        except ValueError:
+            log.warning("ARI sent a message that is not JSON: %.200s", raw)
+            return
+        if not isinstance(response, dict) or response.get("type") != REST_RESPONSE:
+            return  # e.g. an application event: nothing to answer
         request_id = str(response.get("request_id", ""))
         if request_id == PROBE_ID:
-            if self._ws is not ws:
-                log.info("ARI: Asterisk takes REST requests on the websocket; using it")
-            self._ws = ws
+            if ws not in self._rest:
+                if not self._rest:
+                    log.info("ARI: Asterisk takes REST requests on websockets; using them")
+                self._rest.append(ws)
             return
-        answer = self._pending.get(request_id)
+        answer, _ = self._pending.get(request_id, (None, None))
         if answer is not None and not answer.done():
             answer.set_result((int(response.get("status_code") or 0),
                                str(response.get("message_body") or "")))

@@ -1,5 +1,6 @@
 """The ARI client's REST requests on the events websocket (Asterisk 20.14/21.9/22.4 and
-later; only those asked with `websocket=True`, the controller's plays and hang-ups),
+later; only those asked with `websocket=True`, the controller's plays and hang-ups, on
+websockets of their own),
 against the real Asterisk; and, against a stand-in for an Asterisk that does not take
 them or drops the websocket mid-request, that requests still get their answer over HTTP
 or fail as "may have reached Asterisk"."""
@@ -17,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from hub.config import Settings
-from hub.voice.ari import Ari, AriError
+from hub.voice.ari import REST_SOCKETS, Ari, AriError
 from hub.voice.flow import CallFlow
 from hub.voice.menu import Menu, enter
 from tests.conftest import ARI_URL, TestPhones
@@ -89,6 +90,7 @@ class StandIn:
         self.answers = answers
         self.over_http: list[str] = []
         self.over_websocket: list[str] = []
+        self.apps: list[str] = []  # the app of the websocket each request came on
         self.app = web.Application()
         self.app.router.add_get("/ari/events", self.events)
         self.app.router.add_route("*", "/ari/{tail:.*}", self.rest)
@@ -105,6 +107,7 @@ class StandIn:
             if not self.answers:
                 continue
             self.over_websocket.append(f"{req['method']} {req['uri']}")
+            self.apps.append(request.query["app"])
             if req["uri"] == "channels/drop":
                 await ws.close()
                 break
@@ -114,10 +117,10 @@ class StandIn:
         return ws
 
 
-async def _stand_in(answers: bool) -> tuple[web.AppRunner, Ari, StandIn]:
+async def _stand_in(answers: bool, **options: Any) -> tuple[web.AppRunner, Ari, StandIn]:
     stand_in = StandIn(answers)
     runner, base = await local_server(stand_in.app)
-    ari = Ari(base, "hub", "pw", APP)
+    ari = Ari(base, "hub", "pw", APP, **options)
     ari.on_event = _ignore
     await ari.start()
     return runner, ari, stand_in
@@ -140,7 +143,7 @@ async def test_an_asterisk_that_does_not_take_rest_on_the_websocket_is_asked_ove
 
 
 async def test_a_request_in_flight_when_the_websocket_drops_may_have_reached_asterisk() -> None:
-    runner, ari, _ = await _stand_in(answers=True)
+    runner, ari, _ = await _stand_in(answers=True, rest_sockets=1)
     try:
         await _connected(ari, "websocket")
         assert (await ari.request("GET", "/channels/x", websocket=True))["via"] == "websocket"
@@ -173,9 +176,34 @@ async def test_only_plays_and_hangups_go_on_the_websocket() -> None:
         await flow.hangup(call)
         await ari.originate(endpoint="PJSIP/1@trunk", channel_id="hub-y", caller_id=None,
                             timeout_s=5, variables={}, app_args="outbound")
-        assert stand_in.over_websocket == ["GET asterisk/info",  # the probe
-                                           "POST channels/hub-x/play", "DELETE channels/hub-x"]
+        probe = "GET asterisk/info"
+        assert stand_in.over_websocket.count(probe) == REST_SOCKETS  # one per websocket
+        assert [r for r in stand_in.over_websocket if r != probe] == [
+            "POST channels/hub-x/play", "DELETE channels/hub-x"]
         assert stand_in.over_http == ["POST channels/hub-x/variable", "POST channels"]
+    finally:
+        await ari.close()
+        await runner.cleanup()
+
+
+async def test_requests_take_turns_on_websockets_of_their_own() -> None:
+    """Asterisk serves each websocket's requests in one thread, one after the other: they
+    go on REST_SOCKETS websockets in turn, none on the events websocket, and when one
+    closes the others carry on (its request in flight failing as "may have reached")."""
+    runner, ari, stand_in = await _stand_in(answers=True)
+    try:
+        await eventually(lambda: _true(len(ari._rest) == REST_SOCKETS), 10, "all connected")
+        stand_in.apps.clear()
+        for _ in range(2 * REST_SOCKETS):
+            assert (await ari.request("GET", "/channels/x", websocket=True))["via"] == "websocket"
+        rest_apps = [f"{APP}-rest-{n}" for n in range(1, REST_SOCKETS + 1)]
+        assert sorted(stand_in.apps) == sorted(rest_apps * 2)
+        with pytest.raises(AriError) as dropped:
+            await ari.hangup("drop")
+        assert dropped.value.status == 0 and dropped.value.reached
+        assert len(ari._rest) == REST_SOCKETS - 1
+        assert (await ari.request("GET", "/channels/x", websocket=True))["via"] == "websocket"
+        await eventually(lambda: _true(len(ari._rest) == REST_SOCKETS), 10, "reconnected")
     finally:
         await ari.close()
         await runner.cleanup()
