@@ -36,7 +36,7 @@ import base64
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -223,16 +223,27 @@ class Ari:
         found: list[dict[str, Any]] = await self.request("GET", "/channels")
         return found
 
-    async def _read_forever(self) -> None:
+    def _connect(self, app: str) -> Any:
+        """The events websocket of `app` (to be entered with `async with`)."""
         assert self._http is not None
-        ws_url = self.base.replace("http", "ws", 1) + "/events"
+        return self._http.ws_connect(self.base.replace("http", "ws", 1) + "/events",
+                                     params={"app": app}, heartbeat=10,
+                                     timeout=aiohttp.ClientWSTimeout(ws_close=5))
+
+    @staticmethod
+    async def _texts(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[str]:
+        """The websocket's text messages until it closes or fails."""
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                yield msg.data
+            elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
+                return
+
+    async def _read_forever(self) -> None:
         failures = 0
         while not self._closing:
             try:
-                async with self._http.ws_connect(
-                    ws_url, params={"app": self.app}, heartbeat=10,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=5),
-                ) as ws:
+                async with self._connect(self.app) as ws:
                     failures = 0
                     self.connections += 1
                     log.info("ARI connected, app %s registered", self.app)
@@ -245,11 +256,8 @@ class Ari:
                             raise OSError("not ready after connecting") from None
                     self.connected.set()
                     metrics.ari_connected(True)
-                    async for msg in ws:
-                        if msg.type == aiohttp.WSMsgType.TEXT:
-                            await self._dispatch(msg.data)
-                        elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
-                            break
+                    async for text in self._texts(ws):
+                        await self._dispatch(text)
                 log.warning("ARI websocket closed by Asterisk")
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 if failures == 0:
@@ -263,25 +271,17 @@ class Ari:
     async def _rest_forever(self, number: int) -> None:
         """One websocket for REST requests, connected again and again like the events'
         one; used once Asterisk has answered its probe, until it closes."""
-        assert self._http is not None
-        ws_url = self.base.replace("http", "ws", 1) + "/events"
         failures = 0
         while not self._closing:
             try:
-                async with self._http.ws_connect(
-                    ws_url, params={"app": f"{self.app}-rest-{number}"}, heartbeat=10,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=5),
-                ) as ws:
+                async with self._connect(f"{self.app}-rest-{number}") as ws:
                     failures = 0
                     coalesce_writes(ws)  # a burst of events' plays and hang-ups: one write
                     await ws.send_str(_rest_request(PROBE_ID, "GET", "/asterisk/info",
                                                     {"only": "status"}, None))
                     try:
-                        async for msg in ws:
-                            if msg.type == aiohttp.WSMsgType.TEXT:
-                                self._answered(msg.data, ws)
-                            elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
-                                break
+                        async for text in self._texts(ws):
+                            self._answered(text, ws)
                     finally:
                         self._lost(ws)
             except (aiohttp.ClientError, OSError, TimeoutError):
