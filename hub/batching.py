@@ -1,6 +1,7 @@
 """Group commit: items that arrive together are written in one round, and each caller
 waits for its own item's answer (written after its batch has committed). The API's
-provider callbacks and the voice controller's ended calls both use it."""
+provider callbacks, the voice controller's ended calls and its carrier channels given
+back use it."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ class GroupCommit(Generic[T, R]):
         if self.flushing is None or self.flushing.done():
             self.flushing = asyncio.create_task(self._flush())
         return await future
+
+    async def drain(self) -> None:
+        """Wait until every item submitted so far has been written (or failed)."""
+        while self.flushing is not None and not self.flushing.done():
+            await asyncio.wait([self.flushing])
 
     async def _flush(self) -> None:
         while self.pending:

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     ari_url: str = "http://127.0.0.1:8088"
     ari_user: str = "hub"
     ari_password: str = "hub"
-    ari_rest_over_websocket: bool = True  # plays, hang-ups on the events websocket if it takes REST
+    ari_rest_over_websocket: bool = True  # plays, hang-ups on REST websockets if Asterisk takes them
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038
     ami_user: str = "hub"

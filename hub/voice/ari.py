@@ -42,7 +42,7 @@ from typing import Any
 import aiohttp
 
 from hub.observe import metrics
-from hub.voice.coalesce import coalesce_writes
+from hub.voice.coalesce import coalesce_writes, writable
 
 log = logging.getLogger(__name__)
 
@@ -116,20 +116,18 @@ class Ari:
 
     async def close(self) -> None:
         self._closing = True
-        for task in [*self._rest_loops, *([self._reader] if self._reader else [])]:
+        tasks = [*self._rest_loops, *([self._reader] if self._reader else [])]
+        for task in tasks:
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._http:
             await self._http.close()
 
     async def request(self, method: str, path: str, *, websocket: bool = False,
                       **params: Any) -> Any:
         """The answer to one REST request (query parameters as keywords, a JSON body as
-        `json`); `websocket`: on the events websocket when Asterisk takes it there (only
-        for requests Asterisk answers at once, see the module's note)."""
+        `json`); `websocket`: on a REST websocket when Asterisk takes them (only for
+        requests Asterisk answers at once, see the module's note)."""
         body = params.pop("json", None)
         clean = {k: (str(v).lower() if isinstance(v, bool) else str(v))
                  for k, v in params.items() if v is not None}
@@ -167,23 +165,27 @@ class Ari:
 
     async def _ws_request(self, ws: aiohttp.ClientWebSocketResponse, method: str, path: str,
                           params: dict[str, str], body: Any) -> tuple[int, str] | None:
-        """The answer over the websocket; None when the request could not be sent there
-        (the websocket closed): it surely did not reach Asterisk, and goes over HTTP."""
+        """The answer over the websocket; None when the request cannot be sent there (the
+        websocket is closing): it surely does not reach Asterisk, and goes over HTTP. Once
+        written, whatever fails (the send, no answer in time, the websocket closing) may
+        have reached Asterisk: AriError(0), never sent again over HTTP."""
+        if not writable(ws):
+            return None
         request_id = str(next(self._ids))
         answer: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (answer, ws)  # before sending: it may be answered at once
         try:
-            try:
-                await ws.send_str(_rest_request(request_id, method, path, params, body))
-            except (aiohttp.ClientError, OSError):  # not sent: the websocket is closing
-                if answer.done():  # the reader failed it meanwhile
-                    answer.exception()
-                return None
+            await ws.send_str(_rest_request(request_id, method, path, params, body))
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 return await answer
         except TimeoutError:
             raise AriError(0, "no answer in time on the websocket") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AriError(0, f"the websocket failed after the request was written: {exc}"
+                           ) from exc
         finally:
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # retrieved: failed by `_lost` while the send raised
             self._pending.pop(request_id, None)
 
     async def originate(self, *, endpoint: str, channel_id: str, caller_id: str | None,
@@ -344,9 +346,16 @@ class Ari:
                 self._rest.append(ws)
             return
         answer, _ = self._pending.get(request_id, (None, None))
-        if answer is not None and not answer.done():
-            answer.set_result((int(response.get("status_code") or 0),
-                               str(response.get("message_body") or "")))
+        if answer is None or answer.done():
+            return
+        try:
+            status = int(response.get("status_code") or 0)
+        except (TypeError, ValueError):
+            status = 0
+        if status == 0:
+            answer.set_exception(AriError(0, f"an answer without a status: {raw:.200}"))
+        else:
+            answer.set_result((status, str(response.get("message_body") or "")))
 
 
 def _rest_request(request_id: str, method: str, path: str, params: dict[str, str],

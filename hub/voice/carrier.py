@@ -202,10 +202,14 @@ class Carrier:
         by_endpoint: dict[str, list[str]] = {}
         for endpoint, channel_id in channels:
             by_endpoint.setdefault(endpoint, []).append(channel_id)
-        for endpoint, ids in by_endpoint.items():
-            await self._call("release", endpoint,
-                             self.redis.zrem(_key(endpoint, "channels"), *ids))
+        await asyncio.gather(*(self._call("release", endpoint,
+                                          self.redis.zrem(_key(endpoint, "channels"), *ids))
+                               for endpoint, ids in by_endpoint.items()))
         return [None] * len(channels)
+
+    async def drain(self) -> None:
+        """Wait until the channels given back so far are released (a controller stopping)."""
+        await self._releases.drain()
 
     async def held(self, endpoint: str) -> int | None:
         """Channels held on the endpoint by every controller; None when Redis did not answer."""

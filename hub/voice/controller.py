@@ -67,6 +67,7 @@ GRANT_CACHE_S = 5.0
 ASTERISK_SETTLE_S = 3.0
 MAX_CPS_WAIT_S = 5.0
 ASTERISK_GONE_S = 5.0
+DRAIN_S = 5.0  # stopping: how long ended calls' recordings and releases may still take
 SESSION_CACHE_MAX = 256
 # The ARI events `_handle` acts on; Asterisk is asked to send only these (`Ari.event_types`).
 # Not ChannelStateChange: an originated call enters the app (StasisStart) once answered,
@@ -141,6 +142,9 @@ class Controller:
             for trunk in self.trunks.values():
                 if trunk.task:
                     trunk.task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(DRAIN_S):  # what ended is written before leaving
+                    await asyncio.gather(self.recorder.drain(), self.carrier.drain())
             await self.ari.close()
             for remote in self.remotes.values():
                 await remote.close()
@@ -647,13 +651,22 @@ class Controller:
     # ---- recording -------------------------------------------------------------------
 
     async def _forget(self, call: Call) -> None:
+        """The call is over: its carrier channel is given back in the background (the
+        recording does not wait for Redis; a release that fails lapses with its lease),
+        then its dialler is woken to use it."""
         self.calls.pop(call.channel, None)
         trunk = self.trunks.get(call.trunk_id)
         if trunk is not None:
             trunk.calls.discard(call.channel)
-            trunk.wake.set()
         if call.channel:
-            await self.carrier.release(call.config.trunk, call.channel)
+            self._in_background(self._release(call.config.trunk, call.channel, trunk))
+        elif trunk is not None:
+            trunk.wake.set()
+
+    async def _release(self, endpoint: str, channel: str, trunk: Trunk | None) -> None:
+        await self.carrier.release(endpoint, channel)
+        if trunk is not None:  # after the release: a dialler at the cap would see it held
+            trunk.wake.set()
 
     async def _record(self, call: Call, result: Result) -> None:
         """Record the attempt; while the database is away, keep the result (and the

@@ -46,6 +46,10 @@ class CallRecorder:
         when the database stayed away for every try (the reconciler closes it then)."""
         return await self.commit.submit((session_id, outcome))
 
+    async def drain(self) -> None:
+        """Wait until the calls submitted so far are written (a controller stopping)."""
+        await self.commit.drain()
+
     async def _write(self, batch: list[tuple[uuid.UUID, Outcome]]) -> list[bool]:
         by_session: dict[uuid.UUID, list[Outcome]] = {}
         for session_id, outcome in batch:

@@ -1,9 +1,9 @@
-"""The ARI client's REST requests on the events websocket (Asterisk 20.14/21.9/22.4 and
-later; only those asked with `websocket=True`, the controller's plays and hang-ups, on
-websockets of their own),
-against the real Asterisk; and, against a stand-in for an Asterisk that does not take
-them or drops the websocket mid-request, that requests still get their answer over HTTP
-or fail as "may have reached Asterisk"."""
+"""The ARI client's REST requests on websockets (Asterisk 20.14/21.9/22.4 and later; only
+those asked with `websocket=True`, the controller's plays and hang-ups, on REST
+websockets of their own), against the real Asterisk; and, against a stand-in for an
+Asterisk that does not take them, drops a websocket mid-request or answers without a
+status, that requests still get their answer over HTTP or fail as "may have reached
+Asterisk"."""
 
 from __future__ import annotations
 
@@ -111,6 +111,10 @@ class StandIn:
             if req["uri"] == "channels/drop":
                 await ws.close()
                 break
+            if req["uri"] == "channels/garbled":  # an answer without a status
+                await ws.send_str(json.dumps({"type": "RESTResponse",
+                                              "request_id": req["request_id"]}))
+                continue
             await ws.send_str(json.dumps({
                 "type": "RESTResponse", "request_id": req["request_id"], "status_code": 200,
                 "message_body": json.dumps({"via": "websocket", "uri": req["uri"]})}))
@@ -207,6 +211,10 @@ async def test_requests_take_turns_on_websockets_of_their_own() -> None:
             await ari.hangup("drop")
         assert dropped.value.status == 0 and dropped.value.reached
         assert len(ari._rest) == REST_SOCKETS - 1
+        with pytest.raises(AriError) as garbled:  # it may have been carried out: not resent
+            await ari.request("GET", "/channels/garbled", websocket=True)
+        assert garbled.value.status == 0 and garbled.value.reached
+        assert "GET channels/garbled" not in stand_in.over_http
         assert (await ari.request("GET", "/channels/x", websocket=True))["via"] == "websocket"
         await eventually(lambda: _true(len(ari._rest) == REST_SOCKETS), 10, "reconnected")
     finally:
