@@ -285,10 +285,19 @@ class RawApp:
     async def _run(self) -> None:
         async with self.http.ws_connect(ARI.replace("http", "ws") + "/events",
                                         params={"app": "bench-raw"}) as ws:
-            # Only the events it acts on, as the hub's controller asks for its own.
-            async with self.http.put(ARI + "/applications/bench-raw/eventFilter", json={
-                    "allowed": [{"type": "StasisStart"}, {"type": "PlaybackFinished"}]}) as r:
-                assert r.status == 200, await r.text()
+            # Only the events it acts on, as the hub's controller asks for its own. Right
+            # after the previous run's websocket closed, Asterisk may not list the app
+            # again yet ("Application not found"): asked again shortly.
+            for _ in range(50):
+                async with self.http.put(ARI + "/applications/bench-raw/eventFilter", json={
+                        "allowed": [{"type": "StasisStart"},
+                                    {"type": "PlaybackFinished"}]}) as r:
+                    if r.status != 404:
+                        assert r.status == 200, await r.text()
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("Asterisk never listed the raw app bench-raw")
             self.ready.set()
             async for msg in ws:
                 event = json.loads(msg.data)
