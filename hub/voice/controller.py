@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import time
 import uuid
@@ -774,6 +775,36 @@ def _carries_hangup_var(event: dict[str, Any]) -> bool:
     return HANGUP_VAR in ((event.get("channel") or {}).get("channelvars") or {})
 
 
+async def _until_terminated(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` until it ends or the process gets SIGTERM; then cancel it and wait
+    for its clean-up."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(work)
+    terminated = asyncio.Event()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, terminated.set)
+    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+        await task
+        return
+    try:
+        stop = asyncio.create_task(terminated.wait())
+        await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if task.done():
+            task.result()
+            return
+        log.info("voice: SIGTERM: writing what has ended, then leaving")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        if not task.done():  # we were cancelled ourselves
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 def _channel_of(event: dict[str, Any]) -> str:
     """The channel an event is about (a playback's target channel for playback events)."""
     if "playback" in event:
@@ -782,7 +813,9 @@ def _channel_of(event: dict[str, Any]) -> str:
 
 
 async def serve(settings: Settings) -> None:
-    """Run the controller until cancelled."""
+    """Run the controller until cancelled or sent SIGTERM (`docker stop`): then it stops
+    dialling and writes what has ended before it leaves (`Controller.run`); calls still
+    up are adopted by the next controller."""
     metrics.serve(metrics.VOICE, settings.metrics_host, settings.voice_metrics_port, "voice")
     pool = await create_pool(settings.database_url, min_size=1, max_size=10, custom_plans=True)
     redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
@@ -794,7 +827,7 @@ async def serve(settings: Settings) -> None:
     agi = await start_agi(settings, pool, controller.audio)  # inbound callbacks (§8.5)
     ami_state = asyncio.create_task(ami.watch(settings, metrics.ami_connected))
     try:
-        await controller.run()
+        await _until_terminated(controller.run())
     finally:
         ami_state.cancel()
         if agi is not None:

@@ -58,6 +58,30 @@ async def test_controller_restarted_under_another_name_adopts_the_live_call(
     await phones_saw_each_call_once(api, phones, sid)
 
 
+async def test_sigterm_stops_the_controller_cleanly_and_the_next_one_adopts_its_calls(
+    api: Api, voice_transport: dict[str, Any], phones: TestPhones, procs: Procs, media: str,  # noqa: F811
+) -> None:
+    """`docker stop`: the controller leaves within seconds with exit code 0 (it writes
+    what has ended first), the calls it leaves up are adopted, nobody is dialled twice."""
+    first = procs.start("voice", HUB_VOICE_ID="voice-a", **LEASE)
+    created = await api.submit(voice([num(70), num(80)], file_url=f"{media}/tone12.wav",
+                                     retries=2))
+    sid = created["sessionId"]
+    await calls_up(api, sid, 2)
+    await asyncio.sleep(1.5)  # answered and playing
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+    assert "SIGTERM: writing what has ended, then leaving" in procs.logs()
+    procs.start("voice", HUB_VOICE_ID="voice-b", **LEASE)
+    done = await api.wait_status(sid, timeout_s=60)
+    assert done["counts"] == {"delivered": 2}
+    for n in (70, 80):
+        tries = await attempts(api, sid, num(n))
+        assert len(tries) == 1 and tries[0]["detail"]["played"] is True
+    assert len(siplog.calls(phones.phones.logs)) == 2
+    await phones_saw_each_call_once(api, phones, sid)
+
+
 @pytest.mark.skipif(not CAN_RESTART_PG, reason="needs root and a local Debian PostgreSQL"
                     " cluster (and no HUB_TEST_NO_PG_RESTART)")
 @pytest.mark.timeout(180)
