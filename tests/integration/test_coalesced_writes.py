@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
 from hub.voice.coalesce import CoalescingTransport, coalesce_writes
+from tests.helpers import local_server
 
 
 class Counting(asyncio.Transport):
@@ -78,6 +80,13 @@ async def test_a_write_that_fails_aborts_the_connection() -> None:
     assert real.aborted
 
 
+async def _serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                 ) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    return await local_server(app)
+
+
 async def test_frames_sent_together_arrive_whole_and_in_order() -> None:
     received: list[str] = []
     done = asyncio.Event()
@@ -92,16 +101,9 @@ async def test_frames_sent_together_arrive_whole_and_in_order() -> None:
             await ws.send_str(f"ack {msg.data}")
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, base = await _serve(handler)
     try:
-        async with aiohttp.ClientSession() as http, \
-                http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/ws") as ws:
             assert coalesce_writes(ws)  # this aiohttp's writer can be joined
             assert coalesce_writes(ws)  # and joining twice wraps once
             joined = ws._writer.transport
@@ -133,16 +135,9 @@ async def test_a_close_from_the_other_side_is_answered() -> None:
         closed.update(code=ws.close_code, took=time.monotonic() - began)
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, base = await _serve(handler)
     try:
-        async with aiohttp.ClientSession() as http, \
-                http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/ws") as ws:
             assert coalesce_writes(ws)
             await ws.send_str("hello")
             msg = await ws.receive()
