@@ -786,23 +786,20 @@ async def _until_terminated(work: Coroutine[Any, Any, None]) -> None:
     except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
         await task
         return
+    stop = asyncio.create_task(terminated.wait())
     try:
-        stop = asyncio.create_task(terminated.wait())
         await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+    finally:  # on SIGTERM, or when we are cancelled ourselves: `work` cleans up first
         stop.cancel()
-        if task.done():
-            task.result()
-            return
-        log.info("voice: SIGTERM: writing what has ended, then leaving")
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    finally:
         loop.remove_signal_handler(signal.SIGTERM)
-        if not task.done():  # we were cancelled ourselves
+        if not task.done():
+            if terminated.is_set():
+                log.info("voice: SIGTERM: writing what has ended, then leaving")
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    if not terminated.is_set():
+        task.result()  # its own end, or its error
 
 
 def _channel_of(event: dict[str, Any]) -> str:
