@@ -10,7 +10,8 @@ every `hub voice` process that dials through it (DESIGN §1).
   function as the transports' messages per second (`hub.transports.limits.reserve_slot`).
 - A call takes its channel and its slot in one script (`take_call`): expired leases
   dropped, the count, the slot and the lease in one step, so no two processes can both
-  take the last channel, and a call that gets no slot holds no channel.
+  take the last channel, and a call that gets no slot holds no channel. Calls started
+  together take theirs in one round (`take_calls`), each in turn as if alone.
 - Limits: an endpoint's effective `maxChannels` and `cps` are the smallest over every voice
   transport, in any app, that names it (`LimitsReader`, read again after `LIMITS_TTL_S`);
   they are passed in on each call, so a PATCHed limit applies within seconds.
@@ -67,19 +68,24 @@ end
 """
 
 # KEYS[1] the endpoint's leases, KEYS[2] its calls per second (`reserve_slot`'s TAT);
-# ARGV[1] channel id, ARGV[2] cap, ARGV[3] lease (ms), ARGV[4..6] the slot (`slot_args`).
-# A channel and the call's slot in one round: -2 the endpoint is full, -1 no slot within
-# the horizon (neither is taken then), else µs until the slot, the channel held (newly,
-# or its lease extended).
-TAKE_CALL = Lua(_NOW_MS + _FULL + SLOT_FUNCTION_LUA + """
-if full(KEYS[1], ARGV[1], tonumber(ARGV[2])) then
-  return -2
+# ARGV[1] cap, ARGV[2] lease (ms), ARGV[3..5] the slot (`slot_args`), ARGV[6..] channel
+# ids. For each channel in turn, a channel and the call's slot in one step: -2 the
+# endpoint is full, -1 no slot within the horizon (neither is taken then), else µs until
+# the slot, the channel held (newly, or its lease extended).
+TAKE_CALLS = Lua(_NOW_MS + _FULL + SLOT_FUNCTION_LUA + """
+local cap, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+local waits = {}
+for i = 6, #ARGV do
+  local wait = -2
+  if not full(KEYS[1], ARGV[i], cap) then
+    wait = reserve_slot(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+    if wait >= 0 then
+      redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+    end
+  end
+  waits[i - 5] = wait
 end
-local wait = reserve_slot(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
-if wait >= 0 then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-end
-return wait
+return waits
 """)
 
 # KEYS[1] the endpoint's leases; ARGV[1] lease (ms), ARGV[2..] live channel ids.
@@ -177,10 +183,19 @@ class Carrier:
         until the slot (originate then). None when every channel is held, the slot is
         further away than `max_wait_s` (then no channel is taken either), or Redis did not
         answer."""
-        wait_us = await self._call("take", endpoint, TAKE_CALL(
+        return (await self.take_calls(endpoint, [channel_id], cap, cps, max_wait_s, lease_s))[0]
+
+    async def take_calls(self, endpoint: str, channel_ids: Sequence[str], cap: int, cps: float,
+                         max_wait_s: float | None, lease_s: float = CHANNEL_LEASE_S
+                         ) -> list[float | None]:
+        """`take_call` for each of these channels in turn, in one Redis round (calls
+        started together): each one's seconds until its slot, or None."""
+        waits = await self._call("take", endpoint, TAKE_CALLS(
             self.redis, [_key(endpoint, "channels"), _key(endpoint, "cps")],
-            [channel_id, cap, _ms(lease_s), *slot_args(cps, max_wait_s)]))
-        return None if wait_us is None else slot_wait(wait_us)
+            [cap, _ms(lease_s), *slot_args(cps, max_wait_s), *channel_ids]))
+        if waits is None:
+            return [None] * len(channel_ids)
+        return [slot_wait(wait_us) for wait_us in waits]
 
     async def renew(self, endpoint: str, channel_ids: Sequence[str],
                     lease_s: float = CHANNEL_LEASE_S) -> int | None:

@@ -232,23 +232,71 @@ class Controller:
                 self._in_background(self._give_back_patiently(
                     item, session_id, f"not dialled: {type(exc).__name__}: {exc}"[:300]))
             return
-        gate = asyncio.Semaphore(max(1, self.settings.voice_originates_in_flight))
-
-        async def start(item: Claimed, session_id: uuid.UUID) -> None:
-            try:
-                await self._start_call(trunk, item, session_id,
-                                       (session_id, item.recipient.address) in blocked)
-            except Exception as exc:  # one call's trouble never stops the dialler
-                log.exception("voice: starting a call to %s failed", item.recipient.address)
-                await self._fail_unstarted(trunk, item, session_id, exc)
-            finally:
-                gate.release()
-
+        # Calls start in groups of half the originates in flight: a group's carrier slots
+        # are one Redis round (a round per call was a sixth of the controller's work at
+        # full speed), and each call goes at its slot while the other half are under way.
+        in_flight = max(1, self.settings.voice_originates_in_flight)
+        gate = asyncio.Semaphore(in_flight)
+        size = (in_flight + 1) // 2
+        ordered = take_turns(claimed, lambda c: c[1])
         starting = []
-        for item, session_id in take_turns(claimed, lambda c: c[1]):
-            await gate.acquire()  # the next call starts once one in flight is under way
-            starting.append(asyncio.create_task(start(item, session_id)))
+        for i in range(0, len(ordered), size):
+            group = ordered[i:i + size]
+            for _ in group:  # a group starts once as many calls in flight are under way
+                await gate.acquire()
+            starting.append(asyncio.create_task(self._start_group(trunk, group, blocked, gate)))
         await asyncio.gather(*starting)
+
+    async def _start_group(self, trunk: Trunk, group: list[tuple[Claimed, uuid.UUID]],
+                           blocked: set[tuple[uuid.UUID, str]], gate: asyncio.Semaphore) -> None:
+        """Start these claimed calls (`blocked`: the round's do-not-contact hits); each one
+        gives its place in `gate` back once it is under way or not to be placed."""
+        placing: list[tuple[Claimed, uuid.UUID, SessionInfo]] = []
+        for item, session_id in group:
+            try:
+                session = await self._vetted(trunk, item, session_id,
+                                             (session_id, item.recipient.address) in blocked)
+            except Exception as exc:  # one call's trouble never stops the dialler
+                await self._start_failed(trunk, item, session_id, exc)
+                session = None
+            if session is None:
+                gate.release()
+            else:
+                placing.append((item, session_id, session))
+        if not placing:
+            return
+        try:
+            waits = await self._carrier_slots(
+                trunk.config, [channel_id(item.recipient.attempt_id) for item, _, _ in placing])
+        except Exception as exc:
+            for item, session_id, _ in placing:
+                await self._start_failed(trunk, item, session_id, exc)
+                gate.release()
+            return
+        await asyncio.gather(*(self._place(trunk, item, session_id, session, wait_s, gate)
+                               for (item, session_id, session), wait_s
+                               in zip(placing, waits, strict=True)))
+
+    async def _place(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
+                     session: SessionInfo, wait_s: float | None, gate: asyncio.Semaphore) -> None:
+        """Originate the call at its carrier slot (`wait_s` from now; None: no channel or
+        slot to be had now, so the claim is given back)."""
+        try:
+            if wait_s is None:
+                await self._give_back(item, session_id, None, "the trunk's channels or calls"
+                                      " per second are all in use (across every controller)")
+                return
+            await asyncio.sleep(wait_s)
+            await self._originate(trunk, item, session)
+        except Exception as exc:  # one call's trouble never stops the dialler
+            await self._start_failed(trunk, item, session_id, exc)
+        finally:
+            gate.release()
+
+    async def _start_failed(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
+                            exc: Exception) -> None:
+        log.error("voice: starting a call to %s failed", item.recipient.address, exc_info=exc)
+        await self._fail_unstarted(trunk, item, session_id, exc)
 
     async def _fail_unstarted(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
                               exc: Exception) -> None:
@@ -320,39 +368,40 @@ class Controller:
         except TimeoutError:
             pass
 
-    async def _start_call(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
-                          suppressed: bool) -> None:
-        """Place one claimed call (`suppressed`: its address is on the app's do-not-contact
-        list, as the round found it)."""
+    async def _vetted(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
+                      suppressed: bool) -> SessionInfo | None:
+        """The claimed call's session if the call is to be placed now; else None, the claim
+        dealt with (`suppressed`: its address is on the app's do-not-contact list, as the
+        round found it)."""
         session = await self._session(session_id)
         address = item.recipient.address
         opens = trunk.config.window_opens(address, datetime.now(UTC))
         if opens is not None:
             await self._give_back(item, session_id, opens, "outside the calling window;"
                                   f" next call at {opens.isoformat()}")
-            return
+            return None
         if not await self._granted(session.app_id, trunk.config.trunk):
             await self._record(Call(item, session, trunk.id, trunk.config, ""),
                                Result("failed", error=f"trunk {trunk.config.trunk!r} is not"
                                       " granted to this app (any more); not dialled"))
-            return
+            return None
         if suppressed:
             await self._record(Call(item, session, trunk.id, trunk.config, ""),
                                Result(c.O_SUPPRESSED, error="address is on the do-not-contact list"))
-            return
+            return None
+        return session
+
+    async def _originate(self, trunk: Trunk, item: Claimed, session: SessionInfo) -> None:
+        """Place the call, its carrier channel and slot held."""
         channel = channel_id(item.recipient.attempt_id)
-        if not await self._carrier_slot(trunk.config, channel):
-            await self._give_back(item, session_id, None, "the trunk's channels or calls per"
-                                  " second are all in use (across every controller)")
-            return
         call = Call(item, session, trunk.id, trunk.config, channel, originating=True)
         self.calls[channel] = call
         trunk.calls.add(channel)
         cfg = trunk.config
         try:
             await self.ari.originate(
-                endpoint=f"PJSIP/{cfg.dialled(address)}@{cfg.trunk}", channel_id=channel,
-                caller_id=cfg.caller_id, timeout_s=cfg.ring_timeout_s,
+                endpoint=f"PJSIP/{cfg.dialled(item.recipient.address)}@{cfg.trunk}",
+                channel_id=channel, caller_id=cfg.caller_id, timeout_s=cfg.ring_timeout_s,
                 variables={"HUB_ATTEMPT": item.recipient.attempt_id, "HUB_SESSION": str(session.id)},
                 app_args=AMD_FIRST if call.amd.enabled else "outbound",
             )
@@ -365,16 +414,13 @@ class Controller:
         """The endpoint's limits: the smallest over every transport naming it (any app)."""
         return await self.limits.get(cfg.trunk) or Limits(cfg.max_channels, cfg.cps)
 
-    async def _carrier_slot(self, cfg: VoiceConfig, channel: str) -> bool:
-        """A channel under the endpoint's cap and a call slot within its cps, both held in
-        Redis across every controller; false when either is not to be had now."""
+    async def _carrier_slots(self, cfg: VoiceConfig, channels: list[str]) -> list[float | None]:
+        """For each channel, one under the endpoint's cap and a call slot within its cps,
+        both held in Redis across every controller: seconds until the slot, or None when
+        either is not to be had now."""
         limits = await self._limits(cfg)
-        wait_s = await self.carrier.take_call(cfg.trunk, channel, limits.max_channels,
-                                              limits.cps, MAX_CPS_WAIT_S)
-        if wait_s is None:
-            return False
-        await asyncio.sleep(wait_s)
-        return True
+        return await self.carrier.take_calls(cfg.trunk, channels, limits.max_channels,
+                                             limits.cps, MAX_CPS_WAIT_S)
 
     async def _renew_channels(self) -> None:
         """Keep this controller's channel leases alive (a dead one's lapse by themselves)."""

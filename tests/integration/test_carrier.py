@@ -129,6 +129,37 @@ async def test_a_call_takes_its_channel_and_slot_together_or_neither(
     assert wait_c is not None and 1.6 <= wait_c <= 2.0, wait_c  # the slot after hub-b's
 
 
+async def test_calls_started_together_take_their_slots_in_one_round(
+        carriers: tuple[Carrier, Carrier]) -> None:
+    """Calls started together get what each would get alone, in turn, from one script:
+    channels up to the cap (one another controller holds counts), slots 1/cps apart, and
+    none past the horizon or the cap, which then hold neither a channel nor a slot."""
+    first, second = carriers
+    endpoint = _endpoint()
+    assert await _channel(second, endpoint, "hub-other", 4)
+    calls: list[tuple[Any, ...]] = []
+    evalsha = first.redis.evalsha
+
+    def counted(*args: Any) -> Any:  # the client library's call, counted
+        calls.append(args)
+        return evalsha(*args)
+
+    first.redis.evalsha = counted  # type: ignore[method-assign]
+    waits = await first.take_calls(endpoint, ["hub-a", "hub-b", "hub-c", "hub-d"], 4, 10,
+                                   max_wait_s=0.15)
+    assert len(calls) == 1
+    assert waits[0] is not None and waits[1] is not None and waits[0] <= 0.01
+    assert 0.08 <= waits[1] - waits[0] <= 0.11  # 10 calls/s: 0.1 s apart
+    assert waits[2] is None  # its slot would be 0.2 s away: past the horizon
+    assert waits[3] is None  # and it is refused too, no slot spent for it
+    assert await first.held(endpoint) == 3
+    # The two not taken hold nothing: the next slot is right after hub-b's.
+    waits = await first.take_calls(endpoint, ["hub-c", "hub-d"], 4, 10, max_wait_s=1)
+    assert waits[0] is not None and 0.15 <= waits[0] <= 0.21, waits
+    assert waits[1] is None  # the cap: hub-other, hub-a, hub-b, hub-c hold all four
+    assert await second.held(endpoint) == 4
+
+
 async def test_channels_given_back_together_are_all_free(
         carriers: tuple[Carrier, Carrier]) -> None:
     """Releases arriving together go to Redis as one call per endpoint: every one of
