@@ -16,7 +16,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -249,54 +249,57 @@ class Controller:
 
     async def _start_group(self, trunk: Trunk, group: list[tuple[Claimed, uuid.UUID]],
                            blocked: set[tuple[uuid.UUID, str]], gate: asyncio.Semaphore) -> None:
-        """Start these claimed calls (`blocked`: the round's do-not-contact hits); each one
-        gives its place in `gate` back once it is under way or not to be placed."""
+        """Start these claimed calls (`blocked`: the round's do-not-contact hits): their
+        checks at once, then one Redis round for the carrier slots of those to be placed.
+        Each call's step runs in a task of its own that gives its place in `gate` back
+        however it ends; a claim given back or recorded instead never holds up the others."""
+        verdicts = await asyncio.gather(*(
+            self._verdict(trunk, item, session_id, (session_id, item.recipient.address) in blocked)
+            for item, session_id in group))
+        steps: list[tuple[Claimed, uuid.UUID, Awaitable[None]]] = []
         placing: list[tuple[Claimed, uuid.UUID, SessionInfo]] = []
-        for item, session_id in group:
-            try:
-                session = await self._vetted(trunk, item, session_id,
-                                             (session_id, item.recipient.address) in blocked)
-            except Exception as exc:  # one call's trouble never stops the dialler
-                await self._start_failed(trunk, item, session_id, exc)
-                session = None
-            if session is None:
-                gate.release()
+        for (item, session_id), verdict in zip(group, verdicts, strict=True):
+            if isinstance(verdict, SessionInfo):
+                placing.append((item, session_id, verdict))
             else:
-                placing.append((item, session_id, session))
-        if not placing:
-            return
-        try:
-            waits = await self._carrier_slots(
-                trunk.config, [channel_id(item.recipient.attempt_id) for item, _, _ in placing])
-        except Exception as exc:
-            for item, session_id, _ in placing:
-                await self._start_failed(trunk, item, session_id, exc)
-                gate.release()
-            return
-        await asyncio.gather(*(self._place(trunk, item, session_id, session, wait_s, gate)
-                               for (item, session_id, session), wait_s
-                               in zip(placing, waits, strict=True)))
+                steps.append((item, session_id, verdict))
+        started = [asyncio.create_task(self._step(trunk, item, session_id, step, gate))
+                   for item, session_id, step in steps]
+        if placing:
+            dials: list[Awaitable[None]]
+            try:
+                waits = await self._carrier_slots(
+                    trunk.config, [channel_id(item.recipient.attempt_id) for item, _, _ in placing])
+                dials = [self._dial_at(trunk, item, session_id, session, wait_s)
+                         for (item, session_id, session), wait_s in zip(placing, waits, strict=True)]
+            except Exception as exc:
+                dials = [_raising(exc) for _ in placing]
+            started += [asyncio.create_task(self._step(trunk, item, session_id, dial, gate))
+                        for (item, session_id, _), dial in zip(placing, dials, strict=True)]
+        await asyncio.gather(*started)
 
-    async def _place(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
-                     session: SessionInfo, wait_s: float | None, gate: asyncio.Semaphore) -> None:
-        """Originate the call at its carrier slot (`wait_s` from now; None: no channel or
-        slot to be had now, so the claim is given back)."""
+    async def _step(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
+                    step: Awaitable[None], gate: asyncio.Semaphore) -> None:
+        """One claimed call's step (its dial, or its claim given back or recorded); whatever
+        it hits is that call's failure alone, and its place in `gate` is given back."""
         try:
-            if wait_s is None:
-                await self._give_back(item, session_id, None, "the trunk's channels or calls"
-                                      " per second are all in use (across every controller)")
-                return
-            await asyncio.sleep(wait_s)
-            await self._originate(trunk, item, session)
+            await step
         except Exception as exc:  # one call's trouble never stops the dialler
-            await self._start_failed(trunk, item, session_id, exc)
+            log.error("voice: starting a call to %s failed", item.recipient.address, exc_info=exc)
+            await self._fail_unstarted(trunk, item, session_id, exc)
         finally:
             gate.release()
 
-    async def _start_failed(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
-                            exc: Exception) -> None:
-        log.error("voice: starting a call to %s failed", item.recipient.address, exc_info=exc)
-        await self._fail_unstarted(trunk, item, session_id, exc)
+    async def _dial_at(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
+                       session: SessionInfo, wait_s: float | None) -> None:
+        """Originate the call at its carrier slot (`wait_s` from now; None: no channel or
+        slot to be had now, so the claim is given back)."""
+        if wait_s is None:
+            await self._give_back(item, session_id, None, "the trunk's channels or calls"
+                                  " per second are all in use (across every controller)")
+            return
+        await asyncio.sleep(wait_s)
+        await self._originate(trunk, item, session)
 
     async def _fail_unstarted(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
                               exc: Exception) -> None:
@@ -368,27 +371,26 @@ class Controller:
         except TimeoutError:
             pass
 
-    async def _vetted(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
-                      suppressed: bool) -> SessionInfo | None:
-        """The claimed call's session if the call is to be placed now; else None, the claim
-        dealt with (`suppressed`: its address is on the app's do-not-contact list, as the
-        round found it)."""
-        session = await self._session(session_id)
-        address = item.recipient.address
-        opens = trunk.config.window_opens(address, datetime.now(UTC))
-        if opens is not None:
-            await self._give_back(item, session_id, opens, "outside the calling window;"
-                                  f" next call at {opens.isoformat()}")
-            return None
-        if not await self._granted(session.app_id, trunk.config.trunk):
-            await self._record(Call(item, session, trunk.id, trunk.config, ""),
-                               Result("failed", error=f"trunk {trunk.config.trunk!r} is not"
-                                      " granted to this app (any more); not dialled"))
-            return None
+    async def _verdict(self, trunk: Trunk, item: Claimed, session_id: uuid.UUID,
+                       suppressed: bool) -> SessionInfo | Awaitable[None]:
+        """The claimed call's session if the call is to be placed now; else what becomes
+        of its claim instead, to be awaited (`suppressed`: its address is on the app's
+        do-not-contact list, as the round found it)."""
+        try:
+            session = await self._session(session_id)
+            opens = trunk.config.window_opens(item.recipient.address, datetime.now(UTC))
+            if opens is not None:
+                return self._give_back(item, session_id, opens, "outside the calling window;"
+                                       f" next call at {opens.isoformat()}")
+            if not await self._granted(session.app_id, trunk.config.trunk):
+                return self._record(Call(item, session, trunk.id, trunk.config, ""),
+                                    Result("failed", error=f"trunk {trunk.config.trunk!r} is"
+                                           " not granted to this app (any more); not dialled"))
+        except Exception as exc:  # the call's failure, dealt with in its step
+            return _raising(exc)
         if suppressed:
-            await self._record(Call(item, session, trunk.id, trunk.config, ""),
-                               Result(c.O_SUPPRESSED, error="address is on the do-not-contact list"))
-            return None
+            return self._record(Call(item, session, trunk.id, trunk.config, ""),
+                                Result(c.O_SUPPRESSED, error="address is on the do-not-contact list"))
         return session
 
     async def _originate(self, trunk: Trunk, item: Claimed, session: SessionInfo) -> None:
@@ -807,6 +809,11 @@ class Controller:
             return
         call.note = LOST_NOTE
         await self._record(call, call.result(None, None))
+
+
+async def _raising(exc: Exception) -> None:
+    """A step that fails with `exc` (a call whose checks failed goes the failed way)."""
+    raise exc
 
 
 def _acted_on(event: dict[str, Any]) -> bool:

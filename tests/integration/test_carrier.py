@@ -145,17 +145,23 @@ async def test_calls_started_together_take_their_slots_in_one_round(
         return evalsha(*args)
 
     first.redis.evalsha = counted  # type: ignore[method-assign]
+    before = time.monotonic()
     waits = await first.take_calls(endpoint, ["hub-a", "hub-b", "hub-c", "hub-d"], 4, 10,
                                    max_wait_s=0.15)
+    after = time.monotonic()
     assert len(calls) == 1
     assert waits[0] is not None and waits[1] is not None and waits[0] <= 0.01
     assert 0.08 <= waits[1] - waits[0] <= 0.11  # 10 calls/s: 0.1 s apart
     assert waits[2] is None  # its slot would be 0.2 s away: past the horizon
     assert waits[3] is None  # and it is refused too, no slot spent for it
     assert await first.held(endpoint) == 3
-    # The two not taken hold nothing: the next slot is right after hub-b's.
+    # The two not taken hold nothing: the next slot is right after hub-b's, 0.2 s after
+    # the first script ran (had either spent a slot, it would be 0.1 s later still).
+    again = time.monotonic()
     waits = await first.take_calls(endpoint, ["hub-c", "hub-d"], 4, 10, max_wait_s=1)
-    assert waits[0] is not None and 0.15 <= waits[0] <= 0.21, waits
+    done = time.monotonic()
+    assert waits[0] is not None, waits
+    assert before + 0.2 - done - 0.01 <= waits[0] <= after + 0.2 - again + 0.01, waits
     assert waits[1] is None  # the cap: hub-other, hub-a, hub-b, hub-c hold all four
     assert await second.held(endpoint) == 4
 
