@@ -195,10 +195,18 @@ async def test_missing_and_revoked_keys(api_server: str, api: Api) -> None:
                    "HTTP 404", "key-not-found")
 
 
+def _as_at_a_terminal() -> None:
+    """In the child, before it runs the CLI: Ctrl-C does what it does at a terminal. A
+    suite started in the background (`cmd &` without job control) hands its children
+    SIGINT ignored, and Python then never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_interrupt_is_one_line_exit_130(silent_server: int) -> None:
     proc = subprocess.Popen([*HUB, "sessions", "list"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=base_env(
-                                HUB_API_URL=f"http://127.0.0.1:{silent_server}", HUB_API_KEY="k"))
+                                HUB_API_URL=f"http://127.0.0.1:{silent_server}", HUB_API_KEY="k"),
+                            preexec_fn=_as_at_a_terminal)
     time.sleep(2)  # waiting for an answer that never comes
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=10)
@@ -324,7 +332,8 @@ def _run_in_pty(args: list[str], env: dict[str, str], *, interrupt_at: bytes | N
     With `interrupt_at`, Ctrl-C (SIGINT) once the terminal shows that text."""
     master, slave = pty.openpty()
     proc = subprocess.Popen([*HUB, *args], cwd=ROOT, env={**env, "COLUMNS": "150"},
-                            stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                            stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            preexec_fn=_as_at_a_terminal)
     os.close(slave)
     chunks: list[bytes] = []
     started = time.monotonic()
