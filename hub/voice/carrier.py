@@ -8,10 +8,10 @@ every `hub voice` process that dials through it (DESIGN §1).
   when their leases run out.
 - Calls per second: one GCRA slot per call (`hub:carrier:<endpoint>:cps`), the same Lua
   function as the transports' messages per second (`hub.transports.limits.reserve_slot`).
-- A call takes its channel and its slot in one script (`take_call`): expired leases
-  dropped, the count, the slot and the lease in one step, so no two processes can both
+- A call takes its channel and its slot in one step of one script (`take_calls`): expired
+  leases dropped, the count, the slot and the lease at once, so no two processes can both
   take the last channel, and a call that gets no slot holds no channel. Calls started
-  together take theirs in one round (`take_calls`), each in turn as if alone.
+  together take theirs in one round, each in turn as if alone.
 - Limits: an endpoint's effective `maxChannels` and `cps` are the smallest over every voice
   transport, in any app, that names it (`LimitsReader`, read again after `LIMITS_TTL_S`);
   they are passed in on each call, so a PATCHed limit applies within seconds.
@@ -175,21 +175,14 @@ class Carrier:
                         exc or type(exc).__name__)
             return None
 
-    async def take_call(self, endpoint: str, channel_id: str, cap: int, cps: float,
-                        max_wait_s: float | None, lease_s: float = CHANNEL_LEASE_S
-                        ) -> float | None:
-        """One of the endpoint's `cap` channels for `channel_id` (holding it already
-        extends its lease) and the next of its call slots at `cps`, in one round: seconds
-        until the slot (originate then). None when every channel is held, the slot is
-        further away than `max_wait_s` (then no channel is taken either), or Redis did not
-        answer."""
-        return (await self.take_calls(endpoint, [channel_id], cap, cps, max_wait_s, lease_s))[0]
-
     async def take_calls(self, endpoint: str, channel_ids: Sequence[str], cap: int, cps: float,
                          max_wait_s: float | None, lease_s: float = CHANNEL_LEASE_S
                          ) -> list[float | None]:
-        """`take_call` for each of these channels in turn, in one Redis round (calls
-        started together): each one's seconds until its slot, or None."""
+        """For each of these channels in turn, in one Redis round (calls started
+        together): one of the endpoint's `cap` channels (holding it already extends its
+        lease) and the next of its call slots at `cps`; each one's seconds until its slot
+        (originate then), or None when every channel is held, the slot is further away
+        than `max_wait_s` (then no channel is taken either), or Redis did not answer."""
         waits = await self._call("take", endpoint, TAKE_CALLS(
             self.redis, [_key(endpoint, "channels"), _key(endpoint, "cps")],
             [cap, _ms(lease_s), *slot_args(cps, max_wait_s), *channel_ids]))

@@ -256,15 +256,14 @@ class Controller:
         verdicts = await asyncio.gather(*(
             self._verdict(trunk, item, session_id, (session_id, item.recipient.address) in blocked)
             for item, session_id in group))
-        steps: list[tuple[Claimed, uuid.UUID, Awaitable[None]]] = []
+        started: list[asyncio.Task[None]] = []
         placing: list[tuple[Claimed, uuid.UUID, SessionInfo]] = []
         for (item, session_id), verdict in zip(group, verdicts, strict=True):
             if isinstance(verdict, SessionInfo):
                 placing.append((item, session_id, verdict))
             else:
-                steps.append((item, session_id, verdict))
-        started = [asyncio.create_task(self._step(trunk, item, session_id, step, gate))
-                   for item, session_id, step in steps]
+                started.append(asyncio.create_task(
+                    self._step(trunk, item, session_id, verdict, gate)))
         if placing:
             dials: list[Awaitable[None]]
             try:

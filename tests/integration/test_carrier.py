@@ -37,10 +37,16 @@ UNPACED = 1e9  # calls per second: the slot never binds
 UNCAPPED = 10**9  # channels: the cap never binds
 
 
+async def _take_call(carrier: Carrier, endpoint: str, channel: str, cap: int, cps: float,
+                     max_wait_s: float | None, **lease: float) -> float | None:
+    """One call's channel and slot (`take_calls` for one channel)."""
+    return (await carrier.take_calls(endpoint, [channel], cap, cps, max_wait_s, **lease))[0]
+
+
 async def _channel(carrier: Carrier, endpoint: str, channel: str, cap: int,
                    **lease: float) -> bool:
     """A call's channel under `cap` (its slot never in the way)."""
-    return await carrier.take_call(endpoint, channel, cap, UNPACED, None, **lease) is not None
+    return await _take_call(carrier, endpoint, channel, cap, UNPACED, None, **lease) is not None
 
 
 async def test_two_controllers_never_hold_more_than_the_cap(
@@ -115,17 +121,17 @@ async def test_a_call_takes_its_channel_and_slot_together_or_neither(
         carriers: tuple[Carrier, Carrier]) -> None:
     first, second = carriers
     endpoint = _endpoint()
-    assert await first.take_call(endpoint, "hub-a", 2, 1, max_wait_s=0.2) == 0  # at once
+    assert await _take_call(first, endpoint, "hub-a", 2, 1, max_wait_s=0.2) == 0  # at once
     # The next slot at 1 call/s is a second away: no slot, and no channel held for it.
-    assert await second.take_call(endpoint, "hub-b", 2, 1, max_wait_s=0.2) is None
+    assert await _take_call(second, endpoint, "hub-b", 2, 1, max_wait_s=0.2) is None
     assert await first.held(endpoint) == 1
-    wait_s = await second.take_call(endpoint, "hub-b", 2, 1, max_wait_s=2)
+    wait_s = await _take_call(second, endpoint, "hub-b", 2, 1, max_wait_s=2)
     assert wait_s is not None and 0.7 <= wait_s <= 1.0, wait_s
     assert await first.held(endpoint) == 2
     # Full: refused, and no slot is spent (one spent would put hub-c's a second later).
-    assert await first.take_call(endpoint, "hub-c", 2, 1, max_wait_s=5) is None
+    assert await _take_call(first, endpoint, "hub-c", 2, 1, max_wait_s=5) is None
     await first.release(endpoint, "hub-a")
-    wait_c = await first.take_call(endpoint, "hub-c", 2, 1, max_wait_s=5)
+    wait_c = await _take_call(first, endpoint, "hub-c", 2, 1, max_wait_s=5)
     assert wait_c is not None and 1.6 <= wait_c <= 2.0, wait_c  # the slot after hub-b's
 
 
@@ -196,16 +202,16 @@ async def test_scripts_are_loaded_again_after_redis_forgets_them(
         carriers: tuple[Carrier, Carrier], redis: Any) -> None:
     carrier, _ = carriers
     endpoint = _endpoint()
-    assert await carrier.take_call(endpoint, "hub-a", 1, 100, max_wait_s=1) is not None
+    assert await _take_call(carrier, endpoint, "hub-a", 1, 100, max_wait_s=1) is not None
     redis.script_flush()  # as after a Redis restart
-    assert await carrier.take_call(endpoint, "hub-b", 2, 100, max_wait_s=1) is not None
+    assert await _take_call(carrier, endpoint, "hub-b", 2, 100, max_wait_s=1) is not None
     assert await carrier.held(endpoint) == 2
 
 
 async def _slots(carrier: Carrier, endpoint: str, cps: Any, until: float) -> list[float]:
     stamps: list[float] = []
     while time.monotonic() < until:
-        wait_s = await carrier.take_call(endpoint, f"hub-{uuid.uuid4()}", UNCAPPED,
+        wait_s = await _take_call(carrier, endpoint, f"hub-{uuid.uuid4()}", UNCAPPED,
                                          cps() if callable(cps) else cps, None)
         assert wait_s is not None
         await asyncio.sleep(wait_s)
@@ -248,8 +254,8 @@ async def test_redis_away_or_slow_means_not_now() -> None:
         carrier = Carrier(redis, timeout_s=0.3)
         began = time.monotonic()
         assert not await _channel(carrier, "trunk", "hub-x", 10)
-        assert await carrier.take_call("trunk", "hub-x", 10, 5, None) is None
-        assert await carrier.take_call("trunk", "hub-x", 10, 5, 1) is None
+        assert await _take_call(carrier, "trunk", "hub-x", 10, 5, None) is None
+        assert await _take_call(carrier, "trunk", "hub-x", 10, 5, 1) is None
         assert await carrier.renew("trunk", ["hub-x"]) is None
         assert await carrier.held("trunk") is None
         await carrier.release("trunk", "hub-x")  # no error: the lease runs out by itself
