@@ -119,8 +119,9 @@ async def renew(conn: asyncpg.Connection, items: Sequence[Claimed], lease_s: flo
     rows = await conn.fetch(
         "UPDATE deliveries d SET lease_until = now() + make_interval(secs => $3)"
         " FROM unnest($1::bigint[], $2::int[]) AS u(id, att)"
-        " WHERE d.id = u.id AND d.attempts = u.att AND d.status = 'in_progress'"
-        " AND d.claimed_by = $4 RETURNING d.id", ids, atts, lease_s, owner)
+        " WHERE d.id = u.id AND d.id = ANY($1) AND d.attempts = u.att"
+        " AND d.status = 'in_progress' AND d.claimed_by = $4 RETURNING d.id",
+        ids, atts, lease_s, owner)
     return {r["id"] for r in rows}
 
 
@@ -149,8 +150,8 @@ async def give_back(conn: asyncpg.Connection, session_id: uuid.UUID, items: Sequ
             " error = CASE WHEN $4 THEN coalesce(d.error, 'session cancelled')"
             "   ELSE coalesce($6, d.error) END"
             " FROM unnest($1::bigint[], $2::int[], $7::uuid[]) AS u(id, att, aid)"
-            " WHERE d.id = u.id AND d.attempts = u.att AND d.status = 'in_progress'"
-            " AND d.claimed_by = $3"
+            " WHERE d.id = u.id AND d.id = ANY($1) AND d.attempts = u.att"
+            " AND d.status = 'in_progress' AND d.claimed_by = $3"
             " AND EXISTS (SELECT 1 FROM attempts a WHERE a.id = u.aid AND a.delivery_id = u.id)"
             " RETURNING d.id, u.aid", ids, atts, owner, cancelled, at, note, aids)
         if rows:

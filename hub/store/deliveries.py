@@ -58,7 +58,8 @@ async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequ
             "UPDATE attempts a SET ended_at = u.ended, outcome = u.outcome, detail = u.detail,"
             " provider_ref = u.ref, error = u.error"
             " FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[],"
-            " $6::timestamptz[]) AS u(id, outcome, detail, ref, error, ended) WHERE a.id = u.id",
+            " $6::timestamptz[]) AS u(id, outcome, detail, ref, error, ended)"
+            " WHERE a.id = u.id AND a.id = ANY($1)",
             cols["aid"], cols["outcome"], cols["detail"], cols["ref"], cols["error"], cols["ended"],
         )
         # A delivery waiting for the provider's receipt stays in_progress, owned by
@@ -82,7 +83,7 @@ async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequ
             # filter on `deliveries` alone: such a filter (status in_progress, one owner)
             # looks like a handful of rows to the planner, which then scans them once per
             # row of the batch (a nested loop with the batch inside), quadratic per batch.
-            " WHERE d.id = u.id AND d.attempts = u.att AND d.status = u.held"
+            " WHERE d.id = u.id AND d.id = ANY($1) AND d.attempts = u.att AND d.status = u.held"
             " AND d.claimed_by IS NOT DISTINCT FROM u.owner"
             " RETURNING d.id, d.status",
             cols["did"], cols["att"], cols["status"], cols["outcome"], cols["detail"],

@@ -39,13 +39,16 @@ STRANDED_WINDOW_H = 1  # the reconciler retries early receipts this recent on ev
 
 Key = tuple[uuid.UUID, str]  # (transport id, provider message id)
 
-# By message id first (its index), then the transport: the caller keeps the exact pairs.
+# By message id first (its index, one lookup per id: `OFFSET 0` keeps the lookup from
+# being merged into a join the planner may answer with a pass over the table when it has
+# no statistics for ids just recorded), then the transport: the caller keeps the exact pairs.
 FIND_SQL = """
-WITH d AS MATERIALIZED (
-    SELECT id, session_id, provider_ref FROM deliveries WHERE provider_ref = ANY($2::text[])
-)
 SELECT d.id, s.transport_id AS tid, d.provider_ref AS ref
-FROM d JOIN sessions s ON s.id = d.session_id
+FROM unnest($2::text[]) AS r(ref)
+CROSS JOIN LATERAL (
+    SELECT id, session_id, provider_ref FROM deliveries WHERE provider_ref = r.ref OFFSET 0
+) AS d
+JOIN sessions s ON s.id = d.session_id
 WHERE s.transport_id = ANY($1::uuid[])
 """
 
@@ -243,6 +246,7 @@ async def _settle(conn: asyncpg.Connection, items: list[tuple[Any, Any, Result]]
         "UPDATE deliveries d SET status = u.status, outcome = u.outcome, detail = u.detail,"
         " error = u.error, next_attempt_at = u.next, lease_until = NULL, claimed_by = NULL"
         " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::text[],"
-        " $6::timestamptz[]) AS u(id, status, outcome, detail, error, next) WHERE d.id = u.id",
+        " $6::timestamptz[]) AS u(id, status, outcome, detail, error, next)"
+        " WHERE d.id = u.id AND d.id = ANY($1)",
         cols["id"], cols["status"], cols["outcome"], cols["detail"], cols["error"], cols["next"])
     await outbox.add_delivery_events(conn, final)
