@@ -31,10 +31,12 @@ async def test_a_delivery_names_a_session_that_exists(
         await db.execute("INSERT INTO deliveries (session_id, address, status)"
                          " VALUES ($1, 'c@example.com', 'pending'),"
                          " ($2, 'd@example.com', 'pending')", sid, uuid.uuid4())
+    other = await running_session(api, ["e@example.com"])
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="another session"):
-        other = await running_session(api, ["e@example.com"])
         await db.execute("UPDATE deliveries SET session_id = $2 WHERE session_id = $1",
                          sid, other)
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="id cannot change"):
+        await db.execute("UPDATE sessions SET id = $2 WHERE id = $1", sid, uuid.uuid4())
     assert await db.fetchval("SELECT count(*) FROM deliveries") == before + 1
     await db.execute(INSERT, sid, ["f@example.com", "g@example.com"])
     assert await db.fetchval("SELECT count(*) FROM deliveries WHERE session_id = $1", sid) == 3
@@ -48,6 +50,12 @@ async def test_a_deleted_session_takes_its_deliveries_and_their_attempts(
     async with db.acquire() as conn:
         assert len(await claims.claim(conn, gone, 10, 30, "job:test")) == 2
         assert len(await claims.claim(conn, kept, 10, 30, "job:test")) == 1
+    async with db.acquire() as conn:
+        with pytest.raises(asyncpg.SerializationError, match="READ COMMITTED only"):
+            async with conn.transaction(isolation="repeatable_read"):
+                await conn.execute("DELETE FROM sessions WHERE id = $1", gone)
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="truncate deliveries"):
+            await conn.execute("TRUNCATE sessions, webhook_events, webhook_attempts, callbacks")
     await db.execute("DELETE FROM sessions WHERE id = $1", gone)
     rows = await db.fetch("SELECT d.session_id, count(a.id) AS attempts FROM deliveries d"
                           " LEFT JOIN attempts a ON a.delivery_id = d.id GROUP BY 1")
