@@ -29,16 +29,18 @@ DELIVERED = receipt_result("delivered", None, None)
 assert UNDELIVERED is not None and DELIVERED is not None
 
 
-async def _claimed(api: Api, db: asyncpg.Pool,
-                   audience: list[str]) -> tuple[uuid.UUID, list[Claimed]]:
-    """A running session whose deliveries are claimed, as a worker holds them mid-send."""
+async def _claimed(api: Api, db: asyncpg.Pool, audience: list[str],
+                   take: int | None = None) -> tuple[uuid.UUID, list[Claimed]]:
+    """A running session whose deliveries (the first `take`, or all) are claimed, as a
+    worker holds them mid-send."""
     created = await api.submit(sms(audience, trigger="manual"))
     sid = uuid.UUID(created["sessionId"])
     await db.execute("UPDATE sessions SET status = 'running' WHERE id = $1", sid)
     await db.execute("UPDATE deliveries SET next_attempt_at = now() WHERE session_id = $1", sid)
+    wanted = len(audience) if take is None else take
     async with db.acquire() as conn:
-        claimed = await claims.claim(conn, sid, len(audience), 60, OWNER)
-    assert len(claimed) == len(audience)
+        claimed = await claims.claim(conn, sid, wanted, 60, OWNER)
+    assert len(claimed) == wanted
     return sid, claimed
 
 
@@ -140,13 +142,9 @@ async def test_a_big_session_just_loaded_is_settled_without_reading_all_its_rows
     every batch of callbacks."""
     transport = await twilio_transport()
     tid = uuid.UUID(transport["id"])
-    created = await api.submit(sms([f"+9779810{i:06d}" for i in range(20_000)],
-                                   trigger="manual"))  # valid Nepali mobiles
-    sid = uuid.UUID(created["sessionId"])
-    await db.execute("UPDATE sessions SET status = 'running' WHERE id = $1", sid)
-    await db.execute("UPDATE deliveries SET next_attempt_at = now() WHERE session_id = $1", sid)
+    sid, claimed = await _claimed(  # valid Nepali mobiles
+        api, db, [f"+9779810{i:06d}" for i in range(20_000)], take=100)
     async with db.acquire() as conn:
-        claimed = await claims.claim(conn, sid, 100, 60, OWNER)
         await conn.execute(  # the rest were sent earlier: their message ids are indexed
             "UPDATE deliveries SET status = 'delivered', provider_ref = 'SM' || md5(id::text)"
             " WHERE session_id = $1 AND status = 'pending'", sid)
