@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     api_max_in_flight: int = Field(default=256, ge=0)  # per API process; 0: no bound
     metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    worker_nice: int = Field(default=10, ge=0, le=19)  # `hub worker` yields the CPU to the API
     voice_metrics_port: int = Field(default=9201, ge=0, le=65535)
     max_keys_per_app: PositiveInt = 20
     open_trunks: str = ""
