@@ -38,9 +38,10 @@ VOICE_ALIVE_TTL_S = 10
 # a running job's after SLOT_RUNNING_TTL_S without a heartbeat (its worker died).
 SLOT_QUEUED_TTL_S = 900
 SLOT_RUNNING_TTL_S = 15
-# A `queued` marker whose job does not exist is stale past this age (its kick's enqueue
-# round failed after the slot round); younger, it may be a kick between its two rounds.
+# A `queued` marker whose job does not wait on the queue is stale past this age (see
+# `_stale_markers`); younger, it may be a kick between its two rounds.
 SLOT_STALE_AFTER_S = 60
+JOB_WAITING = (b"queued", "queued")  # an RQ job's status while it waits (bytes or decoded)
 REPLACE_STALE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
@@ -103,21 +104,24 @@ Claim = tuple[str, str, int, str, Any]  # session, type, slot, job id, stale mar
 
 def _stale_markers(keys: list[str], markers: list[Any]
                    ) -> Generator[Step, list[Any], set[int]]:
-    """The slots (index into `keys`) whose `queued` marker is stale: its job does not
-    exist and the marker is older than SLOT_STALE_AFTER_S. One more round, only when some
-    slot holds a queued marker."""
+    """The slots (index into `keys`) whose `queued` marker is stale: older than
+    SLOT_STALE_AFTER_S and its job no longer waiting on the queue. Either the job never
+    reached Redis (its kick's enqueue round failed after the slot round), or a worker took
+    it off the queue and died before marking the slot `running` (a job marks it within
+    milliseconds of starting). A job still waiting keeps its slot however long the queue.
+    One more round, only when some slot holds a queued marker."""
     waiting = {i: job for i, marker in enumerate(markers) if (job := queued_job(marker))}
     if not waiting:
         return set()
 
     def look(pipe: Any) -> None:
         for i, job in waiting.items():
-            pipe.exists(Job.key_for(job))
+            pipe.hget(Job.key_for(job), "status")
             pipe.ttl(keys[i])
 
     found = yield False, look
-    return {i for i, exists, ttl in zip(waiting, found[0::2], found[1::2], strict=True)
-            if not exists and 0 <= ttl <= SLOT_QUEUED_TTL_S - SLOT_STALE_AFTER_S}
+    return {i for i, status, ttl in zip(waiting, found[0::2], found[1::2], strict=True)
+            if status not in JOB_WAITING and 0 <= ttl <= SLOT_QUEUED_TTL_S - SLOT_STALE_AFTER_S}
 
 
 def _claims(wanted: list[Kick], markers: list[Any], stale: set[int]) -> list[Claim]:

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from redis import Redis
 from rq import Queue
+from rq.job import Job, JobStatus
 
 from hub.aredis import async_redis
 from hub.config import Settings
@@ -107,6 +108,37 @@ async def test_a_slot_whose_queued_job_never_reached_redis_is_taken_again(
     assert redis.ttl(slot_key(stale, 0)) > SLOT_QUEUED_TTL_S - 10
     assert redis.get(slot_key(young, 0)) == b"queued:on-its-way"
     assert queued_job(redis.get(slot_key(waiting, 0))) == waiting_job
+
+
+@pytest.mark.parametrize("driver", ["blocking", "asyncio"])
+async def test_a_slot_whose_job_a_dead_worker_took_is_taken_again(
+        db: Any, redis: Redis, driver: str) -> None:
+    """A worker killed after taking a job off the queue and before marking its slot
+    `running` left `queued:<job>` naming a job that no longer waits: started (or failed,
+    once RQ's cleanup has seen the worker gone). Past a minute such a slot is taken again;
+    before, every kick and the reconciler found it held and the session waited out the
+    marker's 15 minutes. A job waiting on a long queue keeps its slot however old its
+    marker, and a started job's young marker is left (its worker may be marking it now)."""
+    dead, abandoned, young, long_wait = sessions = [str(uuid.uuid4()) for _ in range(4)]
+    kicker = Kicker(redis)
+    assert kicker.sessions([(sid, "email", 1) for sid in sessions])
+    jobs = {sid: queued_job(redis.get(slot_key(sid, 0))) for sid in sessions}
+    queue = Queue("email", connection=redis)
+    for sid, status in ((dead, JobStatus.STARTED), (abandoned, JobStatus.FAILED),
+                        (young, JobStatus.STARTED)):
+        job = Job.fetch(str(jobs[sid]), connection=redis)  # what a worker does as it starts
+        queue.remove(job)
+        job.set_status(status)
+    for sid in (dead, abandoned, long_wait):
+        redis.expire(slot_key(sid, 0), SLOT_QUEUED_TTL_S - 120)
+    assert await kick(kicker, [(sid, "email", 1) for sid in sessions], driver)
+    assert queued_jobs(redis, "email") == {dead: [0], abandoned: [0], long_wait: [0]}
+    for sid in (dead, abandoned):
+        job_id = queued_job(redis.get(slot_key(sid, 0)))
+        assert job_id not in (None, jobs[sid]) and redis.exists(f"rq:job:{job_id}")
+        assert redis.ttl(slot_key(sid, 0)) > SLOT_QUEUED_TTL_S - 10
+    for sid in (young, long_wait):
+        assert queued_job(redis.get(slot_key(sid, 0))) == jobs[sid]
 
 
 async def test_a_kick_with_redis_away_answers_false_at_once() -> None:
