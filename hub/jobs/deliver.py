@@ -36,6 +36,7 @@ from hub.store.deliveries import Outcome, Recorded
 from hub.transports.registry import sending_spec
 
 log = logging.getLogger(__name__)
+SESSIONS_AT_ONCE = 4  # of a job serving several sessions (see jobloop.POOL_MAX)
 
 
 def deliver_session(session_id: str, slot: int | None = None) -> dict[str, Any]:
@@ -45,6 +46,34 @@ def deliver_session(session_id: str, slot: int | None = None) -> dict[str, Any]:
     result: dict[str, Any] = run_job(
         settings, partial(_deliver, settings, uuid.UUID(session_id), slot))
     return result
+
+
+def deliver_sessions(slots: list[tuple[str, int]]) -> dict[str, Any]:
+    """RQ entry point of a job serving several sessions kicked together (one slot each):
+    up to SESSIONS_AT_ONCE of them at a time on the job loop. One session's error fails
+    the job (RQ keeps it) once the others are done."""
+    settings = _settings()
+    sessions = [(uuid.UUID(sid), slot) for sid, slot in slots]
+    result: dict[str, Any] = run_job(settings, partial(_deliver_many, settings, sessions))
+    return result
+
+
+async def _deliver_many(settings: Settings, sessions: list[tuple[uuid.UUID, int]],
+                        shared: Shared) -> dict[str, Any]:
+    room = asyncio.Semaphore(SESSIONS_AT_ONCE)
+
+    async def one(session_id: uuid.UUID, slot: int) -> dict[str, Any]:
+        async with room:
+            return await _deliver(settings, session_id, slot, shared)
+
+    results = await asyncio.gather(*(one(*s) for s in sessions), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for (session_id, _), r in zip(sessions, results, strict=True):
+        if isinstance(r, BaseException):
+            log.error("delivery job of session %s failed", session_id, exc_info=r)
+    if errors:
+        raise errors[0]
+    return {str(sid): r for (sid, _), r in zip(sessions, results, strict=True)}
 
 
 @cache

@@ -28,7 +28,9 @@ from hub.config import Settings
 from hub.store.db import Pool, create_pool
 
 T = TypeVar("T")
-POOL_MAX = 4  # a job holds up to 3 at once (claims, renewals, recording)
+# A session's job holds up to 3 at once (claims, renewals, recording); a job serving
+# several sessions runs up to 4 of them at a time, which share these.
+POOL_MAX = 8
 
 
 @dataclass

@@ -14,6 +14,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError, ResponseError
 from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.queue import EnqueueData
 
@@ -27,7 +28,13 @@ from hub.constants import (
 
 log = logging.getLogger(__name__)
 
-DELIVER_FUNC = "hub.jobs.deliver.deliver_session"
+DELIVER_FUNC = "hub.jobs.deliver.deliver_session"          # one session's slot
+DELIVER_MANY_FUNC = "hub.jobs.deliver.deliver_sessions"    # several sessions' slots
+# Sessions kicked together share one RQ job, up to this many (a session at most once per
+# job): RQ's own work per job (~30 % of a worker's CPU for two-recipient sessions, an
+# eighth of the API's for the hand-off) is then paid once per batch. Small enough that a
+# batch still spreads over several workers.
+SESSIONS_PER_JOB = 16
 WEBHOOKS_KICK_KEY = REDIS_PREFIX + "kick:webhooks"
 WEBHOOKS_KICK_TTL_S = 60
 VOICE_ACTIVE_KEY = REDIS_PREFIX + "voice:active"
@@ -125,16 +132,35 @@ def _stale_markers(keys: list[str], markers: list[Any]
 
 
 def _claims(wanted: list[Kick], markers: list[Any], stale: set[int]) -> list[Claim]:
-    """The slots to take for each session: free ones (or stale) up to the jobs wanted."""
+    """The slots to take for each session: free ones (or stale) up to the jobs wanted,
+    each with the job it goes in (`_jobs_for`)."""
     per = MAX_PARALLEL_JOBS_PER_SESSION
-    claims: list[Claim] = []
+    slots: list[tuple[str, str, int, Any]] = []
     for at, (sid, type_, jobs) in enumerate(wanted):
         base = at * per
         free = [n for n in range(per) if markers[base + n] is None or base + n in stale]
         need = jobs - (per - len(free))
-        claims += [(sid, type_, n, uuid.uuid4().hex, markers[base + n])
-                   for n in free[:max(0, need)]]
-    return claims
+        slots += [(sid, type_, n, markers[base + n]) for n in free[:max(0, need)]]
+    return [(sid, type_, n, job_id, old)
+            for (sid, type_, n, old), job_id in zip(slots, _jobs_for(slots), strict=True)]
+
+
+def _jobs_for(slots: Sequence[tuple[str, str, int, Any]]) -> list[str]:
+    """A job id for each slot: slots of one queue share a job, up to SESSIONS_PER_JOB of
+    them, never two of one session (a session's parallel jobs may go to other workers)."""
+    open_: dict[str, list[tuple[str, set[str]]]] = {}  # queue → jobs with room, sessions
+    ids = []
+    for sid, type_, _, _ in slots:
+        jobs = open_.setdefault(type_, [])
+        job = next((j for j in jobs if sid not in j[1]), None)
+        if job is None:
+            job = (uuid.uuid4().hex, set())
+            jobs.append(job)
+        job[1].add(sid)
+        if len(job[1]) >= SESSIONS_PER_JOB:
+            jobs.remove(job)
+        ids.append(job[0])
+    return ids
 
 
 def _take(pipe: Any, claims: list[Claim]) -> None:
@@ -191,9 +217,9 @@ class Kicker:
 
     def sessions(self, kicks: Sequence[Kick]) -> bool:
         """`session()` now, for many sessions in three Redis round trips: read every slot,
-        take the free ones wanted (SET NX), enqueue one job per slot taken (one more, when
-        some slot holds a `queued` marker: is its job there? A marker whose job never
-        reached Redis is taken again once SLOT_STALE_AFTER_S old). False if Redis failed
+        take the free ones wanted (SET NX), enqueue the jobs for the slots taken (sessions
+        share jobs, see `_jobs_for`). One more round when some slot holds a `queued`
+        marker: is its job still waiting (`_stale_markers`)? False if Redis failed
         (the reconciler enqueues them later)."""
         wanted = _wanted(kicks)
         steps = self._steps(wanted)
@@ -246,14 +272,19 @@ class Kicker:
         if not claims:
             return
         taken = yield False, lambda pipe: _take(pipe, claims)
-        jobs_by_queue: dict[str, list[EnqueueData]] = {}
+        members: dict[str, tuple[str, list[tuple[str, int]]]] = {}  # job id → queue, slots
         for (sid, type_, n, job_id, _), won in zip(claims, taken, strict=True):
             if won:
-                jobs_by_queue.setdefault(type_, []).append(Queue.prepare_data(
-                    DELIVER_FUNC, (sid, n), job_id=job_id, timeout=JOB_TIMEOUT_S,
-                    result_ttl=JOB_RESULT_TTL_S, failure_ttl=JOB_FAILURE_TTL_S))
-        if not jobs_by_queue:
+                members.setdefault(job_id, (type_, []))[1].append((sid, n))
+        if not members:
             return
+        jobs_by_queue: dict[str, list[EnqueueData]] = {}
+        for job_id, (type_, slots) in members.items():
+            func, args = ((DELIVER_FUNC, slots[0]) if len(slots) == 1
+                          else (DELIVER_MANY_FUNC, (slots,)))
+            jobs_by_queue.setdefault(type_, []).append(Queue.prepare_data(
+                func, args, job_id=job_id, timeout=JOB_TIMEOUT_S,
+                result_ttl=JOB_RESULT_TTL_S, failure_ttl=JOB_FAILURE_TTL_S))
 
         def enqueue(pipe: Any) -> None:
             for type_, datas in jobs_by_queue.items():
@@ -263,13 +294,14 @@ class Kicker:
 
     def to_back(self, session_id: str, transport_type: str) -> int:
         """Take the session's jobs still waiting on its queue off it (to be kicked again at
-        the back, after the other sessions' jobs); returns how many were taken."""
+        the back, after the other sessions' jobs); returns how many were taken. A job it
+        shares with other sessions stays where it is (taking it would take them too)."""
         taken = 0
         try:
             for n in range(MAX_PARALLEL_JOBS_PER_SESSION):
                 key = slot_key(session_id, n)
                 job_id = queued_job(self.redis.get(key))
-                if job_id is None:
+                if job_id is None or self._shared(job_id):
                     continue
                 if self.redis.lrem(f"rq:queue:{transport_type}", 0, job_id):
                     self.redis.delete(key, f"rq:job:{job_id}")
@@ -277,6 +309,13 @@ class Kicker:
         except RedisError as exc:
             log.warning("could not move session %s to the back of its queue: %s", session_id, exc)
         return taken
+
+    def _shared(self, job_id: str) -> bool:
+        """Whether the job serves several sessions."""
+        try:
+            return bool(Job.fetch(job_id, connection=self.redis).func_name == DELIVER_MANY_FUNC)
+        except NoSuchJobError:
+            return False
 
     def webhooks(self) -> bool:
         """Ask the workers' webhook threads for a drain (they also sweep every few seconds)."""

@@ -18,9 +18,12 @@ from rq.job import Job, JobStatus
 
 from hub.aredis import async_redis
 from hub.config import Settings
+from hub.dev.smtp import SmtpSink
 from hub.jobs import reconciler
 from hub.jobs.queueing import (
     DELIVER_FUNC,
+    DELIVER_MANY_FUNC,
+    SESSIONS_PER_JOB,
     SLOT_QUEUED_TTL_S,
     Kick,
     Kicker,
@@ -47,10 +50,18 @@ def queued_jobs(redis: Redis, queue: str) -> dict[str, list[int]]:
     """session id → the job slots of the delivery jobs waiting on `queue`."""
     out: dict[str, list[int]] = {}
     for job in Queue(queue, connection=redis).get_jobs():
-        assert job.func_name == DELIVER_FUNC
-        session_id, slot = job.args
-        out.setdefault(session_id, []).append(slot)
+        for session_id, slot in job_slots(job):
+            out.setdefault(session_id, []).append(slot)
     return {sid: sorted(slots) for sid, slots in out.items()}
+
+
+def job_slots(job: Job) -> list[tuple[str, int]]:
+    """The (session id, slot) pairs a delivery job serves."""
+    if job.func_name == DELIVER_FUNC:
+        session_id, slot = job.args
+        return [(session_id, slot)]
+    assert job.func_name == DELIVER_MANY_FUNC
+    return [(sid, n) for sid, n in job.args[0]]
 
 
 async def kick(kicker: Kicker, kicks: list[Kick], driver: str) -> bool:
@@ -121,7 +132,8 @@ async def test_a_slot_whose_job_a_dead_worker_took_is_taken_again(
     marker, and a started job's young marker is left (its worker may be marking it now)."""
     dead, abandoned, young, long_wait = sessions = [str(uuid.uuid4()) for _ in range(4)]
     kicker = Kicker(redis)
-    assert kicker.sessions([(sid, "email", 1) for sid in sessions])
+    for sid in sessions:  # one job each
+        assert kicker.sessions([(sid, "email", 1)])
     jobs = {sid: queued_job(redis.get(slot_key(sid, 0))) for sid in sessions}
     queue = Queue("email", connection=redis)
     for sid, status in ((dead, JobStatus.STARTED), (abandoned, JobStatus.FAILED),
@@ -139,6 +151,56 @@ async def test_a_slot_whose_job_a_dead_worker_took_is_taken_again(
         assert redis.ttl(slot_key(sid, 0)) > SLOT_QUEUED_TTL_S - 10
     for sid in (young, long_wait):
         assert queued_job(redis.get(slot_key(sid, 0))) == jobs[sid]
+
+
+@pytest.mark.parametrize("driver", ["blocking", "asyncio"])
+async def test_sessions_kicked_together_share_jobs(db: Any, redis: Redis, driver: str) -> None:
+    """40 sessions kicked at once (the API's batch of hand-offs, the reconciler's) go in
+    ceil(40 / SESSIONS_PER_JOB) jobs, each session's slot marker naming the job that
+    serves it; a session wanting three jobs gets three, in three different jobs."""
+    sessions = [str(uuid.uuid4()) for _ in range(40)]
+    wide = sessions[5]
+    kicks: list[Kick] = [(sid, "email", 3 if sid == wide else 1) for sid in sessions]
+    assert await kick(Kicker(redis), kicks, driver)
+    jobs = Queue("email", connection=redis).get_jobs()
+    assert len(jobs) == -(-42 // SESSIONS_PER_JOB)
+    assert queued_jobs(redis, "email") == {sid: [0, 1, 2] if sid == wide else [0]
+                                            for sid in sessions}
+    for job in jobs:
+        served = job_slots(job)
+        assert len({sid for sid, _ in served}) == len(served) <= SESSIONS_PER_JOB
+        for sid, n in served:
+            assert queued_job(redis.get(slot_key(sid, n))) == job.id
+
+
+def test_a_session_moving_back_leaves_a_job_it_shares(db: Any, redis: Redis) -> None:
+    """A job whose turn is over takes its session's waiting jobs off the queue to kick
+    them again at the back; a job shared with other sessions stays (taking it would
+    take them too), its own job goes."""
+    alone, shared, other = (str(uuid.uuid4()) for _ in range(3))
+    kicker = Kicker(redis)
+    assert kicker.sessions([(alone, "email", 1)])
+    assert kicker.sessions([(shared, "email", 1), (other, "email", 1)])
+    assert kicker.to_back(alone, "email") == 1
+    assert kicker.to_back(shared, "email") == 0
+    assert queued_jobs(redis, "email") == {shared: [0], other: [0]}
+    assert redis.get(slot_key(alone, 0)) is None
+
+
+async def test_sessions_sharing_jobs_are_each_delivered_once(
+        api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink],
+        procs: Procs, redis: Redis) -> None:
+    """A burst of 60 submissions (whose hand-offs the API batches into shared jobs), then
+    a worker: every session completes and every recipient gets one message."""
+    _, sink = smtp_sink
+    created = await asyncio.gather(*(submit(api, i) for i in range(60)))
+    assert len(Queue("email", connection=redis).get_jobs()) < 60
+    procs.worker()
+    for sid in created:
+        done = await api.wait_status(sid)
+        assert done["counts"] == {"delivered": 1}, done
+    assert sorted(r.rcpt for r in sink.received) == sorted(f"r{i}@example.com"
+                                                            for i in range(60))
 
 
 async def test_a_kick_with_redis_away_answers_false_at_once() -> None:
