@@ -41,7 +41,9 @@ REDIS_PREFIX: Final = "hub:"
 RECONCILER_LOCK_KEY: Final = REDIS_PREFIX + "lock:reconciler"
 SCHEDULER_LOCK_PREFIX: Final = REDIS_PREFIX + "lock:scheduler:"  # + queue name
 
-JOB_TIMEOUT_S: Final = 600
+JOB_TIMEOUT_S: Final = 600  # per session a job serves at once (see SESSIONS_AT_ONCE)
+# A job serving several sessions kicked together runs this many of them at a time.
+SESSIONS_AT_ONCE: Final = 4
 JOB_RESULT_TTL_S: Final = 60
 JOB_FAILURE_TTL_S: Final = 86_400
 FLUSH_EVERY_RESULTS: Final = 50

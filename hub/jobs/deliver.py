@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from functools import cache, partial
 from typing import Any
@@ -36,7 +36,7 @@ from hub.store.deliveries import Outcome, Recorded
 from hub.transports.registry import sending_spec
 
 log = logging.getLogger(__name__)
-SESSIONS_AT_ONCE = 4  # of a job serving several sessions (see jobloop.POOL_MAX)
+OTHERS_SERVE: dict[str, Any] = {"sent": 0, "reason": "other jobs serve this session"}
 
 
 def deliver_session(session_id: str, slot: int | None = None) -> dict[str, Any]:
@@ -60,13 +60,35 @@ def deliver_sessions(slots: list[tuple[str, int]]) -> dict[str, Any]:
 
 async def _deliver_many(settings: Settings, sessions: list[tuple[uuid.UUID, int]],
                         shared: Shared) -> dict[str, Any]:
-    room = asyncio.Semaphore(SESSIONS_AT_ONCE)
+    # Every slot is marked `running` (with its heartbeat) before any session waits for
+    # its place in this job: a marker left `queued` past a minute would look stale to the
+    # next kick, which would queue a second job for the slot.
+    slots = [Slot(shared.aredis, str(sid), n) for sid, n in sessions]
+    room = asyncio.Semaphore(c.SESSIONS_AT_ONCE)
+    waiting = 0
+    try:
+        taken = await asyncio.gather(*(slot.take() for slot in slots))
 
-    async def one(session_id: uuid.UUID, slot: int) -> dict[str, Any]:
-        async with room:
-            return await _deliver(settings, session_id, slot, shared)
+        async def one(session_id: uuid.UUID, slot: Slot, ok: bool) -> dict[str, Any]:
+            nonlocal waiting
+            if not ok:
+                return OTHERS_SERVE
+            waiting += 1
+            async with room:
+                waiting -= 1
+                try:  # a session that has had its slice gives way to those waiting here
+                    return await _serve(settings, session_id, slot, shared,
+                                        lambda: waiting > 0)
+                finally:
+                    await slot.release()
 
-    results = await asyncio.gather(*(one(*s) for s in sessions), return_exceptions=True)
+        results = await asyncio.gather(
+            *(one(sid, slot, ok) for (sid, _), slot, ok in zip(sessions, slots, taken,
+                                                               strict=True)),
+            return_exceptions=True)
+    finally:
+        for slot in slots:
+            await slot.release()
     errors = [r for r in results if isinstance(r, BaseException)]
     for (session_id, _), r in zip(sessions, results, strict=True):
         if isinstance(r, BaseException):
@@ -88,11 +110,16 @@ async def _deliver(settings: Settings, session_id: uuid.UUID, slot_no: int | Non
     slot = Slot(shared.aredis, str(session_id), slot_no)
     try:
         if not await slot.take():
-            return {"sent": 0, "reason": "other jobs serve this session"}
-        engine = Engine(settings, shared.pool, Kicker(shared.redis), shared.aredis)
-        return await engine.run(session_id, slot)
+            return OTHERS_SERVE
+        return await _serve(settings, session_id, slot, shared)
     finally:
         await slot.release()
+
+
+async def _serve(settings: Settings, session_id: uuid.UUID, slot: Slot, shared: Shared,
+                 others_waiting: Callable[[], bool] | None = None) -> dict[str, Any]:
+    engine = Engine(settings, shared.pool, Kicker(shared.redis), shared.aredis)
+    return await engine.run(session_id, slot, others_waiting)
 
 
 class Engine:
@@ -104,12 +131,13 @@ class Engine:
         self.redis = redis
         self.owner = f"job:{uuid.uuid4().hex}"
 
-    async def run(self, session_id: uuid.UUID, slot: Slot) -> dict[str, Any]:
+    async def run(self, session_id: uuid.UUID, slot: Slot,
+                  others_waiting: Callable[[], bool] | None = None) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             session = await _activate(conn, session_id)
         if session is None:
             return {"sent": 0, "reason": "session not active"}
-        turn = Turn(self.redis, session["transport_type"], str(session["id"]))
+        turn = Turn(self.redis, session["transport_type"], str(session["id"]), others_waiting)
         try:
             sent = await self._work(session, turn)
         finally:

@@ -24,6 +24,7 @@ from hub.constants import (
     JOB_TIMEOUT_S,
     MAX_PARALLEL_JOBS_PER_SESSION,
     REDIS_PREFIX,
+    SESSIONS_AT_ONCE,
 )
 
 log = logging.getLogger(__name__)
@@ -282,8 +283,9 @@ class Kicker:
         for job_id, (type_, slots) in members.items():
             func, args = ((DELIVER_FUNC, slots[0]) if len(slots) == 1
                           else (DELIVER_MANY_FUNC, (slots,)))
+            rounds = math.ceil(len(slots) / SESSIONS_AT_ONCE)  # each session's own bound
             jobs_by_queue.setdefault(type_, []).append(Queue.prepare_data(
-                func, args, job_id=job_id, timeout=JOB_TIMEOUT_S,
+                func, args, job_id=job_id, timeout=JOB_TIMEOUT_S * rounds,
                 result_ttl=JOB_RESULT_TTL_S, failure_ttl=JOB_FAILURE_TTL_S))
 
         def enqueue(pipe: Any) -> None:

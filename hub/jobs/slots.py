@@ -1,10 +1,12 @@
 """A delivery job's slot (see `Kicker.session`) and its turn on the queue.
 
 The slot marker says "a job serves this session": `running` with a heartbeat while the
-job runs, deleted when it ends. `Turn` tells a job when to hand the worker over: once it
+job runs (a job serving several sessions marks all of their slots as it starts), deleted
+when it ends. `Turn` tells a job when to hand the worker over: once it
 has run JOB_SLICE_S while jobs of other sessions wait on its queue, it stops, takes its
 session's other waiting jobs off the queue and kicks them all again at the back, so
-sessions are served in turn.
+sessions are served in turn. A job serving several sessions also ends a session's turn
+when others wait for their place in the job.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from contextlib import suppress
 
 from redis.asyncio import Redis
@@ -83,10 +86,12 @@ class Slot:
 class Turn:
     """`await turn.over()`: true once this job should let other sessions' jobs run."""
 
-    def __init__(self, redis: Redis, queue: str, session_id: str) -> None:
+    def __init__(self, redis: Redis, queue: str, session_id: str,
+                 others_waiting: Callable[[], bool] | None = None) -> None:
         self.redis = redis
         self.queue = queue
         self.session_id = session_id
+        self.others_waiting = others_waiting  # sessions waiting inside this job (shared)
         self.started = time.monotonic()
         self.checked = 0.0
         self.yielded = False
@@ -96,6 +101,9 @@ class Turn:
         if now - self.started < JOB_SLICE_S or now - self.checked < TURN_CHECK_S:
             return False
         self.checked = now
+        if self.others_waiting is not None and self.others_waiting():
+            self.yielded = True
+            return True
         try:
             self.yielded = await asyncio.wait_for(self._others_waiting(), REDIS_TIMEOUT_S)
         except (RedisError, OSError, TimeoutError):

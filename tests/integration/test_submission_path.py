@@ -18,6 +18,7 @@ from rq.job import Job, JobStatus
 
 from hub.aredis import async_redis
 from hub.config import Settings
+from hub.constants import SESSIONS_AT_ONCE
 from hub.dev.smtp import SmtpSink
 from hub.jobs import reconciler
 from hub.jobs.queueing import (
@@ -201,6 +202,67 @@ async def test_sessions_sharing_jobs_are_each_delivered_once(
         assert done["counts"] == {"delivered": 1}, done
     assert sorted(r.rcpt for r in sink.received) == sorted(f"r{i}@example.com"
                                                             for i in range(60))
+
+
+async def one_job_for(redis: Redis, sessions: list[str]) -> Job:
+    """Forget the API's own hand-offs of these sessions and kick them in one batch: one
+    shared job (what the API does with submissions that arrive together)."""
+    for key in redis.scan_iter("hub:job:*"):
+        redis.delete(key)
+    redis.delete("rq:queue:email")
+    assert Kicker(redis).sessions([(sid, "email", 1) for sid in sessions])
+    (job,) = Queue("email", connection=redis).get_jobs()
+    assert sorted(job_slots(job)) == sorted((sid, 0) for sid in sessions)
+    return job
+
+
+async def test_a_shared_job_marks_every_slot_running_as_it_starts(
+        api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink],
+        procs: Procs, redis: Redis) -> None:
+    """Sessions waiting for their place in a shared job hold their slots `running` (with
+    a heartbeat), not `queued` naming a job that has started: such a marker past a minute
+    old is stale, and the next kick would queue a second job for the slot."""
+    _, sink = smtp_sink
+    sink.delay_s = 0.5
+    sessions = [await submit(api, i) for i in range(10)]
+    job = await one_job_for(redis, sessions)
+    procs.worker()
+    deadline = time.monotonic() + 20
+    while not sink.received and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert sink.received, "nothing was delivered"
+    markers = [redis.get(slot_key(sid, 0)) for sid in sessions]
+    assert b"queued:" + job.id.encode() not in markers
+    assert markers.count(b"running") > SESSIONS_AT_ONCE, markers  # waiting ones too
+    for sid in sessions:
+        assert (await api.wait_status(sid))["counts"] == {"delivered": 1}
+    assert [redis.get(slot_key(sid, 0)) for sid in sessions] == [None] * 10
+
+
+async def test_a_long_session_gives_its_place_in_a_shared_job_to_those_waiting(
+        api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink],
+        procs: Procs, redis: Redis) -> None:
+    """Four 30-recipient sessions and a one-recipient one in one job, one message at a
+    time at 0.1 s each: after its slice a long session gives way, so the short one is
+    delivered while the long ones still have most of their work left (it waited behind
+    them to the end before)."""
+    _, sink = smtp_sink
+    sink.delay_s = 0.1
+    long_ = []
+    for i in range(4):
+        status, body = await api.post("/v1/sessions", {
+            "transport": {"type": "email", "subject": "Hi", "message": "Hello"},
+            "audience": [f"l{i}-{k}@example.com" for k in range(30)],
+            "options": {"trigger": "immediate"}})
+        assert status == 201, body
+        long_.append(str(body["sessionId"]))
+    short = await submit(api, 0)
+    await one_job_for(redis, [*long_, short])
+    procs.worker(HUB_SEND_CONCURRENCY="1")
+    await api.wait_status(short)
+    assert len(sink.received) < 4 * 30 * 0.6, len(sink.received)
+    for sid in long_:
+        assert (await api.wait_status(sid))["counts"] == {"delivered": 30}
 
 
 async def test_a_kick_with_redis_away_answers_false_at_once() -> None:
