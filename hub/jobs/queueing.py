@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,6 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError, ResponseError
 from rq import Queue
-from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.queue import EnqueueData
 
@@ -36,6 +36,7 @@ DELIVER_MANY_FUNC = "hub.jobs.deliver.deliver_sessions"    # several sessions' s
 # eighth of the API's for the hand-off) is then paid once per batch. Small enough that a
 # batch still spreads over several workers.
 SESSIONS_PER_JOB = 16
+SHARED_JOB = "shared-"  # the id of a job made for several sessions starts so
 WEBHOOKS_KICK_KEY = REDIS_PREFIX + "kick:webhooks"
 WEBHOOKS_KICK_TTL_S = 60
 VOICE_ACTIVE_KEY = REDIS_PREFIX + "voice:active"
@@ -148,7 +149,8 @@ def _claims(wanted: list[Kick], markers: list[Any], stale: set[int]) -> list[Cla
 
 def _jobs_for(slots: Sequence[tuple[str, str, int, Any]]) -> list[str]:
     """A job id for each slot: slots of one queue share a job, up to SESSIONS_PER_JOB of
-    them, never two of one session (a session's parallel jobs may go to other workers)."""
+    them, never two of one session (a session's parallel jobs may go to other workers).
+    A job meant for several slots has an id starting SHARED_JOB (`shared_job`)."""
     open_: dict[str, list[tuple[str, set[str]]]] = {}  # queue → jobs with room, sessions
     ids = []
     for sid, type_, _, _ in slots:
@@ -161,7 +163,13 @@ def _jobs_for(slots: Sequence[tuple[str, str, int, Any]]) -> list[str]:
         if len(job[1]) >= SESSIONS_PER_JOB:
             jobs.remove(job)
         ids.append(job[0])
-    return ids
+    sizes = Counter(ids)
+    return [SHARED_JOB + i if sizes[i] > 1 else i for i in ids]
+
+
+def shared_job(job_id: str) -> bool:
+    """Whether a job (by id) was made to serve several sessions."""
+    return job_id.startswith(SHARED_JOB)
 
 
 def _take(pipe: Any, claims: list[Claim]) -> None:
@@ -303,7 +311,7 @@ class Kicker:
             for n in range(MAX_PARALLEL_JOBS_PER_SESSION):
                 key = slot_key(session_id, n)
                 job_id = queued_job(self.redis.get(key))
-                if job_id is None or self._shared(job_id):
+                if job_id is None or shared_job(job_id):
                     continue
                 if self.redis.lrem(f"rq:queue:{transport_type}", 0, job_id):
                     self.redis.delete(key, f"rq:job:{job_id}")
@@ -311,13 +319,6 @@ class Kicker:
         except RedisError as exc:
             log.warning("could not move session %s to the back of its queue: %s", session_id, exc)
         return taken
-
-    def _shared(self, job_id: str) -> bool:
-        """Whether the job serves several sessions."""
-        try:
-            return bool(Job.fetch(job_id, connection=self.redis).func_name == DELIVER_MANY_FUNC)
-        except NoSuchJobError:
-            return False
 
     def webhooks(self) -> bool:
         """Ask the workers' webhook threads for a drain (they also sweep every few seconds)."""

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from hub.constants import MAX_PARALLEL_JOBS_PER_SESSION
-from hub.jobs.queueing import SLOT_RUNNING_TTL_S, queued_job, slot_key
+from hub.jobs.queueing import SLOT_RUNNING_TTL_S, queued_job, shared_job, slot_key
 
 log = logging.getLogger(__name__)
 JOB_SLICE_S = 1.0
@@ -116,5 +116,7 @@ class Turn:
             return False
         mine = await self.redis.mget([slot_key(self.session_id, n)
                                       for n in range(MAX_PARALLEL_JOBS_PER_SESSION)])
-        own_queued = sum(1 for v in mine if queued_job(v) is not None)
+        # the session's own jobs on the queue; one it shares stands for other sessions too
+        own_queued = sum(1 for v in mine
+                         if (job := queued_job(v)) is not None and not shared_job(job))
         return bool(waiting > own_queued)

@@ -29,8 +29,10 @@ from hub.jobs.queueing import (
     Kick,
     Kicker,
     queued_job,
+    shared_job,
     slot_key,
 )
+from hub.jobs.slots import JOB_SLICE_S, Turn
 from tests.conftest import DB_URL, REDIS_URL, Procs
 from tests.helpers import Api, free_port
 
@@ -263,6 +265,31 @@ async def test_a_long_session_gives_its_place_in_a_shared_job_to_those_waiting(
     assert len(sink.received) < 4 * 30 * 0.6, len(sink.received)
     for sid in long_:
         assert (await api.wait_status(sid))["counts"] == {"delivered": 30}
+
+
+async def test_a_session_whose_other_jobs_are_shared_still_gives_way(
+        db: Any, redis: Redis) -> None:
+    """A session past its slice gives way when other sessions' work waits on its queue.
+    Its own waiting jobs do not count as others', but a job it shares with another
+    session does: that session waits too."""
+    running, partner, lone = (str(uuid.uuid4()) for _ in range(3))
+    kicker = Kicker(redis)
+    assert kicker.sessions([(running, "email", 1), (partner, "email", 1)])  # one job
+    (job,) = Queue("email", connection=redis).get_jobs()
+    assert shared_job(job.id)
+    aredis = async_redis(REDIS_URL)
+    try:
+        turn = Turn(aredis, "email", running)
+        turn.started -= JOB_SLICE_S
+        assert await turn.over()  # the partner waits in the shared job
+        redis.delete("rq:queue:email")
+        assert kicker.sessions([(lone, "email", 1)])  # a job of its own
+        assert not shared_job(queued_job(redis.get(slot_key(lone, 0))) or "")
+        turn = Turn(aredis, "email", lone)
+        turn.started -= JOB_SLICE_S
+        assert not await turn.over()  # only its own job waits
+    finally:
+        await aredis.aclose()
 
 
 async def test_a_kick_with_redis_away_answers_false_at_once() -> None:
