@@ -89,13 +89,15 @@ async def _deliver_many(settings: Settings, sessions: list[tuple[uuid.UUID, int]
     finally:
         for slot in slots:
             await slot.release()
-    errors = [r for r in results if isinstance(r, BaseException)]
+    done, errors = {}, []
     for (session_id, _), r in zip(sessions, results, strict=True):
         if isinstance(r, BaseException):
             log.error("delivery job of session %s failed", session_id, exc_info=r)
+            errors.append(r)
+        done[str(session_id)] = r
     if errors:
         raise errors[0]
-    return {str(sid): r for (sid, _), r in zip(sessions, results, strict=True)}
+    return done
 
 
 @cache
