@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 from pydantic import ValidationError
 from redis.asyncio import Redis as AsyncRedis
+from rq import get_current_job
 
 from hub import constants as c
 from hub.config import Settings, load_settings
@@ -44,7 +45,7 @@ def deliver_session(session_id: str, slot: int | None = None) -> dict[str, Any]:
     database pool and Redis clients it keeps between jobs."""
     settings = _settings()
     result: dict[str, Any] = run_job(
-        settings, partial(_deliver, settings, uuid.UUID(session_id), slot))
+        settings, partial(_deliver, settings, uuid.UUID(session_id), slot, _job_id()))
     return result
 
 
@@ -54,16 +55,23 @@ def deliver_sessions(slots: list[tuple[str, int]]) -> dict[str, Any]:
     the job (RQ keeps it) once the others are done."""
     settings = _settings()
     sessions = [(uuid.UUID(sid), slot) for sid, slot in slots]
-    result: dict[str, Any] = run_job(settings, partial(_deliver_many, settings, sessions))
+    result: dict[str, Any] = run_job(settings, partial(_deliver_many, settings, sessions,
+                                                       _job_id()))
     return result
 
 
+def _job_id() -> str:
+    """The running RQ job's id (its slots' markers name it); a fresh one outside RQ."""
+    job = get_current_job()
+    return job.id if job is not None else f"direct-{uuid.uuid4().hex}"
+
+
 async def _deliver_many(settings: Settings, sessions: list[tuple[uuid.UUID, int]],
-                        shared: Shared) -> dict[str, Any]:
+                        job_id: str, shared: Shared) -> dict[str, Any]:
     # Every slot is marked `running` (with its heartbeat) before any session waits for
     # its place in this job: a marker left `queued` past a minute would look stale to the
     # next kick, which would queue a second job for the slot.
-    slots = [Slot(shared.aredis, str(sid), n) for sid, n in sessions]
+    slots = [Slot(shared.aredis, str(sid), n, job_id) for sid, n in sessions]
     room = asyncio.Semaphore(c.SESSIONS_AT_ONCE)
     waiting = 0
     try:
@@ -108,8 +116,8 @@ def _settings() -> Settings:
 
 
 async def _deliver(settings: Settings, session_id: uuid.UUID, slot_no: int | None,
-                   shared: Shared) -> dict[str, Any]:
-    slot = Slot(shared.aredis, str(session_id), slot_no)
+                   job_id: str, shared: Shared) -> dict[str, Any]:
+    slot = Slot(shared.aredis, str(session_id), slot_no, job_id)
     try:
         if not await slot.take():
             return OTHERS_SERVE

@@ -1,8 +1,11 @@
 """A delivery job's slot (see `Kicker.session`) and its turn on the queue.
 
-The slot marker says "a job serves this session": `running` with a heartbeat while the
-job runs (a job serving several sessions marks all of their slots as it starts), deleted
-when it ends. `Turn` tells a job when to hand the worker over: once it
+The slot marker says "a job serves this session": `queued:<job id>` while its job waits,
+`running:<job id>` with a heartbeat while the job runs (a job serving several sessions
+marks all of their slots as it starts), deleted when it ends. A job changes a marker only
+while it names that job (or has lapsed): a job whose slot another job was given meanwhile
+(a kick judged its marker stale) leaves the session to that job, and neither its
+heartbeat nor its end touches the other job's marker. `Turn` tells a job when to hand the worker over: once it
 has run JOB_SLICE_S while jobs of other sessions wait on its queue, it stops, takes its
 session's other waiting jobs off the queue and kicks them all again at the back, so
 sessions are served in turn. A job serving several sessions also ends a session's turn
@@ -27,35 +30,70 @@ log = logging.getLogger(__name__)
 JOB_SLICE_S = 1.0
 TURN_CHECK_S = 0.5
 REDIS_TIMEOUT_S = 2.0
+# KEYS[1] the slot; ARGV: the marker to accept besides none and our own, ours, its TTL
+TAKE_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] or cur == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def running(job_id: str) -> str:
+    """The marker of a slot whose job (by id) runs."""
+    return f"running:{job_id}"
 
 
 class Slot:
-    def __init__(self, redis: Redis, session_id: str, slot: int | None) -> None:
+    def __init__(self, redis: Redis, session_id: str, slot: int | None, job_id: str) -> None:
         self.redis = redis
         self.session_id = session_id
         self.slot = slot
+        self.job_id = job_id
+        self.marker = running(job_id)
         self._beat: asyncio.Task[None] | None = None
 
     async def take(self) -> bool:
-        """Mark the slot running; a job without one (a scheduled job) takes a free one, or
-        finds every slot busy (other jobs serve the session) and should end."""
+        """Mark the slot running. A job kicked for a slot takes it unless the slot names
+        another job now (then that job serves the session, and this one should end); a
+        job without one (a scheduled job) takes a free one, or finds every slot busy."""
         try:
             if self.slot is None:
                 for n in range(MAX_PARALLEL_JOBS_PER_SESSION):
-                    if await self.redis.set(slot_key(self.session_id, n), "running", nx=True,
-                                            ex=SLOT_RUNNING_TTL_S):
+                    if await self.redis.set(slot_key(self.session_id, n), self.marker,
+                                            nx=True, ex=SLOT_RUNNING_TTL_S):
                         self.slot = n
                         break
                 else:
                     return False
-            else:
-                await self.redis.set(self._key(), "running", ex=SLOT_RUNNING_TTL_S)
+            elif not await self._mark(f"queued:{self.job_id}"):
+                log.info("slot %d of session %s went to another job; it serves the session",
+                         self.slot, self.session_id)
+                return False
         except RedisError as exc:
             log.warning("job slot of session %s not marked: %s", self.session_id, exc)
             if self.slot is None:
                 return False  # no slot of our own: leave the session to its other jobs
         self._beat = asyncio.create_task(self._heartbeat())
         return True
+
+    async def _mark(self, also: str) -> bool:
+        """Mark the slot ours (`running`) if it is free, ours, or holds `also`."""
+        done = await self.redis.eval(TAKE_LUA, 1, self._key(), also, self.marker,
+                                     SLOT_RUNNING_TTL_S)
+        return bool(done)
+
+    async def refresh(self) -> bool:
+        """One heartbeat: keep the marker alive while it is ours (or has lapsed)."""
+        return await self._mark(self.marker)
 
     def _key(self) -> str:
         assert self.slot is not None
@@ -65,7 +103,10 @@ class Slot:
         while True:
             await asyncio.sleep(SLOT_RUNNING_TTL_S / 3)
             try:
-                await self.redis.set(self._key(), "running", ex=SLOT_RUNNING_TTL_S)
+                if not await self.refresh():
+                    log.warning("slot %d of session %s went to another job while this one"
+                                " ran (its heartbeat lapsed)", self.slot, self.session_id)
+                    return
             except RedisError as exc:
                 log.warning("job slot heartbeat failed: %s", exc)
 
@@ -77,7 +118,7 @@ class Slot:
             await self._beat
         self._beat = None
         try:
-            await self.redis.delete(self._key())
+            await self.redis.eval(RELEASE_LUA, 1, self._key(), self.marker)
         except RedisError as exc:
             log.warning("job slot of session %s not released (it lapses): %s",
                         self.session_id, exc)

@@ -235,7 +235,7 @@ async def test_a_shared_job_marks_every_slot_running_as_it_starts(
     assert sink.received, "nothing was delivered"
     markers = [redis.get(slot_key(sid, 0)) for sid in sessions]
     assert b"queued:" + job.id.encode() not in markers
-    assert markers.count(b"running") > SESSIONS_AT_ONCE, markers  # waiting ones too
+    assert markers.count(b"running:" + job.id.encode()) > SESSIONS_AT_ONCE, markers  # waiting ones too
     for sid in sessions:
         assert (await api.wait_status(sid))["counts"] == {"delivered": 1}
     assert [redis.get(slot_key(sid, 0)) for sid in sessions] == [None] * 10
