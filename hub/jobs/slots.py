@@ -2,10 +2,12 @@
 
 The slot marker says "a job serves this session": `queued:<job id>` while its job waits,
 `running:<job id>` with a heartbeat while the job runs (a job serving several sessions
-marks all of their slots as it starts), deleted when it ends. A job changes a marker only
-while it names that job (or has lapsed): a job whose slot another job was given meanwhile
-(a kick judged its marker stale) leaves the session to that job, and neither its
-heartbeat nor its end touches the other job's marker. `Turn` tells a job when to hand the worker over: once it
+marks all of their slots as it starts), deleted when it ends. A job that starts takes its
+slot unless another job runs it (then that job serves the session and this one ends):
+one only queued for another job (a kick gave it the slot when this job's marker lapsed or
+was judged stale) finds this one running and ends. Its heartbeat and end never touch
+another job's marker; while another job runs the slot it goes on beating, and marks the
+slot again once it is free. `Turn` tells a job when to hand the worker over: once it
 has run JOB_SLICE_S while jobs of other sessions wait on its queue, it stops, takes its
 session's other waiting jobs off the queue and kicks them all again at the back, so
 sessions are served in turn. A job serving several sessions also ends a session's turn
@@ -23,6 +25,7 @@ from contextlib import suppress
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from hub.aredis import Lua
 from hub.constants import MAX_PARALLEL_JOBS_PER_SESSION
 from hub.jobs.queueing import SLOT_RUNNING_TTL_S, queued_job, shared_job, slot_key
 
@@ -30,26 +33,24 @@ log = logging.getLogger(__name__)
 JOB_SLICE_S = 1.0
 TURN_CHECK_S = 0.5
 REDIS_TIMEOUT_S = 2.0
-# KEYS[1] the slot; ARGV: the marker to accept besides none and our own, ours, its TTL
-TAKE_LUA = """
+# KEYS[1] the slot, ARGV our marker and its TTL. A job that runs takes its slot when it
+# is free, ours, or only queued for another job (that job, a whole queue behind when a
+# long wait outlasted the first marker, finds it running and ends); it gives way only to
+# another job that runs.
+MARK = Lua("""
 local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] or cur == ARGV[2] then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+if cur == false or cur == ARGV[1] or string.sub(cur, 1, 7) == 'queued:' then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
   return 1
 end
 return 0
-"""
-RELEASE_LUA = """
+""")
+RELEASE = Lua("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-"""
-
-
-def running(job_id: str) -> str:
-    """The marker of a slot whose job (by id) runs."""
-    return f"running:{job_id}"
+""")
 
 
 class Slot:
@@ -57,14 +58,14 @@ class Slot:
         self.redis = redis
         self.session_id = session_id
         self.slot = slot
-        self.job_id = job_id
-        self.marker = running(job_id)
+        self.marker = f"running:{job_id}"  # the slot's marker while this job runs
+        self.beat_s = SLOT_RUNNING_TTL_S / 3
         self._beat: asyncio.Task[None] | None = None
 
     async def take(self) -> bool:
-        """Mark the slot running. A job kicked for a slot takes it unless the slot names
-        another job now (then that job serves the session, and this one should end); a
-        job without one (a scheduled job) takes a free one, or finds every slot busy."""
+        """Mark the slot running. A job kicked for a slot takes it unless another job
+        runs it (then that job serves the session, and this one should end); a job
+        without one (a scheduled job) takes a free one, or finds every slot busy."""
         try:
             if self.slot is None:
                 for n in range(MAX_PARALLEL_JOBS_PER_SESSION):
@@ -74,8 +75,8 @@ class Slot:
                         break
                 else:
                     return False
-            elif not await self._mark(f"queued:{self.job_id}"):
-                log.info("slot %d of session %s went to another job; it serves the session",
+            elif not await self.refresh():
+                log.info("slot %d of session %s: another job runs it and serves the session",
                          self.slot, self.session_id)
                 return False
         except RedisError as exc:
@@ -85,28 +86,26 @@ class Slot:
         self._beat = asyncio.create_task(self._heartbeat())
         return True
 
-    async def _mark(self, also: str) -> bool:
-        """Mark the slot ours (`running`) if it is free, ours, or holds `also`."""
-        done = await self.redis.eval(TAKE_LUA, 1, self._key(), also, self.marker,
-                                     SLOT_RUNNING_TTL_S)
-        return bool(done)
-
     async def refresh(self) -> bool:
-        """One heartbeat: keep the marker alive while it is ours (or has lapsed)."""
-        return await self._mark(self.marker)
+        """Mark the slot ours (`running`, for SLOT_RUNNING_TTL_S) unless another job runs
+        it; also each heartbeat."""
+        return bool(await MARK(self.redis, [self._key()], [self.marker, SLOT_RUNNING_TTL_S]))
 
     def _key(self) -> str:
         assert self.slot is not None
         return slot_key(self.session_id, self.slot)
 
     async def _heartbeat(self) -> None:
+        """Beat while the job runs; while another job runs the slot (this one's marker
+        lapsed meanwhile), go on trying, so the slot is marked again once it is free."""
+        held = True
         while True:
-            await asyncio.sleep(SLOT_RUNNING_TTL_S / 3)
+            await asyncio.sleep(self.beat_s)
             try:
-                if not await self.refresh():
-                    log.warning("slot %d of session %s went to another job while this one"
-                                " ran (its heartbeat lapsed)", self.slot, self.session_id)
-                    return
+                was, held = held, await self.refresh()
+                if was and not held:
+                    log.warning("slot %d of session %s: another job runs it too (this"
+                                " job's marker lapsed)", self.slot, self.session_id)
             except RedisError as exc:
                 log.warning("job slot heartbeat failed: %s", exc)
 
@@ -118,7 +117,7 @@ class Slot:
             await self._beat
         self._beat = None
         try:
-            await self.redis.eval(RELEASE_LUA, 1, self._key(), self.marker)
+            await RELEASE(self.redis, [self._key()], [self.marker])
         except RedisError as exc:
             log.warning("job slot of session %s not released (it lapses): %s",
                         self.session_id, exc)

@@ -37,9 +37,10 @@ async def finished(redis: Redis, job_id: str, timeout_s: float = 30) -> Job:
 async def test_a_job_whose_slot_went_to_another_job_leaves_the_session_to_it(
         api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink],
         procs: Procs, redis: Redis) -> None:
-    """The API's job for a session waits on the queue; meanwhile its slot is given to
-    another job (as a kick does with a marker it judges stale). The first job to run
-    sends nothing and leaves the marker to the other job, which delivers the session once."""
+    """The API's job for a session waits on the queue; meanwhile another job runs the
+    slot (the job was given it when the first one's marker was judged stale). The first
+    job sends nothing and leaves the marker to the other job, which delivers the session
+    once."""
     _, sink = smtp_sink
     status, body = await api.post("/v1/sessions", {
         "transport": {"type": "email", "subject": "Hi", "message": "Hello"},
@@ -48,14 +49,14 @@ async def test_a_job_whose_slot_went_to_another_job_leaves_the_session_to_it(
     sid = str(body["sessionId"])
     first = queued_job(redis.get(slot_key(sid, 0)))
     assert first is not None
-    redis.set(slot_key(sid, 0), "queued:the-other-job", ex=900)
+    redis.set(slot_key(sid, 0), "running:the-other-job", ex=900)
     procs.worker()
     job = await finished(redis, first)
     assert job.get_status() == JobStatus.FINISHED
     answer = job.return_value()
     answer = answer[sid] if shared_job(first) else answer
     assert answer == {"sent": 0, "reason": "other jobs serve this session"}
-    assert redis.get(slot_key(sid, 0)) == b"queued:the-other-job"
+    assert redis.get(slot_key(sid, 0)) == b"running:the-other-job"
     assert sink.received == []
     Queue("email", connection=redis).enqueue(DELIVER_FUNC, sid, 0, job_id="the-other-job")
     done = await api.wait_status(sid)
@@ -84,5 +85,51 @@ async def test_a_slot_retaken_meanwhile_is_left_to_its_new_job(redis: Redis) -> 
         assert redis.get(key) == b"running:job-2"
         assert not await Slot(aredis, sid, 0, "job-3").take()  # kicked for it: not its own
         assert redis.get(key) == b"running:job-2"
+    finally:
+        await aredis.aclose()
+
+
+async def test_a_job_that_starts_takes_its_slot_from_one_that_only_waits(redis: Redis) -> None:
+    """A waiting job's marker lapses after its 15 minutes even while the job still waits;
+    a kick then queues another job for the slot at the back. The job that starts first
+    serves the session (the later one finds it running and ends), rather than giving way
+    to a job a whole queue behind; and a marker naming a job that never reached the
+    queue does not hold it up either."""
+    sid = str(uuid.uuid4())
+    key = slot_key(sid, 0)
+    aredis = async_redis(REDIS_URL)
+    try:
+        redis.set(key, "queued:kicked-later", ex=900)
+        first = Slot(aredis, sid, 0, "waited-long")
+        assert await first.take()
+        assert redis.get(key) == b"running:waited-long"
+        assert not await Slot(aredis, sid, 0, "kicked-later").take()
+        await first.release()
+        assert redis.get(key) is None
+    finally:
+        await aredis.aclose()
+
+
+async def test_a_heartbeat_keeps_trying_and_takes_the_slot_back_once_free(
+        redis: Redis) -> None:
+    """A job whose marker another running job holds keeps beating: once that job ends,
+    its next beat marks the slot again (a kick would otherwise add a job beyond the
+    session's slots)."""
+    sid = str(uuid.uuid4())
+    key = slot_key(sid, 0)
+    aredis = async_redis(REDIS_URL)
+    try:
+        redis.set(key, "queued:job-1", ex=900)
+        slot = Slot(aredis, sid, 0, "job-1")
+        slot.beat_s = 0.1
+        assert await slot.take()
+        redis.set(key, "running:job-2", ex=15)
+        await asyncio.sleep(0.35)
+        assert redis.get(key) == b"running:job-2"
+        redis.delete(key)  # job 2 ended
+        await asyncio.sleep(0.35)
+        assert redis.get(key) == b"running:job-1"
+        await slot.release()
+        assert redis.get(key) is None
     finally:
         await aredis.aclose()
