@@ -46,6 +46,7 @@ VOICE_ALIVE_TTL_S = 10
 # A queued job's slot lapses after this long (a job lost with Redis loses its slot too);
 # a running job's after SLOT_RUNNING_TTL_S without a heartbeat (its worker died).
 SLOT_QUEUED_TTL_S = 900
+QUEUED = "queued:"  # a slot marker's prefix while its job waits (the job id follows)
 SLOT_RUNNING_TTL_S = 15
 # A `queued` marker whose job does not wait on the queue is stale past this age (see
 # `_stale_markers`); younger, it may be a kick between its two rounds.
@@ -105,7 +106,7 @@ def slot_key(session_id: str, slot: int) -> str:
 def queued_job(marker: bytes | str | None) -> str | None:
     """The job id a slot marker names while its job waits on the queue, else None."""
     text = marker.decode() if isinstance(marker, bytes) else marker
-    return text.removeprefix("queued:") if text and text.startswith("queued:") else None
+    return text.removeprefix(QUEUED) if text and text.startswith(QUEUED) else None
 
 
 Claim = tuple[str, str, int, str, Any]  # session, type, slot, job id, stale marker or None
@@ -176,7 +177,7 @@ def _take(pipe: Any, claims: list[Claim]) -> None:
     """Mark each claimed slot `queued:<job id>`: a free one if still free, a stale one if
     it still holds that stale marker (another kick may have taken it meanwhile)."""
     for sid, _, n, job_id, old in claims:
-        new = f"queued:{job_id}"
+        new = QUEUED + job_id
         if old is None:
             pipe.set(slot_key(sid, n), new, nx=True, ex=SLOT_QUEUED_TTL_S)
         else:

@@ -27,19 +27,19 @@ from redis.exceptions import RedisError
 
 from hub.aredis import Lua
 from hub.constants import MAX_PARALLEL_JOBS_PER_SESSION
-from hub.jobs.queueing import SLOT_RUNNING_TTL_S, queued_job, shared_job, slot_key
+from hub.jobs.queueing import QUEUED, SLOT_RUNNING_TTL_S, queued_job, shared_job, slot_key
 
 log = logging.getLogger(__name__)
 JOB_SLICE_S = 1.0
 TURN_CHECK_S = 0.5
 REDIS_TIMEOUT_S = 2.0
-# KEYS[1] the slot, ARGV our marker and its TTL. A job that runs takes its slot when it
-# is free, ours, or only queued for another job (that job, a whole queue behind when a
-# long wait outlasted the first marker, finds it running and ends); it gives way only to
-# another job that runs.
+# KEYS[1] the slot; ARGV our marker, its TTL, the queued markers' prefix. A job that runs
+# takes its slot when it is free, ours, or only queued for another job (that job, a whole
+# queue behind when a long wait outlasted the first marker, finds it running and ends);
+# it gives way only to another job that runs.
 MARK = Lua("""
 local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] or string.sub(cur, 1, 7) == 'queued:' then
+if cur == false or cur == ARGV[1] or string.sub(cur, 1, #ARGV[3]) == ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
   return 1
 end
@@ -89,7 +89,8 @@ class Slot:
     async def refresh(self) -> bool:
         """Mark the slot ours (`running`, for SLOT_RUNNING_TTL_S) unless another job runs
         it; also each heartbeat."""
-        return bool(await MARK(self.redis, [self._key()], [self.marker, SLOT_RUNNING_TTL_S]))
+        return bool(await MARK(self.redis, [self._key()],
+                               [self.marker, SLOT_RUNNING_TTL_S, QUEUED]))
 
     def _key(self) -> str:
         assert self.slot is not None

@@ -1,6 +1,6 @@
-"""A delivery job's slot marker belongs to the job it names: a job whose slot a kick gave
-to another job meanwhile (its `queued` marker judged stale) leaves the session to that job,
-and neither its heartbeat nor its end touches the other job's marker."""
+"""A delivery job's slot marker belongs to the job it names: a job that starts leaves its
+slot to another job that runs it, takes it from one only queued for it, and neither its
+heartbeat nor its end touches another job's marker."""
 
 from __future__ import annotations
 
