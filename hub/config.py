@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     metrics_cache_s: float = Field(default=2.0, ge=0)
     lookup_cache_s: float = Field(default=2.0, ge=0)
     api_max_in_flight: int = Field(default=256, ge=0)  # per API process; 0: no bound
+    api_processes: int = Field(default=1, ge=0, le=256)  # on one port (SO_REUSEPORT); 0: per CPU
     metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
     worker_nice: int = Field(default=10, ge=0, le=19)  # `hub worker` yields the CPU to the API

@@ -14,12 +14,12 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from hub.api import group
 from hub.api import state as st
 from hub.api.openapi import build_spec
 from hub.constants import QUEUES
 from hub.errors import Unauthorized, Unavailable
 from hub.jobs.queueing import VOICE_ACTIVE_KEY, VOICE_SETUP_KEY
-from hub.observe import metrics as process_metrics
 from hub.store import metrics as metric_counts
 
 routes = web.RouteTableDef()
@@ -118,7 +118,7 @@ async def _render(app: web.Application) -> str:
         lines += await asyncio.to_thread(_voice_lines, redis)
     except (RedisError, OSError):
         pass
-    return "\n".join(lines) + "\n" + process_metrics.exposition(process_metrics.API)
+    return "\n".join(lines) + "\n" + group.exposition()
 
 
 @routes.get("/openapi.json")

@@ -46,6 +46,11 @@ def fast_event_loops() -> None:
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.api import group
+
+    count = group.size(settings)
+    if count > 1 and group.folder() is None:
+        return group.supervise(settings, count)
     from hub.api.app import run
 
     run(settings)

@@ -69,6 +69,11 @@ OVERLOADED = Counter("hub_api_overloaded", "Client-API requests refused at once 
                      " overloaded (past HUB_API_MAX_IN_FLIGHT).", registry=API)
 
 
+def api_metric_names() -> set[str]:
+    """The families the API measures itself (without the process collector's)."""
+    return {family.name for metric in (RECEIPTS, OVERLOADED) for family in metric.collect()}
+
+
 def exposition(registry: CollectorRegistry) -> str:
     """The registry in the Prometheus text format (label values escaped by the library)."""
     return generate_latest(registry).decode()
