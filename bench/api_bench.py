@@ -3,10 +3,11 @@
 (a) Small instructions, open loop: `bench.loadgen` (its own process) offers POST
     /v1/sessions at fixed rates (RATES, 30 s each after a 5 s warm-up), each
     an immediate email session of 2 recipients with `webhookUrl` set, half of them with an
-    Idempotency-Key, while a `hub worker` delivers them (to an SMTP sink process) and the
-    webhooks go to a sink process. After each hub trial the worker gets at most
-    DRAIN_CAP_S to catch up; what it has not delivered by then it goes on delivering
-    during the next hub trials (the sessions still open when each trial starts are
+    Idempotency-Key, sent to `hub api` with HUB_API_PROCESSES=API_PROCESSES (one process
+    per CPU, as the README advises for the API's host), while a `hub worker` delivers them
+    (to an SMTP sink process) and the webhooks go to a sink process. After each hub trial
+    the worker gets at most DRAIN_CAP_S to catch up; what it has not delivered by then it
+    goes on delivering during the next hub trials (the sessions still open when each trial starts are
     reported as `backlog`). Reported per rate: achieved rate, p50/p99 latency (from when
     each request was due), errors. Baseline: `bench.baseline_api` (aiohttp + asyncpg, one
     INSERT per request, its own process) under the same generator, with the hub's worker
@@ -15,8 +16,9 @@
     500 ms. Targets: ≥ 3× the 1,013 req/s measured before (closed loop), p99 ≤ 50 ms at
     1,000 req/s.
 (b) POST /v1/sessions with a 100,000-recipient audience: time to 201; baseline: a raw
-    asyncpg COPY of the same rows into a table shaped like `deliveries`.
-(c) Peak RSS (VmHWM) of the API process while 4 such posts run at once.
+    asyncpg COPY of the same rows into a table shaped like `deliveries`. Sent to a
+    `hub api` of one process (started after (a)), so that (c) is one process's memory.
+(c) Peak RSS (VmHWM) of that API process while 4 such posts run at once.
 
     python -m bench.api_bench [--quick] [--trials N] [--rates 250,500,...]
 
@@ -63,6 +65,7 @@ TODAY_RPS = 1013.0  # small instructions before issue 12 (3 s closed loop, READM
 RATES = (250, 500, 1000, 2000)
 DRAIN_CAP_S = 30.0
 QUICK_RATES = (50, 100)
+API_PROCESSES = "0"  # HUB_API_PROCESSES for (a): one per CPU
 SUSTAINED_SHARE = 0.95
 SUSTAINED_P99_MS = 500.0
 
@@ -220,7 +223,8 @@ async def main(opts: Options, rates: tuple[float, ...] | None = None) -> list[Fi
     key = await new_app_key()
     port, base_port, smtp_port, sink_port = free_port(), free_port(), free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
-    procs = [spawn("hub.cli.main", "api", HUB_API_PORT=str(port)),
+    procs = [spawn("hub.cli.main", "api", HUB_API_PORT=str(port),
+                   HUB_API_PROCESSES=API_PROCESSES),
              spawn("hub.cli.main", "worker"),
              spawn("hub.dev.smtp", str(smtp_port)),
              spawn("bench.sink", str(sink_port)),
@@ -239,7 +243,11 @@ async def main(opts: Options, rates: tuple[float, ...] | None = None) -> list[Fi
         figures += await open_loop(url, key, f"http://127.0.0.1:{base_port}/v1/sessions",
                                    f"http://127.0.0.1:{sink_port}/hook", opts, rates,
                                    procs[1].pid)
-        figures += await big_posts(url, key, procs[0].pid, opts.pick(BIG, 2_000), opts)
+        single_port = free_port()
+        with processes(single := spawn("hub.cli.main", "api", HUB_API_PORT=str(single_port))):
+            wait_http(f"http://127.0.0.1:{single_port}/healthz")
+            figures += await big_posts(f"http://127.0.0.1:{single_port}", key, single.pid,
+                                       opts.pick(BIG, 2_000), opts)
     return figures
 
 

@@ -9,7 +9,7 @@ started only supervises:
   of its start failed to start (port taken by another program, database unreachable),
   and then the group stops with its exit code instead of restarting it forever;
 - SIGTERM or SIGINT stops every member gracefully (their own SIGTERM), SIGKILL after
-  STOP_S;
+  STOP_S; members get SIGTERM when the supervisor dies, however it dies;
 - the members' counters live in a directory of the group's own (prometheus-client's
   multiprocess mode), so `/metrics`, whichever member answers it, shows the group's
   totals, counts of members since replaced included; `process_*` are the live members'
@@ -20,6 +20,7 @@ is per member).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -47,6 +48,7 @@ MEMBERS = "members"  # in the group's directory: the live members' pids
 STARTUP_S = 10.0
 STOP_S = 20.0
 POLL_S = 0.2
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def size(settings: Settings) -> int:
@@ -92,7 +94,8 @@ class Supervisor:
         self.stopping = True
 
     def _start(self) -> None:
-        proc = subprocess.Popen([sys.executable, "-m", "hub.cli.main", "api"], env=self.env)
+        proc = subprocess.Popen([sys.executable, "-m", "hub.cli.main", "api"], env=self.env,
+                                preexec_fn=_die_with_supervisor)
         self.members[proc.pid] = (proc, time.monotonic())
         self._write_members()
 
@@ -131,6 +134,13 @@ class Supervisor:
         temporary = self.where / f"{MEMBERS}.new"
         temporary.write_text("".join(f"{pid}\n" for pid in self.members))
         temporary.replace(self.where / MEMBERS)
+
+
+def _die_with_supervisor() -> None:
+    """In a member, before it runs: SIGTERM when the supervisor is gone, even killed with
+    SIGKILL (Linux's parent-death signal), so no member is left holding the port."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def supervise(settings: Settings, count: int) -> int:

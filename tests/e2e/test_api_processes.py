@@ -120,6 +120,18 @@ async def test_two_processes_serve_one_port_as_one_api(
     assert not folder.exists()
 
 
+async def test_members_go_when_their_supervisor_is_killed(procs: Procs) -> None:
+    port = free_port()
+    supervisor = procs.api(port, HUB_API_PROCESSES="2")
+    await eventually(lambda: settled(supervisor, port), 20, "2 members")
+    left = members(supervisor.pid)
+    os.kill(supervisor.pid, signal.SIGKILL)  # the supervisor only, not its process group
+
+    async def gone() -> bool:
+        return not [p for p in left if Path(f"/proc/{p}").exists()] and listeners(port) == 0
+    await eventually(gone, 20, "the members to stop and the port to be free")
+
+
 def test_a_group_that_cannot_start_says_why_and_exits() -> None:
     with socket.socket() as taken:  # another program on the port (no SO_REUSEPORT)
         taken.bind(("127.0.0.1", 0))
