@@ -4,7 +4,9 @@ whatever the answers do, and print one JSON line with what happened.
 Request i is due at t0 + i / rate; its latency runs from when it was due (not from when it
 was sent), so a server or generator that falls behind shows up in the percentiles instead
 of quietly lowering the offered rate (no coordinated omission). `lagMaxMs` says how late
-the generator itself ever was in sending.
+the generator itself ever was in sending. A request refused or failed (any answer but
+201, or no answer) counts in the percentiles as TIMEOUT_S: its client did not get its
+session, so it cannot lower them.
 
     python -m bench.loadgen --url URL --key KEY --rate 500 --seconds 30 [--warmup 5]
         [--idempotent 0.5] [--webhook URL] [--audience 2]
@@ -77,11 +79,13 @@ async def phase(http: aiohttp.ClientSession, url: str, rate: float, seconds: flo
             lag_max = max(lag_max, -delay)
         tasks.append(asyncio.create_task(one(i, due)))
     await asyncio.gather(*tasks)
-    latencies.sort()
     ok = len(latencies)
+    latencies.sort()
+    counted = latencies + [TIMEOUT_S] * sum(errors.values())  # failures: as late as it gets
 
     def pct(q: float) -> float | None:
-        return round(latencies[min(ok - 1, int(q * ok))] * 1000, 2) if ok else None
+        n = len(counted)
+        return round(counted[min(n - 1, int(q * n))] * 1000, 2) if n else None
 
     elapsed = max(last_done - start, seconds) if ok else seconds
     return {"offered": rate, "seconds": seconds, "sent": total, "ok": ok,

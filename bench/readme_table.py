@@ -26,13 +26,15 @@ def table(doc: dict[str, Any]) -> str:
     m = doc.get("machine", {})
     v = doc.get("versions", {})
     lines = [
-        f"Measured {doc.get('date', '?')} on {m.get('cpu', '?')} ({m.get('cores', '?')} cores,"
+        "Each row names the run that measured it (`run`: when its figures were recorded, UTC;"
+        " the CPU; the hub's commit). The latest run: "
+        f"{doc.get('date', '?')} on {m.get('cpu', '?')} ({m.get('cores', '?')} cores,"
         f" {m.get('memoryMB', '?')} MB), {m.get('os', '?')}; Python {v.get('python', '?')},"
         f" {v.get('postgresql', '?')}, {v.get('redisServer', '?')}; hub {v.get('hub', '?')}."
         " Each value is the median of its trials, with the range (min–max) over them.",
         "",
-        "| figure | value | range | baseline | ratio | target | met | trials |",
-        "|---|---:|---|---:|---:|---|:-:|---:|",
+        "| figure | value | range | baseline | ratio | target | met | trials | run |",
+        "|---|---:|---|---:|---:|---|:-:|---:|---|",
     ]
     for f in doc.get("figures", []):
         rng = f"{_num(f['range'][0])}–{_num(f['range'][1])}" if "range" in f else ""
@@ -41,7 +43,7 @@ def table(doc: dict[str, Any]) -> str:
         met = "yes" if f.get("met") else "**no**"
         name = f["name"] + (" *(smoke run)*" if f.get("quick") else "")
         lines.append(f"| {name} | {_num(f['value'])} {f['unit']} | {rng} | {base} | {ratio}"
-                     f" | {f['target']} | {met} | {f['trials']} |")
+                     f" | {f['target']} | {met} | {f['trials']} | {_run(f.get('run'))} |")
     return "\n".join(lines)
 
 
@@ -70,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"readme_table: {args.readme} updated from {args.results}")
     return 0
+
+
+def _run(run: dict[str, str] | None) -> str:
+    if not run:
+        return "?"
+    cpu = " ".join(w for w in run.get("cpu", "?").replace("(R)", "").split()
+                   if w not in ("Processor", "CPU"))
+    return f"{run.get('date', '?')[:16].replace('T', ' ')} {cpu} {run.get('hub', '?')}"
 
 
 def _ratio(ratio: float, met: bool | None) -> str:

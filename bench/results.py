@@ -97,7 +97,8 @@ def _command(*args: str) -> str:
         out = subprocess.run(args, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "unavailable"
-    return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else "unavailable"
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if out.returncode == 0 and lines else "unavailable"
 
 
 def machine() -> dict[str, Any]:
@@ -124,11 +125,11 @@ def _os_name() -> str:
 
 def versions(database_url: str | None = None) -> dict[str, str]:
     found = {"python": sys.version.split()[0],
-             "hub": _command("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"),
+             "hub": _hub_version(),
              "postgresql": _command("psql", "--version"),
              "redisServer": _command("redis-server", "--version"),
              "asterisk": _asterisk_version(),
-             "sipp": _command("sipp", "-v")}
+             "sipp": _sipp_version()}
     for name in PACKAGES:
         try:
             found[name] = metadata.version(name)
@@ -139,12 +140,32 @@ def versions(database_url: str | None = None) -> dict[str, str]:
     return found
 
 
+def _hub_version() -> str:
+    """The commit measured; `-dirty` when the tree differs from it (results files aside)."""
+    commit = _command("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
+    status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", ".",
+                             ":!bench/results.json", ":!bench/results-quick.json"],
+                            capture_output=True, text=True, check=False).stdout
+    return f"{commit}-dirty" if status.strip() else commit
+
+
 def _asterisk_version() -> str:
-    tree = ROOT / "asterisk"
-    for name in ("VERSION", "version"):
-        if (tree / name).exists():
-            return (tree / name).read_text().strip()
-    return _command("asterisk", "-V")
+    """The Asterisk on PATH, else the test bed's (scripts/asterisk.sh runs it in a chroot)."""
+    found = _command("asterisk", "-V")
+    root = os.environ.get("HUB_ASTERISK_ROOT", "/var/cache/connect-hub/asterisk-sid")
+    if found == "unavailable" and Path(root, "usr/sbin/asterisk").exists():
+        found = _command("chroot", root, "asterisk", "-V")
+    return found
+
+
+def _sipp_version() -> str:
+    """`sipp -v` prints its version (on stdout, after a blank line) with a non-zero exit."""
+    try:
+        out = subprocess.run(["sipp", "-v"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+    return next((line.strip() for line in (out.stdout + out.stderr).splitlines()
+                 if "SIPp" in line), "unavailable")
 
 
 def _server_version(dsn: str) -> str:
@@ -161,15 +182,22 @@ def record(figures: Sequence[Figure], *, path: Path | None = None, quick: bool =
     except (OSError, ValueError):
         doc = {"figures": []}
     new = {f.name: f.as_dict() for f in figures}
+    now, host, found = datetime.now(UTC).isoformat(timespec="seconds"), machine(), \
+        versions(database_url)
     for item in new.values():
+        item["run"] = run_of(now, host, found)  # each row says which run measured it
         if quick:
             item["quick"] = True  # a smoke run: not a measurement
     kept = [f for f in doc.get("figures", []) if f.get("name") not in new]
-    doc.update(date=datetime.now(UTC).isoformat(timespec="seconds"), machine=machine(),
-               versions=versions(database_url))
+    doc.update(date=now, machine=host, versions=found)
     doc["figures"] = kept + list(new.values())
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return doc
+
+
+def run_of(date: str, host: dict[str, Any], found: dict[str, str]) -> dict[str, str]:
+    """What a figure keeps of the run that measured it."""
+    return {"date": date, "cpu": str(host.get("cpu", "?")), "hub": found.get("hub", "?")}
 
 
 def show(figures: Sequence[Figure]) -> None:
