@@ -141,6 +141,12 @@ def peak_rss_mb(pid: int) -> float:
     return _status_mb(pid, "VmHWM")
 
 
+def reset_peak_rss(pid: int) -> None:
+    """Start the process's VmHWM afresh from its current RSS (Linux: clear_refs 5), so that
+    the next `peak_rss_mb` is the peak since now, not over the process's life."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds the process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -141,9 +141,11 @@ def versions(database_url: str | None = None) -> dict[str, str]:
 
 
 def _hub_version() -> str:
-    """The commit measured; `-dirty` when the tree differs from it (results files aside)."""
+    """The commit measured; `-dirty` when a tracked file differs from it (results files
+    aside; untracked files, such as a virtualenv's link, do not count)."""
     commit = _command("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
-    status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", ".",
+    status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                             "--untracked-files=no", "--", ".",
                              ":!bench/results.json", ":!bench/results-quick.json"],
                             capture_output=True, text=True, check=False).stdout
     return f"{commit}-dirty" if status.strip() else commit

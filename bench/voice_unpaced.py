@@ -73,6 +73,7 @@ async def raw_run(ari: aiohttp.ClientSession, obs: Observer, media: str, calls: 
     finally:
         app.stop()
     return {**obs.stats("raw-"), "failedOriginates": failed, "inFlight": in_flight, "cps": cps,
+            "unfinished": calls - app.finished - failed,  # not ended by the deadline
             "cpuMsPerCall": meter.per_unit_ms(calls)}
 
 
@@ -88,6 +89,7 @@ async def hub_run(http: aiohttp.ClientSession, hub: Hub, obs: Observer, file_url
     lags = await hub.recording_lags_ms(sid, obs.ended_wall)
     failed = sum(v for k, v in done["counts"].items() if k != "delivered")
     return {**obs.stats("hub-"), "failedCalls": failed, "cps": cps,
+            "unfinished": calls - sum(done["counts"].values()),  # not final by the deadline
             "recordingLagP50Ms": pct(lags, 0.5), "recordingLagP99Ms": pct(lags, 0.99),
             "cpuMsPerCall": cpu}
 
@@ -138,8 +140,10 @@ async def main(opts: Options) -> list[Figure]:
                 f"voice.raw.created_per_s@cps{cps:g}.inflight{k}", "calls/s",
                 [r["createdPerS"] for r in raw[(cps, k)]], ">=", None,
                 extra={"answeredPerS": [r["answeredPerS"] for r in raw[(cps, k)]],
+                       "setupP50Ms": [r["setupP50Ms"] for r in raw[(cps, k)]],
                        "setupP99Ms": [r["setupP99Ms"] for r in raw[(cps, k)]],
                        "failedOriginates": [r["failedOriginates"] for r in raw[(cps, k)]],
+                       "unfinished": [r["unfinished"] for r in raw[(cps, k)]],
                        "cpuMsPerCall": [r["cpuMsPerCall"] for r in raw[(cps, k)]]},
                 note="informational: a baseline of the voice ceiling"))
         for what in ("createdPerS", "answeredPerS"):
@@ -149,6 +153,7 @@ async def main(opts: Options) -> list[Figure]:
                 extra={"setupP50Ms": [r["setupP50Ms"] for r in rs],
                        "setupP99Ms": [r["setupP99Ms"] for r in rs],
                        "failedCalls": [r["failedCalls"] for r in rs],
+                       "unfinished": [r["unfinished"] for r in rs],
                        "recordingLagP50Ms": [r["recordingLagP50Ms"] for r in rs],
                        "recordingLagP99Ms": [r["recordingLagP99Ms"] for r in rs],
                        "cpuMsPerCall": [r["cpuMsPerCall"] for r in rs],
