@@ -66,4 +66,4 @@ def create_app(settings: Settings) -> web.Application:
 
 def run(settings: Settings) -> None:
     web.run_app(create_app(settings), host=settings.api_host, port=settings.api_port,
-                access_log=None, print=None, reuse_port=group.folder() is not None)
+                access_log=None, print=group.ready, reuse_port=group.folder() is not None)

@@ -118,7 +118,7 @@ async def _render(app: web.Application) -> str:
         lines += await asyncio.to_thread(_voice_lines, redis)
     except (RedisError, OSError):
         pass
-    return "\n".join(lines) + "\n" + group.exposition()
+    return "\n".join(lines) + "\n" + await asyncio.to_thread(group.exposition)
 
 
 @routes.get("/openapi.json")

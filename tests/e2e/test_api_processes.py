@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 
+from hub.api.group import MAX_RESTARTS
 from tests.conftest import ROOT, TWILIO_TOKEN, Procs, base_env
 from tests.helpers import eventually, free_port
 
@@ -71,6 +72,20 @@ def listeners(port: int) -> int:
                if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A")
 
 
+def alive(pid: int) -> bool:
+    """Running: not gone and not a zombie (an exited process nobody has reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def rss(pid: int) -> float:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if x.startswith("VmRSS:"))
+    return float(line.split()[1]) * 1024
+
+
 async def settled(supervisor: subprocess.Popen[bytes], port: int, gone: int = 0) -> bool:
     """The group has its 2 members, `gone` not among them, both listening."""
     now = members(supervisor.pid)
@@ -99,7 +114,9 @@ async def test_two_processes_serve_one_port_as_one_api(
     seen = [await scrape(group) for _ in range(SCRAPES)]
     assert [stored(s) for s in seen] == [CALLBACKS] * SCRAPES
     assert all(s["hub_api_processes[]"] == 2 for s in seen)
-    assert all(s["process_resident_memory_bytes[]"] > 0 for s in seen)
+    for pid in first:  # each member's own process_*, labelled with its pid
+        reported = seen[-1][f"process_resident_memory_bytes[('pid', '{pid}')]"]
+        assert 0.5 * rss(pid) < reported < 2 * rss(pid)
 
     # A member killed is replaced; the group's counts keep what it had counted.
     os.kill(first[0], signal.SIGKILL)
@@ -111,13 +128,30 @@ async def test_two_processes_serve_one_port_as_one_api(
         return {stored(await scrape(group)) for _ in range(SCRAPES)} == {CALLBACKS + 2.0}
     await eventually(counted_all, 20, "every member to count the callbacks of the killed one")
     assert "exited with code -9; starting another" in procs.logs()
+    assert not [p for p in folder.iterdir() if str(first[0]) in p.name
+                and not p.name.startswith("counter_")]  # only its counts are kept
 
-    # SIGTERM stops the whole group and removes its directory.
+    # SIGTERM stops the whole group at once and removes its directory.
     now = members(supervisor.pid)
+    start = time.monotonic()
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(30) == 0
-    assert not [pid for pid in now if Path(f"/proc/{pid}").exists()]
+    assert time.monotonic() - start < 5
+    assert not [pid for pid in now if alive(pid)]
     assert not folder.exists()
+    assert "did not stop" not in procs.logs()
+
+
+async def test_ctrl_c_stops_the_group_without_restarts(procs: Procs) -> None:
+    """SIGINT to the whole process group (a terminal's Ctrl-C): the members exit by
+    themselves while the supervisor stops; none is replaced."""
+    port = free_port()
+    supervisor = procs.api(port, HUB_API_PROCESSES="2")
+    await eventually(lambda: settled(supervisor, port), 20, "2 members")
+    os.killpg(supervisor.pid, signal.SIGINT)
+    assert supervisor.wait(30) == 0
+    assert "starting another" not in procs.logs()
+    assert listeners(port) == 0
 
 
 async def test_members_go_when_their_supervisor_is_killed(procs: Procs) -> None:
@@ -128,23 +162,46 @@ async def test_members_go_when_their_supervisor_is_killed(procs: Procs) -> None:
     os.kill(supervisor.pid, signal.SIGKILL)  # the supervisor only, not its process group
 
     async def gone() -> bool:
-        return not [p for p in left if Path(f"/proc/{p}").exists()] and listeners(port) == 0
+        return not [p for p in left if alive(p)] and listeners(port) == 0
     await eventually(gone, 20, "the members to stop and the port to be free")
 
 
-def test_a_group_that_cannot_start_says_why_and_exits() -> None:
-    with socket.socket() as taken:  # another program on the port (no SO_REUSEPORT)
+async def test_a_member_that_keeps_dying_stops_the_group(procs: Procs) -> None:
+    port = free_port()
+    supervisor = procs.api(port, HUB_API_PROCESSES="2")
+    killed: list[int] = []
+    for _ in range(MAX_RESTARTS + 1):  # each one ready (listening) when it is killed
+        await eventually(lambda: settled(supervisor, port, *killed[-1:]), 20, "2 members")
+        killed.append(members(supervisor.pid)[0])
+        os.kill(killed[-1], signal.SIGKILL)
+    assert supervisor.wait(30) == 1
+    assert f"the {MAX_RESTARTS + 1}. in" in procs.logs()
+    assert listeners(port) == 0
+
+
+async def test_a_member_that_dies_before_it_listens_stops_the_group(procs: Procs) -> None:
+    port = free_port()
+    supervisor = procs.start("api", HUB_API_PORT=str(port), HUB_API_PROCESSES="2")
+    victim = await eventually(lambda: asyncio.sleep(0, members(supervisor.pid)[:1]), 20,
+                              "a member started")
+    os.kill(victim[0], signal.SIGKILL)  # while it imports: long before it listens
+    assert supervisor.wait(30) == 1
+    assert f"API process {victim[0]} exited with code -9 before it listened" in procs.logs()
+    assert listeners(port) == 0
+
+
+def test_a_group_refuses_a_port_another_program_listens_on() -> None:
+    with socket.socket() as taken:  # another program on the port
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # even one that shares
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        start = time.monotonic()
         out = subprocess.run([sys.executable, "-m", "hub.cli.main", "api"], cwd=ROOT,
                              env=base_env(HUB_API_PORT=str(port), HUB_API_PROCESSES="2"),
                              capture_output=True, text=True, timeout=60)
     assert out.returncode == 1, out.stderr
-    assert time.monotonic() - start < 30
-    assert "address already in use" in out.stderr
-    assert "while starting; stopping the group" in out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "API: 2 processes" not in out.stderr  # no member was started
 
 
 def test_a_bad_process_count_is_refused() -> None:
