@@ -92,6 +92,12 @@ async def run(workdir: Path) -> None:
 
 async def traffic(http: aiohttp.ClientSession, smtp_port: int, sink: smtp.SmtpSink,
                   rtp: RtpCounter) -> None:
+    want = int(os.environ.get("HUB_API_PROCESSES") or "1")
+    async with http.get(f"{API}/metrics") as resp:
+        serving = [line for line in (await resp.text()).splitlines()
+                   if line.startswith("hub_api_processes ")]
+    check(f"the API container serves with {want} process(es) (HUB_API_PROCESSES)",
+          serving == [f"hub_api_processes {want:.1f}"], f"{resp.status} {serving}")
     admin = Client(http, ADMIN)
     status, app = await admin.call("POST", "/v1/apps", {"name": "compose-e2e"})
     if not check("app created through the API with the admin key", status == 201,
