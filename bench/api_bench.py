@@ -262,17 +262,20 @@ async def main(opts: Options, rates: tuple[float, ...] | None = None,
     return figures
 
 
+def own_flag(argv: list[str], name: str) -> str | None:
+    """This script's own `name VALUE` taken out of `argv` (the rest is `options`'s)."""
+    if name not in argv:
+        return None
+    at = argv.index(name)
+    value = argv[at + 1]
+    del argv[at:at + 2]
+    return value
+
+
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    chosen: tuple[float, ...] | None = None
-    if "--rates" in argv:
-        at = argv.index("--rates")
-        chosen = tuple(float(x) for x in argv[at + 1].split(","))
-        del argv[at:at + 2]
-    count = 1
-    if "--api-processes" in argv:
-        at = argv.index("--api-processes")
-        count = int(argv[at + 1])
-        del argv[at:at + 2]
+    rates_arg, count_arg = own_flag(argv, "--rates"), own_flag(argv, "--api-processes")
+    chosen = tuple(float(x) for x in rates_arg.split(",")) if rates_arg else None
+    count = int(count_arg) if count_arg else 1
     opts = options(argv, __doc__)
     finish(asyncio.run(main(opts, chosen, count)), opts)

@@ -92,13 +92,19 @@ def _round(value: float) -> float:
     return round(value, 4) if abs(value) < 100 else round(value, 1)
 
 
-def _command(*args: str) -> str:
+def _run(*args: str) -> subprocess.CompletedProcess[str] | None:
+    """The command's result, or None when it cannot be run (absent, hung)."""
     try:
-        out = subprocess.run(args, capture_output=True, text=True, timeout=10)
+        return subprocess.run(args, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return "unavailable"
-    lines = (out.stdout or out.stderr).strip().splitlines()
-    return lines[0] if out.returncode == 0 and lines else "unavailable"
+        return None
+
+
+def _command(*args: str) -> str:
+    """The first line a successful command prints, else "unavailable"."""
+    out = _run(*args)
+    lines = (out.stdout or out.stderr).strip().splitlines() if out else []
+    return lines[0] if out and out.returncode == 0 and lines else "unavailable"
 
 
 def machine() -> dict[str, Any]:
@@ -144,11 +150,9 @@ def _hub_version() -> str:
     """The commit measured; `-dirty` when a tracked file differs from it (results files
     aside; untracked files, such as a virtualenv's link, do not count)."""
     commit = _command("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
-    status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
-                             "--untracked-files=no", "--", ".",
-                             ":!bench/results.json", ":!bench/results-quick.json"],
-                            capture_output=True, text=True, check=False).stdout
-    return f"{commit}-dirty" if status.strip() else commit
+    status = _run("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no",
+                  "--", ".", ":!bench/results.json", ":!bench/results-quick.json")
+    return f"{commit}-dirty" if status and status.stdout.strip() else commit
 
 
 def _asterisk_version() -> str:
@@ -162,12 +166,9 @@ def _asterisk_version() -> str:
 
 def _sipp_version() -> str:
     """`sipp -v` prints its version (on stdout, after a blank line) with a non-zero exit."""
-    try:
-        out = subprocess.run(["sipp", "-v"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unavailable"
-    return next((line.strip() for line in (out.stdout + out.stderr).splitlines()
-                 if "SIPp" in line), "unavailable")
+    out = _run("sipp", "-v")
+    text = out.stdout + out.stderr if out else ""
+    return next((line.strip() for line in text.splitlines() if "SIPp" in line), "unavailable")
 
 
 def _server_version(dsn: str) -> str:

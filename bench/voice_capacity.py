@@ -168,13 +168,14 @@ async def main(opts: Options) -> list[Figure]:
                 for trial in range(opts.trials):
                     # Whichever ramps second inherits what the first left (SIPp, Asterisk):
                     # the order alternates so that neither always does.
+                    order = ("raw", "hub") if trial % 2 == 0 else ("hub", "raw")
                     ramps: dict[str, list[dict[str, Any]]] = {}
-                    for kind in ("raw", "hub") if trial % 2 == 0 else ("hub", "raw"):
+                    for kind in order:
                         got, ramps[kind] = await ramp(kind, steps, work, ari, http, obs, hub,
                                                       file_url, sound)
                         (raw_held if kind == "raw" else hub_held).append(got)
-                    trials.append({"first": "raw" if trial % 2 == 0 else "hub",
-                                   "rawSteps": ramps["raw"], "hubSteps": ramps["hub"]})
+                    trials.append({"first": order[0], "rawSteps": ramps["raw"],
+                                   "hubSteps": ramps["hub"]})
     finally:
         hub.stop()
         media.stop()
