@@ -30,6 +30,7 @@ from bench import (  # noqa: E402
     voice_bench,
     voice_capacity,
     voice_unpaced,
+    worker_bench,
 )
 from bench.common import Options, finish  # noqa: E402
 from bench.results import MIN_TRIALS, QUICK_RESULTS, RESULTS, Figure  # noqa: E402
@@ -39,7 +40,7 @@ BENCHES: dict[str, Main] = {
     "api": api_bench.main, "email": email_bench.main, "sms": sms_bench.main,
     "throttled": throttled_bench.main, "scale": scale_bench.main,
     "voice": voice_bench.main, "voice_unpaced": voice_unpaced.main,
-    "voice_capacity": voice_capacity.main,
+    "voice_capacity": voice_capacity.main, "worker": worker_bench.main,
 }
 VOICE = {"voice", "voice_unpaced", "voice_capacity"}
 

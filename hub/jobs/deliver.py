@@ -212,11 +212,13 @@ class Engine:
         """Schedule the next due work, close the session when done, and drain webhooks."""
         try:
             async with self.pool.acquire() as conn:
-                due = await deliveries.next_due(conn, session["id"])
                 done = await sessions.finish_if_done(conn, session["id"],
                                                      report_base=self.settings.base_url)
-                active = await conn.fetchval("SELECT status FROM sessions WHERE id = $1",
-                                             session["id"])
+                due, active = None, None
+                if not done:  # a session just closed has nothing left to schedule
+                    due = await deliveries.next_due(conn, session["id"])
+                    active = await conn.fetchval("SELECT status FROM sessions WHERE id = $1",
+                                                 session["id"])
         except DATABASE_TROUBLE as exc:
             log.warning("follow-up of session %s skipped (the reconciler will): %s",
                         session["id"], exc)

@@ -151,11 +151,13 @@ class Pipeline:
                     await self.health.backoff("claiming")
                     continue
                 self.health.recovered("claiming")
-                if not batch:
-                    break
                 for held in batch:
                     self.held[held.item.recipient.delivery_id] = held
                     self.queue.put_nowait(held)
+                if len(batch) < want:
+                    # nothing more is due now (or other jobs hold it): claiming again
+                    # would find nothing; what becomes due later is the follow-up's
+                    break
         finally:
             for _ in range(self.workers):
                 self.queue.put_nowait(None)

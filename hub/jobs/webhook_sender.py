@@ -2,8 +2,10 @@
 error with the same `webhook-id` on `HUB_WEBHOOK_RETRY_SCHEDULE`; every attempt is logged.
 
 The drain is a pipeline, not a series of batches. It keeps up to `webhook_concurrency`
-sends in flight; whenever a send ends (or every `POLL_S` while slots are free) it claims
-more due events, and it records each event the moment its send ends. A claim skips
+sends in flight; while sends are in flight it claims more due events at most every
+`CLAIM_GAP_S` (whenever a send ends, or every `POLL_S` while slots are free), and it
+records each event as its send ends, the events ending together in one transaction
+(group commit). A claim skips
 events whose URL already has `webhook_per_url` sends in flight or whose app has
 `webhook_per_app`, counted from the leases in PostgreSQL, so the caps hold across every
 worker's drain. A slow or dead receiver thus holds a few slots for at most its timeout,
@@ -27,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import asyncpg
@@ -35,6 +37,7 @@ from redis import Redis
 from yarl import URL
 
 from hub import webhooks
+from hub.batching import GroupCommit
 from hub.config import Settings, load_settings
 from hub.jobs.queueing import Kicker
 from hub.net import Guard, check_url, guarded_session
@@ -44,6 +47,9 @@ from hub.store.db import create_pool
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # how soon newly due events are claimed while sends are in flight
+CLAIM_GAP_S = 0.01  # while sends are in flight, claims come at most this often: a claim
+# per ended send was a claim per event under a steady trickle (and the claim is the
+# outbox's costliest statement)
 LEASE_MARGIN_S = 15.0  # a claim's lease: the request timeout plus this
 ERROR_MAX_CHARS = 200
 _USERINFO = re.compile(r"(?<=//)\S*@")
@@ -71,7 +77,7 @@ UPDATE webhook_events e SET lease_until = now() + make_interval(secs => $4),
     attempts = e.attempts + 1
 FROM fair WHERE e.id = fair.id AND fair.url_slot <= $2 AND fair.app_slot <= $3
 RETURNING e.id, e.url, e.payload, e.attempts, (SELECT webhook_secret FROM apps a
-    WHERE a.id = e.app_id) AS secret
+    WHERE a.id = e.app_id) AS secret, (SELECT count(*) FROM due) AS considered
 """
 
 
@@ -125,23 +131,29 @@ class _Pipeline:
         self.settings = settings
         self.in_flight: set[asyncio.Task[None]] = set()
         self.failure: Exception | None = None
+        self.results = GroupCommit(self._write_results, wait_s=0.0)
 
     async def run(self) -> tuple[int, bool]:
         """(events attempted, whether due work may remain because time ran out)."""
         cap = self.settings.webhook_concurrency
         deadline = time.monotonic() + self.settings.job_max_s
         attempted = 0
+        last = -CLAIM_GAP_S
         try:
             while True:
-                claiming = self.failure is None and time.monotonic() < deadline
-                if claiming and len(self.in_flight) < cap:
-                    got = await self._claim(cap - len(self.in_flight))
+                now = time.monotonic()
+                claiming = self.failure is None and now < deadline
+                gap = last + CLAIM_GAP_S - now if self.in_flight else 0.0
+                if claiming and len(self.in_flight) < cap and gap <= 0:
+                    last = now
+                    got, more = await self._claim(cap - len(self.in_flight))
                     attempted += got
-                    if got and len(self.in_flight) < cap:
-                        continue  # more may be due at once (a claim stops at each cap)
+                    if got and more and len(self.in_flight) < cap:
+                        continue  # more is due at once (a claim stops at each cap)
                 if not self.in_flight:
                     break
-                done, _ = await asyncio.wait(self.in_flight, timeout=POLL_S if claiming else None,
+                wait = (max(gap, 0.001) if gap > 0 else POLL_S) if claiming else None
+                done, _ = await asyncio.wait(self.in_flight, timeout=wait,
                                              return_when=asyncio.FIRST_COMPLETED)
                 self.in_flight -= done
                 for task in done:
@@ -160,16 +172,18 @@ class _Pipeline:
             log.warning("webhook drain stops claiming: %s", exc)
             self.failure = exc
 
-    async def _claim(self, free: int) -> int:
+    async def _claim(self, free: int) -> tuple[int, bool]:
+        """Claim up to `free` due events and start their sends: (how many, whether more
+        may be due now: the claim looked at as many as it could take)."""
         s = self.settings
         try:
             events = await self.pool.fetch(CLAIM_SQL, free, s.webhook_per_url, s.webhook_per_app,
                                            s.webhook_timeout_s + LEASE_MARGIN_S)
         except Exception as exc:  # the database is away: finish what is in flight, then stop
             self._fail(exc)
-            return 0
+            return 0, False
         self.in_flight.update(asyncio.create_task(self._attempt(e)) for e in events)
-        return len(events)
+        return len(events), bool(events) and events[0]["considered"] >= free
 
     async def _attempt(self, event: Any) -> None:
         started = datetime.now(UTC)
@@ -196,8 +210,8 @@ class _Pipeline:
     async def _record(
         self, event: Any, started: datetime, status_code: int | None, error: str | None
     ) -> None:
-        """Log the attempt; schedule the next one, or end the event. Only the claim that
-        made this attempt may move the event on (a later claim may own it by now)."""
+        """Log the attempt; schedule the next one, or end the event (written with the
+        other attempts ending now, see `_write_results`)."""
         delays = self.settings.webhook_delays_s
         attempt = event["attempts"]
         if error is None:
@@ -206,15 +220,34 @@ class _Pipeline:
             status, next_at = "pending", datetime.now(UTC) + timedelta(seconds=delays[attempt])
         else:
             status, next_at = "failed", None
+        await self.results.submit(
+            _Result(event["id"], attempt, started, status_code, error, status, next_at))
+        metrics.webhook("retry" if status == "pending" else status)
+
+    async def _write_results(self, batch: list[_Result]) -> list[None]:
+        """One transaction for the attempts that ended together. Only the claim that made
+        an attempt may move its event on (a later claim may own it by now)."""
+        cols = list(zip(*batch, strict=True))
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO webhook_attempts (event_id, attempt, started_at, status_code, error)"
-                " VALUES ($1, $2, $3, $4, $5)", event["id"], attempt, started, status_code, error,
-            )
+                " SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[],"
+                " $5::text[])", *cols[:5])
             await conn.execute(
-                "UPDATE webhook_events SET status = $2, last_error = $4, lease_until = NULL,"
-                " next_attempt_at = coalesce($3, next_attempt_at)"
-                " WHERE id = $1 AND attempts = $5 AND status = 'pending'",
-                event["id"], status, next_at, error, attempt,
-            )
-        metrics.webhook("retry" if status == "pending" else status)
+                "UPDATE webhook_events e SET status = u.status, last_error = u.error,"
+                " lease_until = NULL, next_attempt_at = coalesce(u.next_at, e.next_attempt_at)"
+                " FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::timestamptz[])"
+                " AS u(id, attempt, error, status, next_at)"
+                " WHERE e.id = u.id AND e.attempts = u.attempt AND e.status = 'pending'",
+                cols[0], cols[1], cols[4], cols[5], cols[6])
+        return [None] * len(batch)
+
+
+class _Result(NamedTuple):
+    event_id: Any
+    attempt: int
+    started: datetime
+    status_code: int | None
+    error: str | None
+    status: str
+    next_at: datetime | None

@@ -1,0 +1,66 @@
+"""The webhook outbox drain on the real database and real HTTP receivers: events whose
+sends end together are recorded together (one transaction), and each event's outcome is
+its own: delivered, or pending for its next try with the receiver's answer logged."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from typing import Any
+
+import asyncpg
+
+from hub.config import Settings
+from hub.jobs import webhook_sender
+from tests.helpers import WebhookReceiver
+
+
+async def add_events(db: asyncpg.Pool, app_id: uuid.UUID, url: str, n: int) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(n)]
+    await db.execute(
+        "INSERT INTO webhook_events (id, app_id, url, type, payload)"
+        " SELECT id, $2, $3, 'test.event', jsonb_build_object('n', n)"
+        " FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, n)", ids, app_id, url)
+    return ids
+
+
+async def test_each_event_once_with_its_own_outcome(
+    db: asyncpg.Pool, make_app: Any, receiver: WebhookReceiver, settings: Settings,
+) -> None:
+    other = WebhookReceiver()
+    await other.start()
+    try:
+        app = await make_app("acme")
+        app_id = app.app_id
+        first = await add_events(db, app_id, receiver.url, 40)
+        second = await add_events(db, app_id, other.url, 12)
+        receiver.fail_next = 9  # its first 9 answers are 500s
+        drained = settings.model_copy(update={"webhook_retry_schedule": "0,600"})
+        attempted, more = await webhook_sender._drain(drained)
+    finally:
+        await other.stop()
+
+    assert (attempted, more) == (52, False)
+    got = Counter(h["webhook-id"] for h, _, _ in receiver.requests + other.requests)
+    assert got == Counter({str(i): 1 for i in first + second})  # each event exactly once
+    bodies = sorted(json.loads(b)["n"] for _, b, _ in other.requests)
+    assert bodies == list(range(1, 13))
+
+    events = {r["id"]: r for r in await db.fetch("SELECT * FROM webhook_events")}
+    logged = {r["event_id"]: r for r in await db.fetch("SELECT * FROM webhook_attempts")}
+    assert len(logged) == 52 and all(r["attempt"] == 1 for r in logged.values())
+    failed = {e for e, r in logged.items() if r["status_code"] == 500}
+    assert len(failed) == 9 and failed <= set(first)
+    for event_id, event in events.items():
+        assert event["attempts"] == 1 and event["lease_until"] is None
+        if event_id in failed:
+            assert (event["status"], event["last_error"]) == ("pending", "HTTP 500")
+            assert logged[event_id]["error"] == "HTTP 500"
+            # the next try on the schedule (600 s), not at once
+            wait = await db.fetchval("SELECT extract(epoch FROM $1 - now())",
+                                     event["next_attempt_at"])
+            assert 590 < wait <= 600
+        else:
+            assert (event["status"], event["last_error"]) == ("delivered", None)
+            assert (logged[event_id]["status_code"], logged[event_id]["error"]) == (204, None)
