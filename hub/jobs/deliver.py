@@ -140,6 +140,7 @@ class Engine:
         self.kicker = kicker
         self.redis = redis
         self.owner = f"job:{uuid.uuid4().hex}"
+        self.closed = False  # the job's last recording closed the session
 
     async def run(self, session_id: uuid.UUID, slot: Slot,
                   others_waiting: Callable[[], bool] | None = None) -> dict[str, Any]:
@@ -186,7 +187,10 @@ class Engine:
             pipeline = Pipeline(self.pool, session, sender, self.settings, self.owner, turn.over,
                                 after_record=partial(self._apply_early_receipts,
                                                      session["transport_id"]))
-            return await pipeline.run()
+            try:
+                return await pipeline.run()
+            finally:
+                self.closed = pipeline.recorder.session_closed
         return 0  # pragma: no cover (the context manager does not swallow exceptions)
 
     async def _apply_early_receipts(self, transport_id: uuid.UUID, conn: asyncpg.Connection,
@@ -210,6 +214,9 @@ class Engine:
 
     async def _follow_up(self, session: Any, parallel: int = 1) -> None:
         """Schedule the next due work, close the session when done, and drain webhooks."""
+        if self.closed:  # closed with its last results: nothing to schedule
+            await asyncio.to_thread(self.kicker.webhooks)
+            return
         try:
             async with self.pool.acquire() as conn:
                 done = await sessions.finish_if_done(conn, session["id"],

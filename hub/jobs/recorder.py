@@ -53,6 +53,7 @@ class Recorder:
         self.pending: list[Outcome] = []
         self.wake = asyncio.Event()
         self.closed = False
+        self.session_closed = False  # a recording closed the session
         self.failing_since: float | None = None
 
     def add(self, item: Claimed, result: Result) -> None:
@@ -88,8 +89,10 @@ class Recorder:
     async def _flush(self, chunk: list[Outcome]) -> bool:
         try:
             async with self.pool.acquire() as conn:
+                # after `close` nothing more is added: this chunk is the job's last
                 recorded = await deliveries.record(conn, self.session["id"], chunk,
-                                                   owner=self.owner, report_base=self.report_base)
+                                                   owner=self.owner, report_base=self.report_base,
+                                                   last=self.closed)
                 if self.after is not None:
                     await self.after(conn, chunk, recorded)
         except Exception as exc:  # any failure to write: keep the results, try again
@@ -98,6 +101,7 @@ class Recorder:
             self.health.failed(WHAT, exc)
             return False
         self.failing_since = None
+        self.session_closed = self.session_closed or recorded.session_closed
         self.health.recovered(WHAT)
         metrics.recorded(self.session["transport_type"],
                          [o.result.outcome for o in chunk if o.result.attempted], recorded.moved)

@@ -31,10 +31,12 @@ _EXPIRED = ("d.status = 'in_progress' AND d.lease_until < now()"
             " AND d.claimed_by IS DISTINCT FROM 'receipt'")
 
 
-def claim_sql(scope: str) -> str:
+def claim_sql(scope: str, *, with_attempts: bool = False) -> str:
     """The claim statement for deliveries matching `scope` (SQL over `d` and `s`, with
     $1 its parameter): lease up to $2 due ones for $3 seconds, owner $5; a delivery whose
-    lease expired has its open attempt closed as interrupted ($4).
+    lease expired has its open attempt closed as interrupted ($4). `with_attempts`: the
+    statement also opens each claimed delivery's attempt row (answered as `attempt_id`),
+    so that a claim is one statement, not a transaction of two.
 
     Interrupted claims go first (oldest lease first), then the earliest due, each read in
     the order of its index (`deliveries_session_working`, `deliveries_session_due`) up to
@@ -67,12 +69,20 @@ WITH lapsed AS (
         next_attempt_at = NULL, lease_until = now() + make_interval(secs => $3), claimed_by = $5
     WHERE d.id = ANY((SELECT ids FROM picked)::bigint[])
     RETURNING d.id, d.address, d.attempts, d.tries, d.session_id, d.role
-)
-SELECT taken.* FROM taken, picked ORDER BY array_position(picked.ids, taken.id)
+){_OPENED if with_attempts else ""}
+SELECT taken.*{", opened.id AS attempt_id" if with_attempts else ""}
+FROM taken{" JOIN opened ON opened.delivery_id = taken.id" if with_attempts else ""}, picked
+ORDER BY array_position(picked.ids, taken.id)
 """
 
 
-CLAIM_SQL = claim_sql("d.session_id = $1 AND s.status IN ('queued', 'running')")
+_OPENED = """, opened AS (
+    INSERT INTO attempts (id, delivery_id, attempt)
+    SELECT gen_random_uuid(), id, attempts FROM taken
+    RETURNING id, delivery_id
+)"""
+CLAIM_SQL = claim_sql("d.session_id = $1 AND s.status IN ('queued', 'running')",
+                      with_attempts=True)
 
 
 @dataclass(frozen=True)
@@ -83,10 +93,10 @@ class Claimed:
 
 async def claim(conn: asyncpg.Connection, session_id: uuid.UUID, limit: int, lease_s: float,
                 owner: str) -> list[Claimed]:
-    """Lease up to `limit` due deliveries to `owner` and open an attempt row for each."""
-    async with conn.transaction():
-        rows = await conn.fetch(CLAIM_SQL, session_id, limit, lease_s, INTERRUPTED_ERROR, owner)
-        return await open_attempts(conn, rows)
+    """Lease up to `limit` due deliveries to `owner` and open an attempt row for each
+    (one statement)."""
+    rows = await conn.fetch(CLAIM_SQL, session_id, limit, lease_s, INTERRUPTED_ERROR, owner)
+    return _claimed(rows, [r["attempt_id"] for r in rows])
 
 
 async def open_attempts(conn: asyncpg.Connection, rows: Sequence[Any]) -> list[Claimed]:
@@ -99,9 +109,13 @@ async def open_attempts(conn: asyncpg.Connection, rows: Sequence[Any]) -> list[C
         " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::int[])",
         ids, [r["id"] for r in rows], [r["attempts"] for r in rows],
     )
+    return _claimed(rows, ids)
+
+
+def _claimed(rows: Sequence[Any], attempt_ids: Sequence[uuid.UUID]) -> list[Claimed]:
     return [
         Claimed(Recipient(r["id"], str(aid), r["attempts"], r["address"], r["role"]), r["tries"])
-        for r, aid in zip(rows, ids, strict=True)
+        for r, aid in zip(rows, attempt_ids, strict=True)
     ]
 
 

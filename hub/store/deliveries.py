@@ -36,7 +36,7 @@ class Recorded:
 
 
 async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequence[Outcome],
-                 *, owner: str | None, report_base: str) -> Recorded:
+                 *, owner: str | None, report_base: str, last: bool = False) -> Recorded:
     """The one recording path of every channel: close the attempts and move their
     deliveries on, in one transaction.
 
@@ -44,7 +44,9 @@ async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequ
     UPDATE`) either commits before (and every retry decided here becomes `cancelled`) or
     waits until this commits (and then cancels what is left). A delivery is only moved if
     `owner` still holds its claim for this attempt. A cancelled session whose last
-    delivery ends here is closed in the same transaction.
+    delivery ends here is closed in the same transaction, and so is any session when the
+    recording is its job's `last` (a small session's job then needs no transaction of its
+    own to close it).
     """
     if not outcomes:
         return Recorded([], False)
@@ -96,7 +98,7 @@ async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequ
         await _undo_unattempted(conn, [o for o in outcomes if not o.result.attempted
                                        and o.claimed.recipient.delivery_id in moved])
         closed = False
-        if final and status == c.S_CANCELLED:
+        if final and (last or status == c.S_CANCELLED):
             closed = await sessions.finish_if_done(conn, session_id, report_base=report_base)
     return Recorded(final, closed, [r["status"] for r in rows])
 

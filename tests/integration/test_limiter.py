@@ -37,4 +37,5 @@ async def test_two_workers_share_one_transports_rate() -> None:
     # loaded machine (the next one keeps its own slot, so that gap shrinks by as much)
     assert min(gaps) >= 0.1 - 0.03, gaps
     assert sorted(gaps)[len(gaps) // 2] >= 0.1 - 0.005, gaps  # typically one interval
-    assert len(stamps) <= 2.0 * 10 + 2
+    # over the 2 s (a grant the loop waited for before `until` may land after it)
+    assert len([s for s in stamps if s < until]) <= 2.0 * 10 + 2
