@@ -69,7 +69,8 @@ async def trial(http: aiohttp.ClientSession, url: str, sink: str, worker: int, n
                 number: int) -> dict[str, Any]:
     db = await asyncpg.connect(DB_URL)
     try:
-        await db.execute("TRUNCATE sessions CASCADE")
+        await db.execute("TRUNCATE webhook_attempts, webhook_events, attempts, deliveries,"
+                         " sessions CASCADE")
         events_before = await sink_count(http, sink)
         os.kill(worker, signal.SIGSTOP)
         try:
