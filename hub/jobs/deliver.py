@@ -1,9 +1,10 @@
 """The delivery job shared by every queued transport: one RQ job serves one session.
 
 It marks its job slot, opens the transport's sender (preparing the session's content,
-e.g. its attachments), runs the send pipeline (`pipeline.py`) until nothing is due, its
-turn is over or its time is up, then releases the slot and schedules the session's next
-due work. A session whose content cannot be prepared for now (a transient fetch error) is
+e.g. its attachments), runs the send pipeline (`pipeline.py`) until a claim finds less
+than it asked for, its turn is over or its time is up, then releases the slot and
+schedules the session's next due work (or finds the session closed by its last
+recording). A session whose content cannot be prepared for now (a transient fetch error) is
 postponed with a growing delay, without spending any recipient's tries; content that can
 never be used fails the session's remaining deliveries with the reason.
 """
@@ -140,7 +141,7 @@ class Engine:
         self.kicker = kicker
         self.redis = redis
         self.owner = f"job:{uuid.uuid4().hex}"
-        self.closed = False  # the job's last recording closed the session
+        self.closed = False  # a recording of this job closed the session
 
     async def run(self, session_id: uuid.UUID, slot: Slot,
                   others_waiting: Callable[[], bool] | None = None) -> dict[str, Any]:

@@ -87,7 +87,8 @@ class Pipeline:
                                  self._recorded, after_record)
 
     async def run(self) -> int:
-        """Send until nothing is due, the session stops, or the job's time is up."""
+        """Send until a claim finds less than it asked for (nothing more is due now), the
+        session stops, or the job's time is up."""
         recording = asyncio.create_task(self._record_loop())
         renewing = asyncio.create_task(self._renew_loop())
         try:

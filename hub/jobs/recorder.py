@@ -93,8 +93,7 @@ class Recorder:
                 recorded = await deliveries.record(conn, self.session["id"], chunk,
                                                    owner=self.owner, report_base=self.report_base,
                                                    last=self.closed)
-                if self.after is not None:
-                    await self.after(conn, chunk, recorded)
+                await self._after(conn, chunk, recorded)
         except Exception as exc:  # any failure to write: keep the results, try again
             if self.failing_since is None:
                 self.failing_since = time.monotonic()
@@ -107,3 +106,17 @@ class Recorder:
                          [o.result.outcome for o in chunk if o.result.attempted], recorded.moved)
         self.on_recorded([o.claimed for o in chunk])
         return True
+
+    async def _after(self, conn: asyncpg.Connection, chunk: Sequence[Outcome],
+                     recorded: Recorded) -> None:
+        """The follow-up work of a committed chunk. Its failure is not the chunk's: the
+        results are written, and writing them again would overwrite what came since (a
+        receipt's outcome on the attempt); receipts that came early are applied by the
+        reconciler's sweep instead."""
+        if self.after is None:
+            return
+        try:
+            await self.after(conn, chunk, recorded)
+        except Exception as exc:
+            log.warning("after recording session %s's results: %s (the reconciler will)",
+                        self.session["id"], exc)

@@ -13,9 +13,11 @@ while other apps' events go out at once.
 
 Any error a send raises (bad port, malformed URL, guard refusal, time-out, anything else)
 is a failed attempt of that event, stored as a short message without URL credentials or
-query; after the schedule the event is `failed`. If a claim or a result cannot be
-written, the drain stops claiming, lets the sends in flight finish and raises; the
-leases give unrecorded events back later. The drain ends when nothing is due and
+query; after the schedule the event is `failed`. If a claim or a batch of results
+cannot be written, the drain stops claiming, lets the sends in flight finish and raises;
+the leases give unrecorded events back later (the whole batch's: each is sent again with
+the same `webhook-id`). An event deleted meanwhile (its session was) is skipped when its
+attempt is written. The drain ends when nothing is due and
 nothing is in flight, or after `job_max_s` (it then asks for another drain).
 """
 
@@ -149,7 +151,8 @@ class _Pipeline:
                     got, more = await self._claim(cap - len(self.in_flight))
                     attempted += got
                     if got and more and len(self.in_flight) < cap:
-                        continue  # more is due at once (a claim stops at each cap)
+                        last = -CLAIM_GAP_S  # more is due now (a claim stops at each
+                        continue             # cap): claim again at once
                 if not self.in_flight:
                     break
                 wait = (max(gap, 0.001) if gap > 0 else POLL_S) if claiming else None
@@ -229,10 +232,13 @@ class _Pipeline:
         an attempt may move its event on (a later claim may own it by now)."""
         cols = list(zip(*batch, strict=True))
         async with self.pool.acquire() as conn, conn.transaction():
+            # an event deleted since its claim (with its session) has no attempt to log;
+            # the lock keeps it from going before this commits
             await conn.execute(
                 "INSERT INTO webhook_attempts (event_id, attempt, started_at, status_code, error)"
-                " SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[],"
-                " $5::text[])", *cols[:5])
+                " SELECT u.* FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[],"
+                " $5::text[]) AS u(id, attempt, started, code, error)"
+                " JOIN webhook_events e ON e.id = u.id FOR KEY SHARE OF e", *cols[:5])
             await conn.execute(
                 "UPDATE webhook_events e SET status = u.status, last_error = u.error,"
                 " lease_until = NULL, next_attempt_at = coalesce(u.next_at, e.next_attempt_at)"

@@ -44,9 +44,9 @@ async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequ
     UPDATE`) either commits before (and every retry decided here becomes `cancelled`) or
     waits until this commits (and then cancels what is left). A delivery is only moved if
     `owner` still holds its claim for this attempt. A cancelled session whose last
-    delivery ends here is closed in the same transaction, and so is any session when the
-    recording is its job's `last` (a small session's job then needs no transaction of its
-    own to close it).
+    delivery ends here is closed in the same transaction, and so is any session whose
+    last open deliveries end in its job's `last` recording (a small session's job then
+    needs no transaction of its own to close it).
     """
     if not outcomes:
         return Recorded([], False)

@@ -238,10 +238,12 @@ async def finish_if_done(
     """Close the session when no delivery has work left; emits `session.completed` once,
     in the same transaction as the status change."""
     async with conn.transaction():
-        # Completion checks of one session take turns: when two transactions settle its
-        # last deliveries at once, the second to check sees the first's commit.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))",
-                           str(session_id))
+        # Completion checks of one session take turns on its row: when two transactions
+        # settle its last deliveries at once, the second to check sees the first's commit.
+        # The row, like a cancel's `FOR UPDATE`, comes before any other lock of the check's
+        # (an advisory lock taken first, then waiting for the row a cancel held while the
+        # cancel waited for that lock, was a deadlock).
+        await conn.execute("SELECT FROM sessions WHERE id = $1 FOR NO KEY UPDATE", session_id)
         return await _finish(conn, session_id, report_base)
 
 

@@ -4,6 +4,7 @@ its own: delivered, or pending for its next try with the receiver's answer logge
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import Counter
@@ -64,3 +65,28 @@ async def test_each_event_once_with_its_own_outcome(
         else:
             assert (event["status"], event["last_error"]) == ("delivered", None)
             assert (logged[event_id]["status_code"], logged[event_id]["error"]) == (204, None)
+
+
+async def test_an_event_deleted_while_it_is_sent_does_not_undo_the_others(
+    db: asyncpg.Pool, make_app: Any, receiver: WebhookReceiver, settings: Settings,
+) -> None:
+    """An event can go while its request is out (its session was deleted). Its attempt has
+    nothing to be logged against; the attempts ending with it are still logged, and the
+    drain goes on (a failed write would have left them all to be sent again)."""
+    app = await make_app("acme")
+    ids = await add_events(db, app.app_id, receiver.url, 4)
+    receiver.delay_s = 0.5  # all 4 out at once (4 per URL), answered together
+
+    async def delete_one() -> None:
+        while len(receiver.requests) < 4:
+            await asyncio.sleep(0.01)
+        await db.execute("DELETE FROM webhook_events WHERE id = $1", ids[0])
+
+    deleting = asyncio.create_task(delete_one())
+    attempted, more = await webhook_sender._drain(settings)
+    await deleting
+    assert (attempted, more) == (4, False)
+    logged = {r["event_id"]: r["status_code"] for r in await db.fetch(
+        "SELECT event_id, status_code FROM webhook_attempts")}
+    assert logged == {i: 204 for i in ids[1:]}
+    assert await db.fetchval("SELECT count(*) FROM webhook_events WHERE status = 'delivered'") == 3
