@@ -47,6 +47,7 @@ from bench.common import (
     DB_URL,
     ROOT,
     Options,
+    add_email_transport,
     env,
     finish,
     free_port,
@@ -248,11 +249,7 @@ async def main(opts: Options, rates: tuple[float, ...] | None = None,
             wait_http(probe + ("/_count" if probe.endswith(str(sink_port)) else "/healthz"))
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         async with aiohttp.ClientSession() as http:
-            async with http.post(url + "/v1/transports", headers=headers, data=json.dumps({
-                    "name": "smtp", "type": "email",
-                    "config": {"host": "127.0.0.1", "port": smtp_port,
-                               "from": "a@example.com"}})) as r:
-                assert r.status == 201, await r.text()
+            await add_email_transport(http, url, smtp_port, headers)
         prefix = "api" if api_processes == 1 else f"api.p{api_processes}"
         figures += await open_loop(url, key, f"http://127.0.0.1:{base_port}/v1/sessions",
                                    f"http://127.0.0.1:{sink_port}/hook", opts, rates,

@@ -173,6 +173,17 @@ async def new_app_key() -> str:
         await pool.close()
 
 
+async def add_email_transport(http: Any, url: str, smtp_port: int,
+                              headers: dict[str, str] | None = None, **config: Any) -> None:
+    """Give the app (whose key `http` or `headers` carries) the email transport `smtp`,
+    sending to the SMTP sink on `smtp_port`; `config` adds to its settings."""
+    async with http.post(url + "/v1/transports", headers=headers, data=json.dumps({
+            "name": "smtp", "type": "email",
+            "config": {"host": "127.0.0.1", "port": smtp_port, "from": "a@example.com",
+                       **config}})) as r:
+        assert r.status == 201, await r.text()
+
+
 async def run_session(http: Any, url: str, body: dict[str, Any],
                       poll_s: float = 0.05) -> tuple[dict[str, Any], float]:
     """Submit an instruction and wait for its session to complete: (session, seconds)."""

@@ -16,7 +16,6 @@ Trials alternate raw and hub. Target: hub ≥ 0.9× raw.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from email.message import EmailMessage
@@ -84,11 +83,7 @@ async def main(opts: common.Options) -> list[Figure]:
         common.wait_http(stats)
         common.wait_http(url + "/healthz")
         async with aiohttp.ClientSession(headers=headers) as http:
-            async with http.post(url + "/v1/transports", data=json.dumps({
-                "name": "smtp", "type": "email",
-                "config": {"host": "127.0.0.1", "port": smtp_port, "from": "a@example.com",
-                           "max_connections": CONCURRENCY}})) as r:
-                assert r.status == 201, await r.text()
+            await common.add_email_transport(http, url, smtp_port, max_connections=CONCURRENCY)
             for trial in range(opts.trials):
                 for kind, runs in (("raw", raw), ("hub", hub)):
                     before = await sink_count(http, stats)

@@ -17,7 +17,6 @@ api_bench; the voice controller's at its capacity in voice_capacity.)
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import aiohttp
@@ -84,11 +83,7 @@ async def main(opts: common.Options) -> list[Figure]:
         common.wait_http(f"http://127.0.0.1:{stats_port}/_count")
         timeout = aiohttp.ClientTimeout(total=600)
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
-            async with http.post(url + "/v1/transports", data=json.dumps({
-                    "name": "smtp", "type": "email",
-                    "config": {"host": "127.0.0.1", "port": smtp_port, "from": "a@example.com",
-                               "max_connections": 20}})) as r:
-                assert r.status == 201, await r.text()
+            await common.add_email_transport(http, url, smtp_port, max_connections=20)
             for trial in range(opts.trials):
                 for size in audiences:
                     for workers in worker_counts:

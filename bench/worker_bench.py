@@ -28,6 +28,7 @@ import asyncpg
 from bench.common import (
     DB_URL,
     Options,
+    add_email_transport,
     cli,
     free_port,
     fresh_database,
@@ -114,11 +115,7 @@ async def main(opts: Options) -> list[Figure]:
         wait_http(sink + "/_count")
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         async with aiohttp.ClientSession(headers=headers) as http:
-            async with http.post(url + "/v1/transports", data=json.dumps({
-                    "name": "smtp", "type": "email",
-                    "config": {"host": "127.0.0.1", "port": smtp_port,
-                               "from": "a@example.com"}})) as r:
-                assert r.status == 201, await r.text()
+            await add_email_transport(http, url, smtp_port)
             for number in range(opts.trials):
                 runs.append(await trial(http, url, sink, procs[1].pid, n, number))
                 print(f"  trial {number + 1}: {runs[-1]}", flush=True)
