@@ -76,6 +76,7 @@ class Pipeline:
         self.queue: asyncio.Queue[Held | None] = asyncio.Queue()
         self.unsent: list[Held] = []
         self.room = asyncio.Event()
+        self.taken = asyncio.Event()  # a sender took an item off the queue
         self.done_at: deque[float] = deque()
         self.started = time.monotonic()
         self.stopping = False
@@ -134,6 +135,7 @@ class Pipeline:
 
     async def _produce(self) -> None:
         deadline = self.started + self.settings.job_max_s
+        exhausted = False  # a claim found less than it asked for
         try:
             while not self.stopping:
                 if time.monotonic() > deadline or await self.should_yield():
@@ -141,6 +143,13 @@ class Pipeline:
                              self.session["id"], len(self.held))
                     self.stopping = True
                     break
+                if exhausted:  # nothing more to claim: the turn is still watched until
+                    self.taken.clear()  # every claimed item is being sent
+                    if self.queue.empty():
+                        break
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(self.taken.wait(), 0.5)
+                    continue
                 want = self._want()
                 if want <= 0:
                     await self._wait_room()
@@ -155,10 +164,9 @@ class Pipeline:
                 for held in batch:
                     self.held[held.item.recipient.delivery_id] = held
                     self.queue.put_nowait(held)
-                if len(batch) < want:
-                    # nothing more is due now (or other jobs hold it): claiming again
-                    # would find nothing; what becomes due later is the follow-up's
-                    break
+                # Nothing more is due now (or other jobs hold it): claiming again would
+                # find nothing; what becomes due later is the follow-up's.
+                exhausted = len(batch) < want
         finally:
             for _ in range(self.workers):
                 self.queue.put_nowait(None)
@@ -182,6 +190,7 @@ class Pipeline:
     # -- sending ----------------------------------------------------------------------
     async def _consume(self) -> None:
         while (held := await self.queue.get()) is not None:
+            self.taken.set()
             if not await self._ready(held):
                 if not held.lost:
                     self.unsent.append(held)
