@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
+import asyncpg
 from aiohttp import web
 
 from hub.store.apps import NewApp
@@ -101,6 +102,17 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout_s: float,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s: {what}")
         await asyncio.sleep(0.1)
+
+
+async def waiting_for_a_lock(db: asyncpg.Pool, conn: asyncpg.Connection, what: str) -> None:
+    """Return once `conn`'s backend waits for a lock (a row another transaction holds)."""
+    pid = conn.get_server_pid()
+    for _ in range(300):
+        if await db.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity"
+                             " WHERE pid = $1", pid):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what} never waited for a lock")
 
 
 async def local_server(app: web.Application) -> tuple[web.AppRunner, str]:

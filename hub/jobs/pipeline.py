@@ -144,15 +144,13 @@ class Pipeline:
                     self.stopping = True
                     break
                 if exhausted:  # nothing more to claim: the turn is still watched until
-                    self.taken.clear()  # every claimed item is being sent
-                    if self.queue.empty():
+                    if self.queue.empty():  # every claimed item is being sent
                         break
-                    with suppress(TimeoutError):
-                        await asyncio.wait_for(self.taken.wait(), 0.5)
+                    await _next_set(self.taken)
                     continue
                 want = self._want()
                 if want <= 0:
-                    await self._wait_room()
+                    await _next_set(self.room)
                     continue
                 try:
                     batch = await self._claim(want)
@@ -181,11 +179,6 @@ class Pipeline:
                 conn, self.session["app_id"], self.session["transport_type"],
                 [b.recipient.address for b in batch])
         return [Held(b, started + self.lease_s, b.recipient.address in blocked) for b in batch]
-
-    async def _wait_room(self) -> None:
-        self.room.clear()
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self.room.wait(), 0.5)
 
     # -- sending ----------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -279,3 +272,10 @@ class Pipeline:
                                 len(back))
                     return
                 await self.health.backoff("giving back claims")
+
+
+async def _next_set(event: asyncio.Event, timeout_s: float = 0.5) -> None:
+    """Wait until `event` is set again from now on, or `timeout_s`."""
+    event.clear()
+    with suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout_s)

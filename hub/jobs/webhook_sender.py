@@ -2,10 +2,10 @@
 error with the same `webhook-id` on `HUB_WEBHOOK_RETRY_SCHEDULE`; every attempt is logged.
 
 The drain is a pipeline, not a series of batches. It keeps up to `webhook_concurrency`
-sends in flight; while sends are in flight it claims more due events at most every
-`CLAIM_GAP_S` (whenever a send ends, or every `POLL_S` while slots are free), and it
-records each event as its send ends, the events ending together in one transaction
-(group commit). A claim skips
+sends in flight; while sends are in flight it claims more due events when a send ends
+(at most every `CLAIM_GAP_S`), every `POLL_S` while slots are free, and at once after a
+claim the caps cut short with more due. It records each event as its send ends, the
+events ending together in one transaction (group commit). A claim skips
 events whose URL already has `webhook_per_url` sends in flight or whose app has
 `webhook_per_app`, counted from the leases in PostgreSQL, so the caps hold across every
 worker's drain. A slow or dead receiver thus holds a few slots for at most its timeout,
@@ -49,8 +49,8 @@ from hub.store.db import create_pool
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # how soon newly due events are claimed while sends are in flight
-CLAIM_GAP_S = 0.01  # while sends are in flight, claims come at most this often: a claim
-# per ended send was a claim per event under a steady trickle (and the claim is the
+CLAIM_GAP_S = 0.01  # claims for slots freed by ended sends come at most this often: a
+# claim per ended send was a claim per event under a steady trickle (and the claim is the
 # outbox's costliest statement)
 LEASE_MARGIN_S = 15.0  # a claim's lease: the request timeout plus this
 ERROR_MAX_CHARS = 200
@@ -140,25 +140,28 @@ class _Pipeline:
         cap = self.settings.webhook_concurrency
         deadline = time.monotonic() + self.settings.job_max_s
         attempted = 0
-        last = -CLAIM_GAP_S
+        claimed_at = next_claim = 0.0
         try:
             while True:
                 now = time.monotonic()
                 claiming = self.failure is None and now < deadline
-                gap = last + CLAIM_GAP_S - now if self.in_flight else 0.0
-                if claiming and len(self.in_flight) < cap and gap <= 0:
-                    last = now
-                    got, more = await self._claim(cap - len(self.in_flight))
+                free = cap - len(self.in_flight)
+                if claiming and free > 0 and (now >= next_claim or not self.in_flight):
+                    claimed_at = now
+                    got, more = await self._claim(free)
                     attempted += got
-                    if got and more and len(self.in_flight) < cap:
-                        last = -CLAIM_GAP_S  # more is due now (a claim stops at each
-                        continue             # cap): claim again at once
+                    # a claim the caps stopped with more due: claim again at once; else
+                    # in POLL_S, or sooner once a send ends (below)
+                    next_claim = now if got and more else now + POLL_S
                 if not self.in_flight:
                     break
-                wait = (max(gap, 0.001) if gap > 0 else POLL_S) if claiming else None
+                wait = (max(next_claim - time.monotonic(), 0.001)
+                        if claiming and len(self.in_flight) < cap else None)
                 done, _ = await asyncio.wait(self.in_flight, timeout=wait,
                                              return_when=asyncio.FIRST_COMPLETED)
                 self.in_flight -= done
+                if done:  # a slot is free: claim for it, though not sooner than the gap
+                    next_claim = min(next_claim, claimed_at + CLAIM_GAP_S)
                 for task in done:
                     if (exc := task.exception()) is not None:
                         self._fail(exc)
@@ -238,13 +241,15 @@ class _Pipeline:
                 "INSERT INTO webhook_attempts (event_id, attempt, started_at, status_code, error)"
                 " SELECT u.* FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[],"
                 " $5::text[]) AS u(id, attempt, started, code, error)"
-                " JOIN webhook_events e ON e.id = u.id FOR KEY SHARE OF e", *cols[:5])
+                " JOIN webhook_events e ON e.id = u.id WHERE e.id = ANY($1)"
+                " FOR KEY SHARE OF e", *cols[:5])
             await conn.execute(
                 "UPDATE webhook_events e SET status = u.status, last_error = u.error,"
                 " lease_until = NULL, next_attempt_at = coalesce(u.next_at, e.next_attempt_at)"
                 " FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::timestamptz[])"
                 " AS u(id, attempt, error, status, next_at)"
-                " WHERE e.id = u.id AND e.attempts = u.attempt AND e.status = 'pending'",
+                " WHERE e.id = u.id AND e.id = ANY($1) AND e.attempts = u.attempt"
+                " AND e.status = 'pending'",
                 cols[0], cols[1], cols[4], cols[5], cols[6])
         return [None] * len(batch)
 

@@ -61,7 +61,10 @@ async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequ
             " provider_ref = u.ref, error = u.error"
             " FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[],"
             " $6::timestamptz[]) AS u(id, outcome, detail, ref, error, ended)"
-            " WHERE a.id = u.id AND a.id = ANY($1)",
+            # Not over an outcome written since (a receipt, after a chunk written again
+            # because its commit reply was lost); an interruption was only a guess.
+            " WHERE a.id = u.id AND a.id = ANY($1)"
+            " AND (a.ended_at IS NULL OR a.outcome = 'interrupted')",
             cols["aid"], cols["outcome"], cols["detail"], cols["ref"], cols["error"], cols["ended"],
         )
         # A delivery waiting for the provider's receipt stays in_progress, owned by

@@ -10,8 +10,8 @@ engine records that id. Both sides take a transaction-scoped advisory lock per
 stored where `apply_early` finds it.
 
 Receipts are applied in batches (callbacks come in floods): one transaction settles many
-deliveries. Row locks are taken sessions first (`FOR KEY SHARE`), then deliveries
-(`FOR UPDATE`), each in id order, like recording and cancelling.
+deliveries. Row locks are taken sessions first (`FOR KEY SHARE`), then the deliveries still
+waiting for a receipt (`FOR UPDATE`), each in id order, like recording and cancelling.
 """
 
 from __future__ import annotations
@@ -197,15 +197,18 @@ async def _settle_locked(conn: asyncpg.Connection, items: Mapping[int, tuple[str
         "SELECT id, status, retries, retry_intervals_s FROM sessions"
         " WHERE id = ANY($1::uuid[]) ORDER BY id FOR KEY SHARE",
         [row["session_id"] for row in session_ids])}
+    # Only deliveries still waiting for a receipt are locked: one a late duplicate points at
+    # may wait for its retry, which a job postponing the session updates after taking the
+    # session's row, the row this batch's completion check waits for.
     rows = await conn.fetch(
-        "SELECT id, session_id, provider_ref, status, claimed_by, tries, attempts, detail,"
+        "SELECT id, session_id, provider_ref, tries, attempts, detail,"
         " lease_until < now() AS expired FROM deliveries WHERE id = ANY($1::bigint[])"
-        " ORDER BY id FOR UPDATE", ids)
+        " AND status = $2 AND claimed_by = $3 ORDER BY id FOR UPDATE",
+        ids, c.D_IN_PROGRESS, RECEIPT_OWNER)
     settle = []
     for row in rows:
         ref, result = items[row["id"]]
-        waiting = row["status"] == c.D_IN_PROGRESS and row["claimed_by"] == RECEIPT_OWNER
-        if waiting and row["provider_ref"] == ref and (row["expired"] or not expired_only):
+        if row["provider_ref"] == ref and (row["expired"] or not expired_only):
             settle.append((row, owners[row["session_id"]], result))
     await _settle(conn, settle)
     for session_id in sorted({row["session_id"] for row, _, _ in settle}):

@@ -10,16 +10,7 @@ from typing import Any
 import asyncpg
 
 from hub.store import sessions
-from tests.helpers import Api
-
-
-async def _waiting_for_a_lock(db: asyncpg.Pool, pid: int) -> None:
-    for _ in range(200):
-        if await db.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity"
-                             " WHERE pid = $1", pid):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the completion check never waited")
+from tests.helpers import Api, waiting_for_a_lock
 
 
 async def test_a_completion_check_and_a_cancel_do_not_deadlock(
@@ -42,7 +33,7 @@ async def test_a_completion_check_and_a_cancel_do_not_deadlock(
         async with cancel.transaction():  # the cancel's steps (sessions.transition, _cancel)
             await cancel.execute("SELECT FROM sessions WHERE id = $1 FOR UPDATE", sid)
             check = asyncio.create_task(sessions.finish_if_done(job, sid, report_base=""))
-            await _waiting_for_a_lock(db, job.get_server_pid())
+            await waiting_for_a_lock(db, job, "the completion check")
             await cancel.execute("UPDATE sessions SET status = 'cancelled' WHERE id = $1", sid)
             closed_by_cancel = await sessions.finish_if_done(cancel, sid, report_base="")
         closed_by_job = await check

@@ -21,7 +21,7 @@ from hub.transports.base import Result
 from hub.transports.twilio import receipt_result
 from tests.conftest import DB_URL
 from tests.e2e.test_twilio import sms
-from tests.helpers import Api
+from tests.helpers import Api, waiting_for_a_lock
 
 OWNER = "job:test"
 UNDELIVERED = receipt_result("undelivered", "30003", None)
@@ -130,6 +130,66 @@ async def test_an_early_receipt_stranded_by_a_stopped_worker_is_applied_by_the_r
         await _record(conn, item, "SM-early")  # ... and the worker stops before apply_early
         assert await receipts.expire(conn, "") == 1
     assert await _statuses(db, sid) == {"+14155550302": ("failed", "undelivered")}
+
+
+async def test_a_recording_written_again_keeps_the_receipt_that_came_between(
+    api: Api, db: asyncpg.Pool, twilio_transport: Any,
+) -> None:
+    """A worker whose commit reply was lost writes its chunk again; the receipt applied in
+    between stays the attempt's outcome (the delivery was guarded by its claim already)."""
+    transport = await twilio_transport()
+    tid = uuid.UUID(transport["id"])
+    sid, [item] = await _claimed(api, db, ["+14155550403"])
+    async with db.acquire() as conn:
+        await _record(conn, item, "SM-twice")
+        assert await receipts.apply_many(conn, [(tid, "SM-twice", DELIVERED)], "") == {
+            (tid, "SM-twice"): "applied"}
+        await _record(conn, item, "SM-twice")
+    assert await _statuses(db, sid) == {"+14155550403": ("delivered", "delivered")}
+    attempts = await db.fetch("SELECT a.outcome FROM attempts a JOIN deliveries d"
+                              " ON d.id = a.delivery_id WHERE d.session_id = $1", sid)
+    assert [a["outcome"] for a in attempts] == ["delivered"]
+
+
+async def test_a_late_duplicate_receipt_and_a_postponed_session_do_not_deadlock(
+    api: Api, db: asyncpg.Pool, twilio_transport: Any,
+) -> None:
+    """A batch of receipts settles one delivery and also carries a late duplicate for
+    another of the session's deliveries, already waiting to be retried. The batch locked
+    both deliveries, then waited for the session's row to check completion, which a job
+    postponing the session (its content failed to prepare) held while it waited for the
+    duplicate's delivery: PostgreSQL broke the deadlock by failing one of them. A batch now
+    locks only the deliveries still waiting for a receipt."""
+    transport = await twilio_transport()
+    tid = uuid.UUID(transport["id"])
+    sid, [first, second] = await _claimed(api, db, ["+14155550401", "+14155550402"])
+    await db.execute("UPDATE sessions SET retries = 1 WHERE id = $1", sid)
+    async with db.acquire() as conn:
+        await _record_all(conn, [(first, "SM-first"), (second, "SM-second")])
+        assert await receipts.apply_many(conn, [(tid, "SM-second", UNDELIVERED)], "") == {
+            (tid, "SM-second"): "applied"}
+    assert (await _statuses(db, sid))["+14155550402"] == ("retry_scheduled", "undelivered")
+
+    async with db.acquire() as holder, db.acquire() as batch, db.acquire() as job:
+        async with holder.transaction():  # holds the batch between its locks and its check
+            await holder.execute("SELECT FROM attempts WHERE delivery_id = $1 FOR UPDATE",
+                                 first.recipient.delivery_id)
+            settling = asyncio.create_task(receipts.apply_many(
+                batch, [(tid, "SM-first", DELIVERED), (tid, "SM-second", UNDELIVERED)], ""))
+            await waiting_for_a_lock(db, batch, "the receipt batch")
+            postponing = asyncio.create_task(deliveries.postpone(job, sid, "media timed out"))
+            await asyncio.wait([postponing], timeout=0.5)
+        done = await asyncio.gather(settling, postponing, return_exceptions=True)
+
+    assert not [e for e in done if isinstance(e, BaseException)], done
+    settled, delay = done
+    assert settled == {(tid, "SM-first"): "applied", (tid, "SM-second"): "ignored"}
+    assert delay is not None
+    assert await _statuses(db, sid) == {"+14155550401": ("delivered", "delivered"),
+                                        "+14155550402": ("retry_scheduled", "undelivered")}
+    error = await db.fetchval("SELECT error FROM deliveries WHERE address = $1"
+                              " AND session_id = $2", "+14155550402", sid)
+    assert error.startswith(f"waiting {delay:g} s to try again")
 
 
 async def test_a_big_session_just_loaded_is_settled_without_reading_all_its_rows(

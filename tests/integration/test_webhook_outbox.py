@@ -81,6 +81,8 @@ async def test_an_event_deleted_while_it_is_sent_does_not_undo_the_others(
         while len(receiver.requests) < 4:
             await asyncio.sleep(0.01)
         await db.execute("DELETE FROM webhook_events WHERE id = $1", ids[0])
+        # before any attempt of the batch is logged (else this shows nothing)
+        assert await db.fetchval("SELECT count(*) FROM webhook_attempts") == 0
 
     deleting = asyncio.create_task(delete_one())
     attempted, more = await webhook_sender._drain(settings)
@@ -90,3 +92,32 @@ async def test_an_event_deleted_while_it_is_sent_does_not_undo_the_others(
         "SELECT event_id, status_code FROM webhook_attempts")}
     assert logged == {i: 204 for i in ids[1:]}
     assert await db.fetchval("SELECT count(*) FROM webhook_events WHERE status = 'delivered'") == 3
+
+
+async def test_a_claim_the_caps_cut_short_is_followed_by_another_at_once(
+    db: asyncpg.Pool, make_app: Any, receiver: WebhookReceiver, settings: Settings,
+    monkeypatch: Any,
+) -> None:
+    """The oldest due events all go to one slow URL: the first claim takes only its cap of
+    them, though it looked at as many as it had room for. The drain claims again at once,
+    so other URLs' events go out while the slow ones are still answering (not when one of
+    them ends, nor at the next poll, here pushed out of reach)."""
+    monkeypatch.setattr(webhook_sender, "POLL_S", 60.0)
+    other = WebhookReceiver()
+    await other.start()
+    try:
+        app = await make_app("acme")
+        slow = await add_events(db, app.app_id, receiver.url, 6)
+        fast = await add_events(db, app.app_id, other.url, 4)
+        receiver.delay_s = 1.0
+        capped = settings.model_copy(update={"webhook_concurrency": 6, "webhook_per_url": 2})
+        attempted, more = await webhook_sender._drain(capped)
+    finally:
+        await other.stop()
+
+    assert (attempted, more) == (10, False)
+    assert sorted(h["webhook-id"] for h, _, _ in receiver.requests) == sorted(map(str, slow))
+    assert sorted(h["webhook-id"] for h, _, _ in other.requests) == sorted(map(str, fast))
+    first_slow = min(t for _, _, t in receiver.requests)
+    last_fast = max(t for _, _, t in other.requests)
+    assert last_fast - first_slow < 0.5  # the first slow answers came a second later
