@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -104,10 +105,14 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout_s: float,
         await asyncio.sleep(0.1)
 
 
-async def waiting_for_a_lock(db: asyncpg.Pool, conn: asyncpg.Connection, what: str) -> None:
-    """Return once `conn`'s backend waits for a lock (a row another transaction holds)."""
+async def waiting_for_a_lock(db: asyncpg.Pool, conn: asyncpg.Connection, what: str,
+                             or_done: asyncio.Future[Any] | None = None) -> None:
+    """Return once `conn`'s backend waits for a lock (a row another transaction holds), or
+    once `or_done` is done."""
     pid = conn.get_server_pid()
     for _ in range(300):
+        if or_done is not None and or_done.done():
+            return
         if await db.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity"
                              " WHERE pid = $1", pid):
             return
@@ -126,20 +131,22 @@ async def local_server(app: web.Application) -> tuple[web.AppRunner, str]:
 
 class WebhookReceiver:
     """A local HTTP endpoint that records every request (at arrival); `fail_next` answers
-    500 first; `delay_s` makes it answer that much later (a slow receiver)."""
+    500 first; `delay_s` makes it answer that much later (a slow receiver), `jitter_s` up to
+    that much later again, at random."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[dict[str, str], bytes, float]] = []
         self.fail_next = 0
         self.delay_s = 0.0
+        self.jitter_s = 0.0  # and up to this much more, at random (answers end apart)
         self.url = ""
         self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.requests.append((dict(request.headers), body, time.time()))
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        if self.delay_s or self.jitter_s:
+            await asyncio.sleep(self.delay_s + random.uniform(0, self.jitter_s))
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.Response(status=500, text="receiver down")

@@ -44,7 +44,7 @@ from hub.config import Settings, load_settings
 from hub.jobs.queueing import Kicker
 from hub.net import Guard, check_url, guarded_session
 from hub.observe import metrics
-from hub.store.db import create_pool
+from hub.store.db import create_pool, plan_afresh
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,10 @@ class _Pipeline:
                     claimed_at = now
                     got, more = await self._claim(free)
                     attempted += got
-                    # a claim the caps stopped with more due: claim again at once; else
-                    # in POLL_S, or sooner once a send ends (below)
-                    next_claim = now if got and more else now + POLL_S
+                    # a claim the caps cut short (it took less than it had room for,
+                    # though more was due): claim again at once; else in POLL_S, or
+                    # sooner once a send ends (below)
+                    next_claim = now if got and more and got < free else now + POLL_S
                 if not self.in_flight:
                     break
                 wait = (max(next_claim - time.monotonic(), 0.001)
@@ -235,6 +236,9 @@ class _Pipeline:
         an attempt may move its event on (a later claim may own it by now)."""
         cols = list(zip(*batch, strict=True))
         async with self.pool.acquire() as conn, conn.transaction():
+            # planned for this batch: a connection's cached plan, made while the outbox
+            # was small, went on scanning it as it grew (2 ms a batch at 6,000 events)
+            await plan_afresh(conn)
             # an event deleted since its claim (with its session) has no attempt to log;
             # the lock keeps it from going before this commits
             await conn.execute(

@@ -61,10 +61,12 @@ async def record(conn: asyncpg.Connection, session_id: uuid.UUID, outcomes: Sequ
             " provider_ref = u.ref, error = u.error"
             " FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[],"
             " $6::timestamptz[]) AS u(id, outcome, detail, ref, error, ended)"
-            # Not over an outcome written since (a receipt, after a chunk written again
-            # because its commit reply was lost); an interruption was only a guess.
+            # An attempt this path already recorded with the provider's message id is not
+            # written again (a chunk rewritten after a lost commit reply): a receipt may
+            # have settled it since. One ended by a guess (interrupted, its session's
+            # content failed) gets the real result.
             " WHERE a.id = u.id AND a.id = ANY($1)"
-            " AND (a.ended_at IS NULL OR a.outcome = 'interrupted')",
+            " AND (a.ended_at IS NULL OR a.provider_ref IS NULL)",
             cols["aid"], cols["outcome"], cols["detail"], cols["ref"], cols["error"], cols["ended"],
         )
         # A delivery waiting for the provider's receipt stays in_progress, owned by

@@ -151,6 +151,24 @@ async def test_a_recording_written_again_keeps_the_receipt_that_came_between(
     assert [a["outcome"] for a in attempts] == ["delivered"]
 
 
+async def test_a_result_recorded_after_its_session_failed_is_kept_on_its_attempt(
+    api: Api, db: asyncpg.Pool, twilio_transport: Any,
+) -> None:
+    """Another job failed the session's content while this message was out: the delivery
+    stays failed (its claim is gone), but the attempt shows what the provider did (usage
+    counts the segments of accepted messages from it)."""
+    await twilio_transport()
+    sid, [item] = await _claimed(api, db, ["+14155550404"])
+    async with db.acquire() as conn:
+        assert await deliveries.fail_all(conn, sid, "the content could not be prepared") == 1
+        await _record(conn, item, "SM-late")
+    assert await _statuses(db, sid) == {"+14155550404": ("failed", "failed")}
+    attempt = await db.fetchrow("SELECT a.outcome, a.provider_ref FROM attempts a JOIN"
+                                " deliveries d ON d.id = a.delivery_id WHERE d.session_id = $1",
+                                sid)
+    assert (attempt["outcome"], attempt["provider_ref"]) == ("sent", "SM-late")
+
+
 async def test_a_late_duplicate_receipt_and_a_postponed_session_do_not_deadlock(
     api: Api, db: asyncpg.Pool, twilio_transport: Any,
 ) -> None:
@@ -178,7 +196,8 @@ async def test_a_late_duplicate_receipt_and_a_postponed_session_do_not_deadlock(
                 batch, [(tid, "SM-first", DELIVERED), (tid, "SM-second", UNDELIVERED)], ""))
             await waiting_for_a_lock(db, batch, "the receipt batch")
             postponing = asyncio.create_task(deliveries.postpone(job, sid, "media timed out"))
-            await asyncio.wait([postponing], timeout=0.5)
+            # the postponing commits (it needs no lock the batch holds), or waits for one
+            await waiting_for_a_lock(db, job, "the postponing job", or_done=postponing)
         done = await asyncio.gather(settling, postponing, return_exceptions=True)
 
     assert not [e for e in done if isinstance(e, BaseException)], done

@@ -121,3 +121,29 @@ async def test_a_claim_the_caps_cut_short_is_followed_by_another_at_once(
     first_slow = min(t for _, _, t in receiver.requests)
     last_fast = max(t for _, _, t in other.requests)
     assert last_fast - first_slow < 0.5  # the first slow answers came a second later
+
+
+async def test_a_backlog_is_claimed_for_freed_slots_together_not_one_claim_per_send(
+    db: asyncpg.Pool, make_app: Any, receiver: WebhookReceiver, settings: Settings,
+    monkeypatch: Any,
+) -> None:
+    """Every slot full and many more events due: a claim that took all it had room for was
+    not cut short, so the slots freed by ending sends are claimed for together (at most
+    every CLAIM_GAP_S), not one claim (the outbox's costliest statement) per ended send."""
+    claims = 0
+    claim = webhook_sender._Pipeline._claim
+
+    async def counted(self: Any, free: int) -> tuple[int, bool]:
+        nonlocal claims
+        claims += 1
+        return await claim(self, free)
+
+    monkeypatch.setattr(webhook_sender._Pipeline, "_claim", counted)
+    app = await make_app("acme")
+    await add_events(db, app.app_id, receiver.url, 200)
+    receiver.jitter_s = 0.05  # answers end one by one
+    slots = settings.model_copy(update={"webhook_concurrency": 8, "webhook_per_url": 8})
+    attempted, more = await webhook_sender._drain(slots)
+    assert (attempted, more) == (200, False)
+    assert len(receiver.requests) == 200
+    assert claims <= 120, f"{claims} claims for 200 events sent 8 at a time"
