@@ -176,13 +176,20 @@ async def postpone(conn: asyncpg.Connection, session_id: uuid.UUID, reason: str)
 
 
 async def fail_all(conn: asyncpg.Connection, session_id: uuid.UUID, error: str) -> int:
-    """Fail every delivery with work left (a session-level problem such as unusable media)."""
+    """Fail every delivery with work left (a session-level problem such as unusable media).
+
+    The session row first (`FOR UPDATE`, as a cancel), then the deliveries in id order:
+    a receipt batch holds the row (`FOR KEY SHARE`) while it locks deliveries in id
+    order, and rows taken in the order they were found could each hold what it waits for.
+    """
     async with conn.transaction():
+        await conn.execute("SELECT FROM sessions WHERE id = $1 FOR UPDATE", session_id)
         rows = await conn.fetch(
-            "UPDATE deliveries SET status = 'failed', outcome = 'failed', error = $2,"
-            " next_attempt_at = NULL, lease_until = NULL"
-            " WHERE session_id = $1 AND status IN ('pending', 'retry_scheduled', 'in_progress')"
-            " RETURNING id", session_id, error,
+            "WITH open AS (SELECT id FROM deliveries WHERE session_id = $1"
+            "  AND status IN ('pending', 'retry_scheduled', 'in_progress') ORDER BY id FOR UPDATE)"
+            " UPDATE deliveries d SET status = 'failed', outcome = 'failed', error = $2,"
+            " next_attempt_at = NULL, lease_until = NULL FROM open WHERE d.id = open.id"
+            " RETURNING d.id", session_id, error,
         )
         await conn.execute(
             "UPDATE attempts a SET ended_at = now(), outcome = 'failed', error = $2"

@@ -243,3 +243,35 @@ async def test_a_big_session_just_loaded_is_settled_without_reading_all_its_rows
     assert scanned == 0
     statuses = await _statuses(db, sid)
     assert {statuses[item.recipient.address] for item, _ in sent} == {("delivered", "delivered")}
+
+
+async def _fail_after(conn: asyncpg.Connection, sid: uuid.UUID, delay: float) -> int:
+    await asyncio.sleep(delay)
+    return await deliveries.fail_all(conn, sid, "the content could not be prepared")
+
+
+async def test_failing_a_session_and_a_receipt_batch_do_not_deadlock(
+    api: Api, db: asyncpg.Pool, twilio_transport: Any,
+) -> None:
+    """A job fails a session's content (`fail_all`) while a batch of receipts settles its
+    deliveries. The batch locks them in id order; `fail_all` took them in the order it
+    found them (here the reverse: each was recorded later than the next), so each could
+    hold what the other waited for."""
+    transport = await twilio_transport()
+    tid = uuid.UUID(transport["id"])
+    for round_, delay in enumerate((0.0, 0.005, 0.01, 0.02)):
+        audience = [f"+1415556{round_}{i:03d}" for i in range(600)]
+        sid, claimed = await _claimed(api, db, audience)
+        async with db.acquire() as conn:
+            for item in reversed(claimed):  # the newest row versions for the lowest ids
+                await _record(conn, item, f"SM-{round_}-{item.recipient.delivery_id}")
+
+        batch = [(tid, f"SM-{round_}-{item.recipient.delivery_id}", DELIVERED)
+                 for item in claimed]
+        async with db.acquire() as settling, db.acquire() as failing:
+            done = await asyncio.gather(
+                receipts.apply_many(settling, batch, ""),
+                _fail_after(failing, sid, delay), return_exceptions=True)
+        assert not [e for e in done if isinstance(e, BaseException)], done
+        statuses = {status for status, _ in (await _statuses(db, sid)).values()}
+        assert statuses <= {"delivered", "failed"}
