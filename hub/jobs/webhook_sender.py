@@ -145,7 +145,7 @@ class _Pipeline:
             while True:
                 now = time.monotonic()
                 claiming = self.failure is None and now < deadline
-                free = cap - len(self.in_flight)
+                free = self._room(cap)
                 if claiming and free > 0 and (now >= next_claim or not self.in_flight):
                     claimed_at = now
                     got, more = await self._claim(free)
@@ -157,7 +157,7 @@ class _Pipeline:
                 if not self.in_flight:
                     break
                 wait = (max(next_claim - time.monotonic(), 0.001)
-                        if claiming and len(self.in_flight) < cap else None)
+                        if claiming and self._room(cap) > 0 else None)
                 done, _ = await asyncio.wait(self.in_flight, timeout=wait,
                                              return_when=asyncio.FIRST_COMPLETED)
                 self.in_flight -= done
@@ -173,6 +173,10 @@ class _Pipeline:
         if self.failure is not None:
             raise self.failure
         return attempted, time.monotonic() >= deadline
+
+    def _room(self, cap: int) -> int:
+        """How many more sends may start now."""
+        return cap - len(self.in_flight)
 
     def _fail(self, exc: BaseException) -> None:
         if self.failure is None and isinstance(exc, Exception):

@@ -186,10 +186,10 @@ async def fail_all(conn: asyncpg.Connection, session_id: uuid.UUID, error: str) 
         await conn.execute("SELECT FROM sessions WHERE id = $1 FOR UPDATE", session_id)
         rows = await conn.fetch(
             "WITH open AS (SELECT id FROM deliveries WHERE session_id = $1"
-            "  AND status IN ('pending', 'retry_scheduled', 'in_progress') ORDER BY id FOR UPDATE)"
+            "  AND status = ANY($3::text[]) ORDER BY id FOR UPDATE)"
             " UPDATE deliveries d SET status = 'failed', outcome = 'failed', error = $2,"
             " next_attempt_at = NULL, lease_until = NULL FROM open WHERE d.id = open.id"
-            " RETURNING d.id", session_id, error,
+            " RETURNING d.id", session_id, error, sessions.OPEN,
         )
         await conn.execute(
             "UPDATE attempts a SET ended_at = now(), outcome = 'failed', error = $2"
