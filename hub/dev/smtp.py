@@ -37,6 +37,24 @@ class SmtpSink:
     refused: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
     delay_s: float = 0.0  # time taken to accept each message, to slow a test down
+    greeted: list[object] = field(default_factory=list)  # each EHLO's peer: a connection each
+    quits: int = 0
+
+    async def handle_EHLO(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        with self.lock:
+            self.greeted.append(session.peer)
+        return responses
+
+    async def handle_QUIT(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        with self.lock:
+            self.quits += 1
+        return "221 Bye"
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -69,6 +87,11 @@ class SmtpSink:
         with self.lock:
             return [r for r in self.received if r.rcpt == address]
 
+    def connections(self) -> int:
+        """How many connections greeted the sink."""
+        with self.lock:
+            return len(set(self.greeted))
+
     def duplicates(self) -> dict[str, int]:
         """Recipients that received more than one message, with the count."""
         seen: dict[str, int] = defaultdict(int)
@@ -78,11 +101,14 @@ class SmtpSink:
         return {a: n for a, n in seen.items() if n > 1}
 
 
-def start(port: int = 0, host: str = "127.0.0.1") -> tuple[Controller, SmtpSink]:
-    """Start the sink in a background thread; returns the controller (with `.port`)."""
+def start(port: int = 0, host: str = "127.0.0.1", idle_timeout_s: float = 300.0
+          ) -> tuple[Controller, SmtpSink]:
+    """Start the sink in a background thread; returns the controller (with `.port`). It
+    closes a connection left without a command for `idle_timeout_s` (421, as servers do)."""
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     sink = SmtpSink()
-    controller = Controller(sink, hostname=host, port=port or free_port(host), ready_timeout=10)
+    controller = Controller(sink, hostname=host, port=port or free_port(host), ready_timeout=10,
+                            timeout=idle_timeout_s)
     controller.start()
     return controller, sink
 

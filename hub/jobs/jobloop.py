@@ -1,5 +1,6 @@
 """One event loop per worker process for its delivery jobs, with the connections they
-share: a PostgreSQL pool and the Redis clients, opened once and kept between jobs.
+share: a PostgreSQL pool and the Redis clients, opened once and kept between jobs, and
+the SMTP connections kept between sessions (`hub.transports.smtp_pool`).
 
 RQ runs a job as a plain function call; each used to `asyncio.run` a fresh loop and open
 a fresh pool (a PostgreSQL backend, its authentication and the JSON codecs' type
@@ -26,6 +27,7 @@ from redis.asyncio import Redis as AsyncRedis
 from hub.aredis import async_redis
 from hub.config import Settings
 from hub.store.db import Pool, create_pool
+from hub.transports import smtp_pool
 
 T = TypeVar("T")
 # A session's job holds up to 3 at once (claims, renewals, recording); a job serving
@@ -48,6 +50,7 @@ class JobLoop:
         self.loop = asyncio.new_event_loop()
         self._shared: Shared | None = None
         self._opening = asyncio.Lock()
+        self._smtp = smtp_pool.Pools()
         threading.Thread(target=self.loop.run_forever, name="hub-jobs", daemon=True).start()
 
     def run(self, job: Callable[[Shared], Awaitable[T]]) -> T:
@@ -60,7 +63,8 @@ class JobLoop:
             raise
 
     async def _with_shared(self, job: Callable[[Shared], Awaitable[T]]) -> T:
-        return await job(await self.shared())
+        with smtp_pool.kept(self._smtp):
+            return await job(await self.shared())
 
     async def shared(self) -> Shared:
         async with self._opening:
@@ -72,6 +76,7 @@ class JobLoop:
             return self._shared
 
     async def close(self) -> None:
+        await self._smtp.close()
         if self._shared is not None:
             await self._shared.pool.close()
             await self._shared.aredis.aclose()

@@ -20,7 +20,7 @@ import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from email.message import EmailMessage, MIMEPart
 from email.utils import formatdate
 from typing import Any, Literal, cast
@@ -47,6 +47,7 @@ from hub.net import (
 )
 from hub.store import blobs, db
 from hub.store.blobs import Attachment
+from hub.transports import smtp_pool
 from hub.transports.base import Recipient, Result
 
 MESSAGE_ID_DOMAIN = "connect-hub"
@@ -158,12 +159,17 @@ class EmailSpec:
         if cfg.timeout_s is None:
             cfg = cfg.model_copy(update={"timeout_s": settings.smtp_timeout_s})
         attachments = await _session_attachments(content, settings)
-        sender = SmtpSender(cfg, content, attachments, settings.send_concurrency,
-                            Guard.of(settings))
-        try:
-            yield sender
-        finally:
-            await sender.close()
+        concurrency = min(settings.send_concurrency, cfg.max_connections)
+        pools = smtp_pool.KEPT.get()
+        async with AsyncExitStack() as stack:
+            if pools is None:  # not in a worker's job loop: this batch's own connections
+                connections = smtp_pool.Connections(concurrency)
+                stack.push_async_callback(connections.close)
+            else:  # the process's, kept between sessions (see `hub.transports.smtp_pool`)
+                connections = stack.enter_context(pools.use(
+                    transport_id, cfg.model_dump_json(by_alias=True), cfg.max_connections))
+            yield SmtpSender(cfg, content, attachments, concurrency, Guard.of(settings),
+                             connections)
 
 
 async def _session_attachments(
@@ -235,7 +241,8 @@ async def local_hostname() -> str:
 
 
 class SmtpSender:
-    """Sends through a small pool of SMTP connections kept open for the whole batch.
+    """Sends through a small pool of SMTP connections (`smtp_pool.Connections`: kept for
+    the batch, or in a worker between its sessions).
 
     One message per delivery, addressed to that delivery only: an audience member
     (role `to`) or the session's single cc/bcc copy (`X-Hub-Copy: cc|bcc`). Everything
@@ -251,6 +258,7 @@ class SmtpSender:
         attachments: list[Attachment],
         concurrency: int,
         guard: Guard,
+        connections: smtp_pool.Connections,
     ) -> None:
         self._cfg = cfg
         self._guard = guard
@@ -261,10 +269,8 @@ class SmtpSender:
         # recipient's attempt (with the error) rather than the whole job.
         self._shared_msg: EmailMessage | None = None
         self._flat: dict[str, bytes] = {}  # the shared part serialised, per transfer encoding
-        self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
-        self.concurrency = min(concurrency, cfg.max_connections)
-        self._slots = asyncio.Semaphore(self.concurrency)
-        self._all: list[aiosmtplib.SMTP] = []
+        self._connections = connections
+        self.concurrency = concurrency
 
     async def _connect(self) -> aiosmtplib.SMTP:
         """A connection to an address of `host` the guard allows (checked before
@@ -283,14 +289,17 @@ class SmtpSender:
         finally:
             if not connected:
                 sock.close()
-        if cfg.username:
-            await client.login(cfg.username, cfg.password or "")
-        if client.is_ehlo_or_helo_needed:  # the server's extensions pick the encoding
-            try:
-                await client.ehlo()
-            except aiosmtplib.SMTPHeloError:
-                await client.helo()
-        self._all.append(client)
+        try:
+            if cfg.username:
+                await client.login(cfg.username, cfg.password or "")
+            if client.is_ehlo_or_helo_needed:  # the server's extensions pick the encoding
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
+        except BaseException:
+            client.close()
+            raise
         return client
 
     def _common(self) -> EmailMessage:
@@ -353,40 +362,36 @@ class SmtpSender:
 
     async def send(self, recipient: Recipient) -> Result:
         ref = f"<{recipient.attempt_id}@{MESSAGE_ID_DOMAIN}>"
-        async with self._slots:
-            client = self._idle.get_nowait() if not self._idle.empty() else None
+        connections = self._connections
+        async with connections.slot:
+            client: aiosmtplib.SMTP | None = None
             try:
-                if client is None or not client.is_connected:
-                    client = await self._connect()
+                client = await connections.take(self._connect)
                 refused, reply = await self._transmit(client, recipient)
             except aiosmtplib.SMTPRecipientsRefused as exc:
-                self._idle.put_nowait(client)  # type: ignore[arg-type]
+                assert client is not None  # only a message's RCPT raises it
+                connections.give(client)
                 first = exc.recipients[0]
                 return _classify(first.code, first.message, ref)
-            except aiosmtplib.SMTPResponseException as exc:
-                if client is not None and client.is_connected:
-                    self._idle.put_nowait(client)
+            except aiosmtplib.SMTPResponseException as exc:  # a refusal (login's too)
+                if client is not None:
+                    connections.give(client)  # kept only if still connected
                 return _classify(exc.code, exc.message, ref)
             except BlockedURL as exc:  # nothing was sent: no provider ref
                 return Result(O_PERMANENT, retryable=False, error=f"SMTP server {exc}")
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                await _drop(client)
+            except smtp_pool.TROUBLE as exc:
+                connections.drop(client)
                 return Result(O_TEMPORARY, retryable=True, provider_ref=ref,
                               error=f"SMTP connection failed: {exc or type(exc).__name__}")
-            self._idle.put_nowait(client)
+            except BaseException:  # cancelled (or a bug) mid-message: never reuse it
+                connections.drop(client)
+                raise
+            connections.give(client)
         if recipient.address in refused:
             code, text = refused[recipient.address]
             return _classify(code, text, ref)
         return Result(O_DELIVERED, delivered=True, provider_ref=ref,
                       detail={"smtpCode": 250, "smtpReply": reply})
-
-    async def close(self) -> None:
-        for client in self._all:
-            if client.is_connected:
-                try:
-                    await client.quit()
-                except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                    client.close()
 
 
 def _attachment_part(att: Attachment) -> MIMEPart:
@@ -396,11 +401,6 @@ def _attachment_part(att: Attachment) -> MIMEPart:
     part.set_content(att.body, maintype=maintype, subtype=subtype or "octet-stream",
                      disposition="attachment", filename=att.filename)
     return part
-
-
-async def _drop(client: aiosmtplib.SMTP | None) -> None:
-    if client is not None and client.is_connected:
-        client.close()
 
 
 def _classify(code: int, text: str, ref: str) -> Result:

@@ -60,6 +60,21 @@ async def _async(value: Any) -> Any:
     return value
 
 
+async def test_a_worker_keeps_its_smtp_connection_between_small_sessions(
+    api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
+) -> None:
+    """One notification after another through one `hub worker`: one SMTP connection for
+    all of them (a job opened and QUIT one per session), every message delivered once."""
+    _, sink = smtp_sink
+    procs.worker()
+    for i in range(4):
+        created = await api.submit(email([f"n{i}@example.com"]))
+        done = await api.wait_status(created["sessionId"])
+        assert done["counts"] == {"delivered": 1}
+    assert [r.rcpt for r in sink.received] == [f"n{i}@example.com" for i in range(4)]
+    assert sink.connections() == 1 and sink.quits == 0
+
+
 async def test_smtp_4xx_retried_on_schedule_then_delivered(
     api: Api, email_transport: dict[str, Any], smtp_sink: tuple[int, SmtpSink], procs: Procs,
 ) -> None:

@@ -16,6 +16,7 @@ from hub.dev import smtp
 from hub.net import Guard
 from hub.transports.base import Recipient
 from hub.transports.email import EmailConfig, SmtpSender, local_hostname
+from hub.transports.smtp_pool import Connections
 
 
 class Server:
@@ -30,7 +31,7 @@ def sender() -> SmtpSender:
     cfg = EmailConfig.model_validate({"host": "127.0.0.1", "from": "Hub <hub@example.com>"})
     content = {"subject": "Grüße " + "long " * 30, "message": "héllo\n.a dot line\nbye\n",
                "extras": {"html": "<p>héllo</p>", "replyTo": ["r@example.com"]}}
-    return SmtpSender(cfg, content, [], 4, Guard.of(Settings()))
+    return SmtpSender(cfg, content, [], 4, Guard.of(Settings()), Connections(4))
 
 
 def parsed(raw: bytes) -> EmailMessage:
@@ -91,11 +92,12 @@ async def test_the_ehlo_name_is_looked_up_once_per_process(
         cfg = EmailConfig.model_validate({"host": "127.0.0.1", "port": controller.port,
                                           "from": "hub@example.com"})
         for i in range(3):
+            own = Connections(1)
             s = SmtpSender(cfg, {"subject": "S", "message": "M"}, [], 1,
-                           Guard.of(Settings(allow_private_urls=True)))
+                           Guard.of(Settings(allow_private_urls=True)), own)
             result = await s.send(Recipient(delivery_id=i, attempt_id=f"a-{i}", attempt=1,
                                             address=f"x{i}@example.com"))
-            await s.close()
+            await own.close()
             assert result.outcome == "delivered", result
     finally:
         controller.stop()

@@ -1,0 +1,167 @@
+"""SMTP connections kept between the sessions and jobs of one worker process.
+
+A job used to open a session's SMTP connections when it started the session and QUIT them
+when it was done: for many small sessions (a notification to two people each) that was a
+TCP connection, the greeting and EHLO (and TLS and AUTH where configured) per session, for
+the worker and for the customer's server alike. The worker's job loop
+(`hub.jobs.jobloop`) keeps one `Pools` for the process's life and hands it to its jobs
+through `KEPT` (a context variable): connections are kept per transport and config (a
+changed host or password gets new ones), at most the transport's `max_connections` in use
+at once across every session of the process, and each is closed (QUIT) once it has been
+unused for `IDLE_S`. One unused for more than `CHECK_AFTER_S` answers a NOOP before it
+carries a message, so a connection its server or a middlebox has dropped in the meantime
+costs no recipient an attempt. Outside a job loop (`hub demo`, a test calling a sender) a
+sender keeps its connections for its own batch and closes them at its end, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import aiosmtplib
+
+IDLE_S = 30.0          # an unused connection is closed after this long
+CHECK_AFTER_S = 5.0    # one unused for longer answers a NOOP before it is used again
+CHECK_TIMEOUT_S = 5.0  # ... within this long
+QUIT_TIMEOUT_S = 5.0
+
+Connect = Callable[[], Awaitable[aiosmtplib.SMTP]]
+TROUBLE = (aiosmtplib.SMTPException, OSError, TimeoutError)
+
+
+@dataclass
+class _Idle:
+    client: aiosmtplib.SMTP
+    since: float  # monotonic time it was given back
+
+
+class Connections:
+    """Connections to one server as one transport configures it: at most `cap` in use at
+    once (hold `slot` while using one); those given back are reused freshest first, and,
+    when `keep_s` is set, closed once unused that long."""
+
+    def __init__(self, cap: int, keep_s: float | None = None) -> None:
+        self.slot = asyncio.Semaphore(cap)
+        self.keep_s = keep_s
+        self.in_use = 0
+        self.users = 0  # senders holding this (see `Pools.use`)
+        self._idle: list[_Idle] = []  # oldest first
+        self._sweep_at: asyncio.TimerHandle | None = None
+        self._quitting: set[asyncio.Task[None]] = set()
+
+    async def take(self, connect: Connect) -> aiosmtplib.SMTP:
+        """A connection for one message (call it holding `slot`): an idle one still
+        connected (asked NOOP first when it has been idle a while), else a new one."""
+        while self._idle:
+            kept = self._idle.pop()
+            if not kept.client.is_connected:
+                continue
+            if time.monotonic() - kept.since > CHECK_AFTER_S:
+                try:
+                    await kept.client.noop(timeout=CHECK_TIMEOUT_S)
+                except TROUBLE:
+                    kept.client.close()
+                    continue
+            self.in_use += 1
+            return kept.client
+        client = await connect()
+        self.in_use += 1
+        return client
+
+    def give(self, client: aiosmtplib.SMTP) -> None:
+        """Back after use: kept for the next message if it is still connected."""
+        self.in_use -= 1
+        if not client.is_connected:
+            return
+        self._idle.append(_Idle(client, time.monotonic()))
+        if self.keep_s is not None and self._sweep_at is None:
+            self._sweep_at = asyncio.get_running_loop().call_later(self.keep_s, self._sweep)
+
+    def drop(self, client: aiosmtplib.SMTP | None) -> None:
+        """Back after trouble (or an interrupted send): closed, never reused."""
+        if client is None:
+            return
+        self.in_use -= 1
+        if client.is_connected:
+            client.close()
+
+    @property
+    def unused(self) -> bool:
+        return self.users == 0 and self.in_use == 0 and not self._idle
+
+    def _sweep(self) -> None:
+        self._sweep_at = None
+        assert self.keep_s is not None
+        now = time.monotonic()
+        while self._idle and now - self._idle[0].since >= self.keep_s:
+            self._quit(self._idle.pop(0).client)
+        if self._idle:
+            wait = self._idle[0].since + self.keep_s - now
+            self._sweep_at = asyncio.get_running_loop().call_later(wait, self._sweep)
+
+    def _quit(self, client: aiosmtplib.SMTP) -> None:
+        task = asyncio.get_running_loop().create_task(_quit(client))
+        self._quitting.add(task)
+        task.add_done_callback(self._quitting.discard)
+
+    async def close(self) -> None:
+        """QUIT every idle connection (those in use are their senders')."""
+        if self._sweep_at is not None:
+            self._sweep_at.cancel()
+            self._sweep_at = None
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(_quit(kept.client) for kept in idle), *self._quitting)
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    if not client.is_connected:
+        return
+    try:
+        await client.quit(timeout=QUIT_TIMEOUT_S)
+    except TROUBLE:
+        client.close()
+
+
+class Pools:
+    """A process's kept connections, per transport and config."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str], Connections] = {}
+
+    @contextlib.contextmanager
+    def use(self, transport_id: str, config_json: str, cap: int) -> Iterator[Connections]:
+        """The connections of this transport and config, for one sender's life."""
+        key = (transport_id, hashlib.sha256(config_json.encode()).hexdigest())
+        found = self._by_key.get(key)
+        if found is None:
+            # a transport whose config changed leaves its old entry unused: forget those
+            self._by_key = {k: v for k, v in self._by_key.items() if not v.unused}
+            found = self._by_key[key] = Connections(cap, IDLE_S)
+        found.users += 1
+        try:
+            yield found
+        finally:
+            found.users -= 1
+
+    async def close(self) -> None:
+        pools, self._by_key = list(self._by_key.values()), {}
+        await asyncio.gather(*(p.close() for p in pools))
+
+
+KEPT: ContextVar[Pools | None] = ContextVar("hub_smtp_pools", default=None)
+
+
+@contextlib.contextmanager
+def kept(pools: Pools) -> Iterator[None]:
+    """Within the block (and the tasks it starts), email senders use `pools`."""
+    token = KEPT.set(pools)
+    try:
+        yield
+    finally:
+        KEPT.reset(token)
