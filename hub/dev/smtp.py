@@ -37,8 +37,9 @@ class SmtpSink:
     refused: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
     delay_s: float = 0.0  # time taken to accept each message, to slow a test down
-    greeted: list[object] = field(default_factory=list)  # each EHLO's peer: a connection each
+    greeted: list[Session] = field(default_factory=list)  # a connection's session per EHLO
     quits: int = 0
+    in_data: int = 0  # DATA commands begun
 
     async def handle_EHLO(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
@@ -46,7 +47,7 @@ class SmtpSink:
     ) -> list[str]:
         session.host_name = hostname
         with self.lock:
-            self.greeted.append(session.peer)
+            self.greeted.append(session)
         return responses
 
     async def handle_QUIT(  # noqa: N802
@@ -73,6 +74,8 @@ class SmtpSink:
     async def handle_DATA(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
+        with self.lock:
+            self.in_data += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         content = envelope.content or b""
@@ -90,7 +93,7 @@ class SmtpSink:
     def connections(self) -> int:
         """How many connections greeted the sink."""
         with self.lock:
-            return len(set(self.greeted))
+            return len({id(session) for session in self.greeted})  # each kept alive here
 
     def duplicates(self) -> dict[str, int]:
         """Recipients that received more than one message, with the count."""
@@ -104,7 +107,8 @@ class SmtpSink:
 def start(port: int = 0, host: str = "127.0.0.1", idle_timeout_s: float = 300.0
           ) -> tuple[Controller, SmtpSink]:
     """Start the sink in a background thread; returns the controller (with `.port`). It
-    closes a connection left without a command for `idle_timeout_s` (421, as servers do)."""
+    closes a connection left without a command for `idle_timeout_s` (aiosmtpd closes it
+without a reply)."""
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     sink = SmtpSink()
     controller = Controller(sink, hostname=host, port=port or free_port(host), ready_timeout=10,

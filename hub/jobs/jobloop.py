@@ -76,12 +76,12 @@ class JobLoop:
             return self._shared
 
     async def close(self) -> None:
-        await self._smtp.close()
         if self._shared is not None:
             await self._shared.pool.close()
             await self._shared.aredis.aclose()
             self._shared.redis.close()
             self._shared = None
+        await self._smtp.close()  # last: a slow SMTP server holds nothing else up
 
 
 _loops: dict[tuple[str, str], JobLoop] = {}

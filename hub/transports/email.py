@@ -1,4 +1,5 @@
-"""Email over SMTP (aiosmtplib): one message per recipient, connections reused per batch.
+"""Email over SMTP (aiosmtplib): one message per recipient, connections reused (and kept
+between sessions by a worker: `smtp_pool`).
 
 Each delivery gets its own message, addressed to it alone: an audience member, or the
 session's single copy for a `cc`/`bcc` address (those are deliveries of the session, so
@@ -21,6 +22,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from email.message import EmailMessage, MIMEPart
 from email.utils import formatdate
 from typing import Any, Literal, cast
@@ -351,47 +353,63 @@ class SmtpSender:
         head = "".join(f"{name}: {value}\r\n" for name, value in self._own_headers(recipient))
         return head.encode("ascii") + flat, ["BODY=8BITMIME"] if eight_bit else []
 
-    async def _transmit(self, client: aiosmtplib.SMTP, recipient: Recipient
-                        ) -> tuple[dict[str, Any], str]:
+    async def _transmit(self, client: aiosmtplib.SMTP, recipient: Recipient,
+                        progress: _Progress) -> str:
+        """Send one message on `client`: the server's reply to it. `progress.data_begun`
+        is set once the message may have been taken (before that nothing was)."""
         sender = extract_sender(self._shared) or ""
         if sender.isascii() and recipient.address.isascii():
             data, options = self._spliced(recipient, client)
-            return await client.sendmail(sender, [recipient.address], data,
-                                         mail_options=options)
-        return await client.send_message(self.build(recipient), recipients=[recipient.address])
+            await client.mail(sender, options=options)
+            await client.rcpt(recipient.address)
+            progress.data_begun = True
+            return (await client.data(data)).message
+        progress.data_begun = True  # send_message's steps are its own
+        _, reply = await client.send_message(self.build(recipient),
+                                             recipients=[recipient.address])
+        return reply
 
     async def send(self, recipient: Recipient) -> Result:
         ref = f"<{recipient.attempt_id}@{MESSAGE_ID_DOMAIN}>"
         connections = self._connections
         async with connections.slot:
-            client: aiosmtplib.SMTP | None = None
-            try:
-                client = await connections.take(self._connect)
-                refused, reply = await self._transmit(client, recipient)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                assert client is not None  # only a message's RCPT raises it
+            fresh = False
+            while True:  # at most twice: a kept connection failing before DATA, then a new one
+                client: aiosmtplib.SMTP | None = None
+                kept, progress = False, _Progress()
+                try:
+                    client, kept = await connections.take(self._connect, fresh=fresh)
+                    reply = await self._transmit(client, recipient, progress)
+                except aiosmtplib.SMTPRecipientsRefused as exc:  # send_message's refusal
+                    connections.drop(client)
+                    first = exc.recipients[0]
+                    return _classify(first.code, first.message, ref)
+                except aiosmtplib.SMTPResponseException as exc:  # a refusal (login's too)
+                    connections.drop(client)
+                    if kept and exc.code == 421 and not progress.data_begun:
+                        fresh = True  # the server closes the kept connection: not the message's fault
+                        continue
+                    return _classify(exc.code, exc.message, ref)
+                except BlockedURL as exc:  # nothing was sent: no provider ref
+                    return Result(O_PERMANENT, retryable=False, error=f"SMTP server {exc}")
+                except smtp_pool.TROUBLE as exc:
+                    connections.drop(client)
+                    if kept and not progress.data_begun:
+                        fresh = True  # a kept connection that had gone: nothing was sent
+                        continue
+                    return Result(O_TEMPORARY, retryable=True, provider_ref=ref,
+                                  error=f"SMTP connection failed: {exc or type(exc).__name__}")
+                except BaseException:  # cancelled (or a bug) mid-message: never reuse it
+                    connections.drop(client)
+                    raise
                 connections.give(client)
-                first = exc.recipients[0]
-                return _classify(first.code, first.message, ref)
-            except aiosmtplib.SMTPResponseException as exc:  # a refusal (login's too)
-                if client is not None:
-                    connections.give(client)  # kept only if still connected
-                return _classify(exc.code, exc.message, ref)
-            except BlockedURL as exc:  # nothing was sent: no provider ref
-                return Result(O_PERMANENT, retryable=False, error=f"SMTP server {exc}")
-            except smtp_pool.TROUBLE as exc:
-                connections.drop(client)
-                return Result(O_TEMPORARY, retryable=True, provider_ref=ref,
-                              error=f"SMTP connection failed: {exc or type(exc).__name__}")
-            except BaseException:  # cancelled (or a bug) mid-message: never reuse it
-                connections.drop(client)
-                raise
-            connections.give(client)
-        if recipient.address in refused:
-            code, text = refused[recipient.address]
-            return _classify(code, text, ref)
-        return Result(O_DELIVERED, delivered=True, provider_ref=ref,
-                      detail={"smtpCode": 250, "smtpReply": reply})
+                return Result(O_DELIVERED, delivered=True, provider_ref=ref,
+                              detail={"smtpCode": 250, "smtpReply": reply})
+
+
+@dataclass
+class _Progress:
+    data_begun: bool = False
 
 
 def _attachment_part(att: Attachment) -> MIMEPart:
@@ -406,7 +424,7 @@ def _attachment_part(att: Attachment) -> MIMEPart:
 def _classify(code: int, text: str, ref: str) -> Result:
     info = {"smtpCode": code, "smtpReply": text}
     error = f"SMTP {code} {text}"
-    if 400 <= code < 500:
+    if code < 500:  # 4xx, or aiosmtplib's -1 for a reply it could not read
         return Result(O_TEMPORARY, retryable=True, provider_ref=ref, detail=info, error=error)
     return Result(O_PERMANENT, retryable=False, provider_ref=ref, detail=info, error=error)
 

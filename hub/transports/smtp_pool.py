@@ -8,10 +8,16 @@ the worker and for the customer's server alike. The worker's job loop
 through `KEPT` (a context variable): connections are kept per transport and config (a
 changed host or password gets new ones), at most the transport's `max_connections` in use
 at once across every session of the process, and each is closed (QUIT) once it has been
-unused for `IDLE_S`. One unused for more than `CHECK_AFTER_S` answers a NOOP before it
-carries a message, so a connection its server or a middlebox has dropped in the meantime
-costs no recipient an attempt. Outside a job loop (`hub demo`, a test calling a sender) a
-sender keeps its connections for its own batch and closes them at its end, as before.
+unused for `IDLE_S` or once it is `MAX_AGE_S` old (credentials revoked or the host's
+address changed reach kept connections within that time), the least recently used first
+when the process keeps more than `MAX_IDLE` unused. One unused for more than
+`CHECK_AFTER_S` answers a NOOP before it carries a message (a NOOP that goes unanswered
+closes the older idle ones too: a middlebox that dropped one dropped them all), and a kept
+connection that fails before the message's DATA began (the server closed it just then, or
+answered 421) is replaced by a new one for the same message (`take(fresh=True)`), so a
+connection kept open costs no recipient an attempt. Outside a job loop (`hub demo`, a test
+calling a sender) a sender keeps its connections for its own batch and closes them at its
+end, as before.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -27,9 +34,11 @@ from dataclasses import dataclass
 import aiosmtplib
 
 IDLE_S = 30.0          # an unused connection is closed after this long
+MAX_AGE_S = 300.0      # ... and a used one once it is this old
+MAX_IDLE = 64          # unused connections a process keeps, across its transports
 CHECK_AFTER_S = 5.0    # one unused for longer answers a NOOP before it is used again
 CHECK_TIMEOUT_S = 5.0  # ... within this long
-QUIT_TIMEOUT_S = 5.0
+QUIT_TIMEOUT_S = 1.0
 
 Connect = Callable[[], Awaitable[aiosmtplib.SMTP]]
 TROUBLE = (aiosmtplib.SMTPException, OSError, TimeoutError)
@@ -44,47 +53,66 @@ class _Idle:
 class Connections:
     """Connections to one server as one transport configures it: at most `cap` in use at
     once (hold `slot` while using one); those given back are reused freshest first, and,
-    when `keep_s` is set, closed once unused that long."""
+    when `keep_s` is set, closed once unused that long or `MAX_AGE_S` old."""
 
     def __init__(self, cap: int, keep_s: float | None = None) -> None:
         self.slot = asyncio.Semaphore(cap)
         self.keep_s = keep_s
         self.in_use = 0
         self.users = 0  # senders holding this (see `Pools.use`)
+        self.closed = False
         self._idle: list[_Idle] = []  # oldest first
+        self._born: weakref.WeakKeyDictionary[aiosmtplib.SMTP, float] = (
+            weakref.WeakKeyDictionary())
         self._sweep_at: asyncio.TimerHandle | None = None
         self._quitting: set[asyncio.Task[None]] = set()
 
-    async def take(self, connect: Connect) -> aiosmtplib.SMTP:
-        """A connection for one message (call it holding `slot`): an idle one still
-        connected (asked NOOP first when it has been idle a while), else a new one."""
-        while self._idle:
+    async def take(self, connect: Connect, *, fresh: bool = False
+                   ) -> tuple[aiosmtplib.SMTP, bool]:
+        """A connection for one message (call it holding `slot`) and whether it was kept
+        from before: an idle one still connected (asked NOOP first when it has been idle
+        a while), else (or when `fresh`) a new one."""
+        while self._idle and not fresh:
             kept = self._idle.pop()
             if not kept.client.is_connected:
                 continue
             if time.monotonic() - kept.since > CHECK_AFTER_S:
                 try:
                     await kept.client.noop(timeout=CHECK_TIMEOUT_S)
-                except TROUBLE:
+                except TROUBLE:  # the older ones went the same way, surely
                     kept.client.close()
+                    for older in self._idle:
+                        older.client.close()
+                    self._idle.clear()
                     continue
+                except BaseException:  # cancelled while asking: not left half-used
+                    kept.client.close()
+                    raise
             self.in_use += 1
-            return kept.client
+            return kept.client, True
         client = await connect()
+        self._born[client] = time.monotonic()
         self.in_use += 1
-        return client
+        return client, False
 
     def give(self, client: aiosmtplib.SMTP) -> None:
-        """Back after use: kept for the next message if it is still connected."""
+        """Back after a message went well: kept for the next one if still connected
+        (QUIT instead once old, or when the pool is closed)."""
         self.in_use -= 1
         if not client.is_connected:
             return
-        self._idle.append(_Idle(client, time.monotonic()))
+        now = time.monotonic()
+        if self.closed or (self.keep_s is not None
+                           and now - self._born.get(client, now) >= MAX_AGE_S):
+            self._quit(client)
+            return
+        self._idle.append(_Idle(client, now))
         if self.keep_s is not None and self._sweep_at is None:
             self._sweep_at = asyncio.get_running_loop().call_later(self.keep_s, self._sweep)
 
     def drop(self, client: aiosmtplib.SMTP | None) -> None:
-        """Back after trouble (or an interrupted send): closed, never reused."""
+        """Back after a refusal, trouble or an interrupted send: closed, never reused (its
+        state is not known: a refused RSET, a reply half read)."""
         if client is None:
             return
         self.in_use -= 1
@@ -95,12 +123,22 @@ class Connections:
     def unused(self) -> bool:
         return self.users == 0 and self.in_use == 0 and not self._idle
 
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    def idle_since(self) -> float | None:
+        """When the longest-unused idle connection was given back."""
+        return self._idle[0].since if self._idle else None
+
+    def quit_oldest(self) -> None:
+        self._quit(self._idle.pop(0).client)
+
     def _sweep(self) -> None:
         self._sweep_at = None
         assert self.keep_s is not None
         now = time.monotonic()
         while self._idle and now - self._idle[0].since >= self.keep_s:
-            self._quit(self._idle.pop(0).client)
+            self.quit_oldest()
         if self._idle:
             wait = self._idle[0].since + self.keep_s - now
             self._sweep_at = asyncio.get_running_loop().call_later(wait, self._sweep)
@@ -111,7 +149,8 @@ class Connections:
         task.add_done_callback(self._quitting.discard)
 
     async def close(self) -> None:
-        """QUIT every idle connection (those in use are their senders')."""
+        """QUIT every idle connection; those in use are closed as they come back."""
+        self.closed = True
         if self._sweep_at is not None:
             self._sweep_at.cancel()
             self._sweep_at = None
@@ -143,11 +182,23 @@ class Pools:
             # a transport whose config changed leaves its old entry unused: forget those
             self._by_key = {k: v for k, v in self._by_key.items() if not v.unused}
             found = self._by_key[key] = Connections(cap, IDLE_S)
+        # the cap is the one this config asks for: `max_connections` is part of the key
         found.users += 1
         try:
             yield found
         finally:
             found.users -= 1
+            self._trim()
+
+    def _trim(self) -> None:
+        """Keep at most MAX_IDLE unused connections, QUITting the longest unused."""
+        entries = list(self._by_key.values())
+        idle = sum(e.idle_count() for e in entries)
+        while idle > MAX_IDLE:
+            oldest = min((e for e in entries if e.idle_since() is not None),
+                         key=lambda e: e.idle_since() or 0.0)
+            oldest.quit_oldest()
+            idle -= 1
 
     async def close(self) -> None:
         pools, self._by_key = list(self._by_key.values()), {}

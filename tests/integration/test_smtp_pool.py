@@ -2,12 +2,14 @@
 real SMTP server (aiosmtpd) through the real email sender (`EmailSpec.open`).
 
 Kept connections must never cost a recipient an attempt: one the server closed while idle,
-or one a middlebox silently stopped carrying, is replaced before a message goes on it."""
+one a middlebox silently stopped carrying, one that fails before the message's DATA, is
+replaced and the message goes on a new one."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,6 +20,7 @@ from hub.dev import smtp
 from hub.transports import smtp_pool
 from hub.transports.base import Recipient
 from hub.transports.email import EmailSpec
+from tests.helpers import eventually
 
 EMAIL = EmailSpec()
 SETTINGS = Settings(allow_private_urls=True)
@@ -53,6 +56,15 @@ async def session(cfg: dict[str, Any], *addresses: str, transport: str = "t1") -
     return [r.outcome for r in results]
 
 
+def entry(pools: smtp_pool.Pools) -> smtp_pool.Connections:
+    [only] = pools._by_key.values()
+    return only
+
+
+async def condition(check: bool) -> bool | None:
+    return check or None
+
+
 @contextlib.asynccontextmanager
 async def kept() -> AsyncIterator[smtp_pool.Pools]:
     """What a worker's job loop does for its jobs."""
@@ -86,9 +98,11 @@ async def test_outside_a_worker_each_batch_has_its_own_connections() -> None:
 
 async def test_a_connection_the_server_closed_while_idle_is_replaced_unnoticed() -> None:
     with sink(idle_timeout_s=0.3) as (port, got):
-        async with kept():
+        async with kept() as pools:
             assert await session(config(port), "a@example.com") == ["delivered"]
-            await asyncio.sleep(0.8)  # the server times the idle connection out (421)
+            [idle] = entry(pools)._idle
+            await eventually(lambda: condition(not idle.client.is_connected), 10,
+                             "the server to close the idle connection")
             assert await session(config(port), "b@example.com") == ["delivered"]
         assert got.connections() == 2
         assert [r.rcpt for r in got.received] == ["a@example.com", "b@example.com"]
@@ -167,11 +181,13 @@ async def test_a_changed_config_or_another_transport_gets_its_own_connections() 
     with sink() as (port, got):
         async with kept():
             assert await session(config(port), "a@example.com") == ["delivered"]
-            assert await session(config(port, username=None, max_connections=2),
-                                 "b@example.com") == ["delivered"]
+            assert await session(config(port, max_connections=2), "b@example.com") == [
+                "delivered"]
+            assert await session({**config(port), "from": "other@example.com"},
+                                 "b2@example.com") == ["delivered"]
             assert await session(config(port), "c@example.com", transport="t2") == ["delivered"]
             assert await session(config(port), "d@example.com") == ["delivered"]
-        assert got.connections() == 3
+        assert got.connections() == 4
 
 
 async def test_an_idle_connection_is_quit_after_idle_s(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,21 +195,120 @@ async def test_an_idle_connection_is_quit_after_idle_s(monkeypatch: pytest.Monke
     with sink() as (port, got):
         async with kept():
             assert await session(config(port), "a@example.com") == ["delivered"]
-            await asyncio.sleep(0.8)
-            assert got.quits == 1  # nobody used it: QUIT by the sweep, not at the end
+            # nobody used it: QUIT by the sweep, not at the end
+            await eventually(lambda: condition(got.quits == 1), 10, "the idle connection's QUIT")
             assert await session(config(port), "b@example.com") == ["delivered"]
             assert got.connections() == 2
+
+
+async def test_a_connection_in_use_is_retired_once_old(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(smtp_pool, "MAX_AGE_S", 0.2)
+    with sink() as (port, got):
+        async with kept():
+            assert await session(config(port), "a@example.com") == ["delivered"]
+            await asyncio.sleep(0.3)
+            assert await session(config(port), "b@example.com") == ["delivered"]  # then QUIT
+            await eventually(lambda: condition(got.quits == 1), 10, "the old connection's QUIT")
+            assert await session(config(port), "c@example.com") == ["delivered"]
+        assert got.connections() == 2
+
+
+async def test_a_worker_keeps_at_most_max_idle_connections_across_transports(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(smtp_pool, "MAX_IDLE", 1)
+    with sink() as (port, got):
+        async with kept() as pools:
+            assert await session(config(port), "a@example.com", transport="t1") == ["delivered"]
+            assert await session(config(port), "b@example.com", transport="t2") == ["delivered"]
+            await eventually(lambda: condition(got.quits == 1), 10, "the older one's QUIT")
+            assert sum(c.idle_count() for c in pools._by_key.values()) == 1
+            assert await session(config(port), "c@example.com", transport="t2") == ["delivered"]
+        assert got.connections() == 2
+
+
+async def test_a_kept_connection_that_stopped_carrying_is_replaced_for_the_same_message() -> None:
+    """Reused at once (no NOOP yet): its MAIL times out, the message goes on a new
+    connection, and the recipient's attempt is the delivery."""
+    with sink() as (port, got):
+        async with Blackhole(port) as relay, kept():
+            cfg = config(relay.port, timeout_s=1.0)
+            assert await session(cfg, "a@example.com") == ["delivered"]
+            relay.drop_all()
+            assert await session(cfg, "b@example.com") == ["delivered"]
+            assert got.connections() == 2
+        assert [r.rcpt for r in got.received] == ["a@example.com", "b@example.com"]
+
+
+async def test_a_421_before_data_on_a_kept_connection_goes_again_on_a_new_one() -> None:
+    with sink() as (port, got):
+        async with kept():
+            assert await session(config(port), "a@example.com") == ["delivered"]
+            got.scripts["b@example.com"] = ["421 4.7.0 too many messages on this connection"]
+            assert await session(config(port), "b@example.com") == ["delivered"]
+            assert got.connections() == 2
+            # on a new connection a 421 is the message's: a temporary failure, retried later
+            got.scripts["c@example.com"] = ["421 4.7.0 closing"]
+            assert await session(config(port, max_connections=3), "c@example.com") == [
+                "temporary_failure"]
+        assert [r.rcpt for r in got.received] == ["a@example.com", "b@example.com"]
+
+
+async def test_a_refused_message_does_not_leave_its_connection_for_reuse() -> None:
+    with sink() as (port, got):
+        async with kept() as pools:
+            assert await session(config(port), "bounce@example.com") == ["permanent_failure"]
+            assert entry(pools).idle_count() == 0  # its state after the refusal is not known
+            assert await session(config(port), "a@example.com") == ["delivered"]
+        assert got.connections() == 2
+
+
+async def test_an_unanswered_noop_closes_the_older_idle_connections_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A middlebox that dropped one kept connection dropped them all: one NOOP's timeout,
+    not one per connection, before the message goes on a new one."""
+    monkeypatch.setattr(smtp_pool, "CHECK_AFTER_S", 0.1)
+    monkeypatch.setattr(smtp_pool, "CHECK_TIMEOUT_S", 1.0)
+    with sink() as (port, got):
+        async with Blackhole(port) as relay, kept() as pools:
+            many = [f"a{i}@example.com" for i in range(3)]
+            assert await session(config(relay.port), *many) == ["delivered"] * 3
+            kept_before = entry(pools).idle_count()
+            assert kept_before >= 2
+            relay.drop_all()
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            assert await session(config(relay.port), "b@example.com") == ["delivered"]
+            assert time.monotonic() - started < 1.9  # one NOOP's wait, not two or more
+            assert entry(pools).idle_count() == 1  # the new one
+            assert got.connections() == kept_before + 1
 
 
 async def test_a_send_cancelled_mid_message_never_leaves_its_connection_for_reuse() -> None:
     with sink() as (port, got):
         got.delay_s = 1.0
-        async with kept():
+        async with kept() as pools:
             sending = asyncio.create_task(session(config(port), "a@example.com"))
-            await asyncio.sleep(0.3)  # in DATA: the server sits on the message
+            await eventually(lambda: condition(got.in_data == 1), 10, "the message's DATA")
             sending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sending
+            kept_ = entry(pools)
+            assert kept_.in_use == 0 and kept_.idle_count() == 0  # closed, not kept
+            assert got.quits == 0
             got.delay_s = 0.0
             assert await session(config(port), "b@example.com") == ["delivered"]
         assert got.connections() == 2
+
+
+async def test_a_kept_connection_failing_once_data_began_is_not_sent_again() -> None:
+    """Past DATA the server may have taken the message: a timeout there is the attempt's
+    temporary failure (retried on the schedule, the Message-ID naming the attempt), never
+    a second copy at once."""
+    with sink() as (port, got):
+        async with kept():
+            cfg = config(port, timeout_s=1.0)
+            assert await session(cfg, "a@example.com") == ["delivered"]
+            got.delay_s = 1.5  # the server sits on the message past the client's timeout
+            assert await session(cfg, "b@example.com") == ["temporary_failure"]
+            await asyncio.sleep(0.5)
+        assert got.in_data == 2  # a's, then b's once
