@@ -104,15 +104,15 @@ class SmtpSink:
         return {a: n for a, n in seen.items() if n > 1}
 
 
-def start(port: int = 0, host: str = "127.0.0.1", idle_timeout_s: float = 300.0
-          ) -> tuple[Controller, SmtpSink]:
+def start(port: int = 0, host: str = "127.0.0.1", idle_timeout_s: float = 300.0,
+          size_limit: int = 33_554_432) -> tuple[Controller, SmtpSink]:
     """Start the sink in a background thread; returns the controller (with `.port`). It
     closes a connection left without a command for `idle_timeout_s` (aiosmtpd closes it
 without a reply)."""
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     sink = SmtpSink()
     controller = Controller(sink, hostname=host, port=port or free_port(host), ready_timeout=10,
-                            timeout=idle_timeout_s)
+                            timeout=idle_timeout_s, data_size_limit=size_limit)
     controller.start()
     return controller, sink
 

@@ -165,11 +165,11 @@ class EmailSpec:
         pools = smtp_pool.KEPT.get()
         async with AsyncExitStack() as stack:
             if pools is None:  # not in a worker's job loop: this batch's own connections
-                connections = smtp_pool.Connections(concurrency)
+                connections = smtp_pool.Connections()
                 stack.push_async_callback(connections.close)
             else:  # the process's, kept between sessions (see `hub.transports.smtp_pool`)
                 connections = stack.enter_context(pools.use(
-                    transport_id, cfg.model_dump_json(by_alias=True), cfg.max_connections))
+                    transport_id, cfg.model_dump_json(by_alias=True)))
             yield SmtpSender(cfg, content, attachments, concurrency, Guard.of(settings),
                              connections)
 
@@ -273,6 +273,10 @@ class SmtpSender:
         self._flat: dict[str, bytes] = {}  # the shared part serialised, per transfer encoding
         self._connections = connections
         self.concurrency = concurrency
+        # The sender's own slots, one per pipeline consumer: a send never waits for a
+        # connection after the pipeline found its claim safe to send (kept connections are
+        # shared between sessions, slots are not).
+        self._slots = asyncio.Semaphore(concurrency)
 
     async def _connect(self) -> aiosmtplib.SMTP:
         """A connection to an address of `host` the guard allows (checked before
@@ -360,6 +364,8 @@ class SmtpSender:
         sender = extract_sender(self._shared) or ""
         if sender.isascii() and recipient.address.isascii():
             data, options = self._spliced(recipient, client)
+            if client.supports_extension("size"):  # refused at MAIL when too big, as sendmail did
+                options = [f"SIZE={len(data)}", *options]
             await client.mail(sender, options=options)
             await client.rcpt(recipient.address)
             progress.data_begun = True
@@ -372,7 +378,7 @@ class SmtpSender:
     async def send(self, recipient: Recipient) -> Result:
         ref = f"<{recipient.attempt_id}@{MESSAGE_ID_DOMAIN}>"
         connections = self._connections
-        async with connections.slot:
+        async with self._slots:
             fresh = False
             while True:  # at most twice: a kept connection failing before DATA, then a new one
                 client: aiosmtplib.SMTP | None = None

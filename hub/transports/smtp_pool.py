@@ -6,9 +6,10 @@ TCP connection, the greeting and EHLO (and TLS and AUTH where configured) per se
 the worker and for the customer's server alike. The worker's job loop
 (`hub.jobs.jobloop`) keeps one `Pools` for the process's life and hands it to its jobs
 through `KEPT` (a context variable): connections are kept per transport and config (a
-changed host or password gets new ones), at most the transport's `max_connections` in use
-at once across every session of the process, and each is closed (QUIT) once it has been
-unused for `IDLE_S` or once it is `MAX_AGE_S` old (credentials revoked or the host's
+changed host or password gets new ones; each session's sender still uses at most the
+transport's `max_connections` at once, with slots of its own, so that no send waits for
+a connection after the pipeline found its claim safe to send), and each is closed (QUIT)
+once it has been unused for `IDLE_S` or once it is `MAX_AGE_S` old (credentials revoked or the host's
 address changed reach kept connections within that time), the least recently used first
 when the process keeps more than `MAX_IDLE` unused. One unused for more than
 `CHECK_AFTER_S` answers a NOOP before it carries a message (a NOOP that goes unanswered
@@ -51,12 +52,11 @@ class _Idle:
 
 
 class Connections:
-    """Connections to one server as one transport configures it: at most `cap` in use at
-    once (hold `slot` while using one); those given back are reused freshest first, and,
+    """Connections to one server as one transport configures it (each sender caps how many
+    it uses at once): those given back are reused freshest first, and,
     when `keep_s` is set, closed once unused that long or `MAX_AGE_S` old."""
 
-    def __init__(self, cap: int, keep_s: float | None = None) -> None:
-        self.slot = asyncio.Semaphore(cap)
+    def __init__(self, keep_s: float | None = None) -> None:
         self.keep_s = keep_s
         self.in_use = 0
         self.users = 0  # senders holding this (see `Pools.use`)
@@ -69,7 +69,7 @@ class Connections:
 
     async def take(self, connect: Connect, *, fresh: bool = False
                    ) -> tuple[aiosmtplib.SMTP, bool]:
-        """A connection for one message (call it holding `slot`) and whether it was kept
+        """A connection for one message and whether it was kept
         from before: an idle one still connected (asked NOOP first when it has been idle
         a while), else (or when `fresh`) a new one."""
         while self._idle and not fresh:
@@ -174,15 +174,14 @@ class Pools:
         self._by_key: dict[tuple[str, str], Connections] = {}
 
     @contextlib.contextmanager
-    def use(self, transport_id: str, config_json: str, cap: int) -> Iterator[Connections]:
+    def use(self, transport_id: str, config_json: str) -> Iterator[Connections]:
         """The connections of this transport and config, for one sender's life."""
         key = (transport_id, hashlib.sha256(config_json.encode()).hexdigest())
         found = self._by_key.get(key)
         if found is None:
             # a transport whose config changed leaves its old entry unused: forget those
             self._by_key = {k: v for k, v in self._by_key.items() if not v.unused}
-            found = self._by_key[key] = Connections(cap, IDLE_S)
-        # the cap is the one this config asks for: `max_connections` is part of the key
+            found = self._by_key[key] = Connections(IDLE_S)
         found.users += 1
         try:
             yield found

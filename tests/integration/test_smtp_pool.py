@@ -28,8 +28,9 @@ CONTENT = {"subject": "Hello", "message": "Body"}
 
 
 @contextlib.contextmanager
-def sink(idle_timeout_s: float = 300.0) -> Iterator[tuple[int, smtp.SmtpSink]]:
-    controller, received = smtp.start(idle_timeout_s=idle_timeout_s)
+def sink(idle_timeout_s: float = 300.0, size_limit: int = 33_554_432
+         ) -> Iterator[tuple[int, smtp.SmtpSink]]:
+    controller, received = smtp.start(idle_timeout_s=idle_timeout_s, size_limit=size_limit)
     try:
         yield controller.port, received
     finally:
@@ -162,19 +163,6 @@ async def test_a_connection_a_middlebox_dropped_is_found_out_before_a_message_go
             assert await session(config(relay.port), "b@example.com") == ["delivered"]
             assert got.connections() == 2
         assert [r.rcpt for r in got.received] == ["a@example.com", "b@example.com"]
-
-
-async def test_max_connections_holds_across_the_sessions_of_a_worker() -> None:
-    with sink() as (port, got):
-        got.delay_s = 0.05
-        cfg = config(port, max_connections=1)
-        async with kept():
-            outcomes = await asyncio.gather(
-                session(cfg, "a1@example.com", "a2@example.com", "a3@example.com"),
-                session(cfg, "b1@example.com", "b2@example.com", "b3@example.com"))
-        assert outcomes == [["delivered"] * 3] * 2
-        assert got.connections() == 1
-        assert len(got.received) == 6 and not got.duplicates()
 
 
 async def test_a_changed_config_or_another_transport_gets_its_own_connections() -> None:
@@ -312,3 +300,27 @@ async def test_a_kept_connection_failing_once_data_began_is_not_sent_again() -> 
             assert await session(cfg, "b@example.com") == ["temporary_failure"]
             await asyncio.sleep(0.5)
         assert got.in_data == 2  # a's, then b's once
+
+
+async def test_a_message_over_the_server_s_size_is_refused_at_mail_before_its_upload() -> None:
+    """MAIL carries SIZE= (as aiosmtplib's sendmail did): too big is a permanent 552 and
+    nothing is uploaded."""
+    with sink(size_limit=64) as (port, got):
+        async with EMAIL.open(config(port), CONTENT, SETTINGS, "t1") as sender:
+            result = await sender.send(recipient("a@example.com"))
+        assert result.outcome == "permanent_failure" and result.detail["smtpCode"] == 552
+        assert "message size exceeds" in result.detail["smtpReply"]  # MAIL's reply, not DATA's
+        assert got.in_data == 0
+
+
+async def test_sessions_at_once_never_wait_on_each_other_for_a_connection() -> None:
+    """Each sender has its own slots (one per pipeline consumer): a send the pipeline found
+    safe to send never queues behind another session's for a kept connection."""
+    with sink() as (port, got):
+        got.delay_s = 0.2
+        cfg = config(port, max_connections=1)
+        async with kept():
+            outcomes = await asyncio.gather(session(cfg, "a@example.com"),
+                                            session(cfg, "b@example.com"))
+        assert outcomes == [["delivered"]] * 2
+        assert got.connections() == 2  # at once, one each

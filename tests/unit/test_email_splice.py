@@ -31,7 +31,7 @@ def sender() -> SmtpSender:
     cfg = EmailConfig.model_validate({"host": "127.0.0.1", "from": "Hub <hub@example.com>"})
     content = {"subject": "Grüße " + "long " * 30, "message": "héllo\n.a dot line\nbye\n",
                "extras": {"html": "<p>héllo</p>", "replyTo": ["r@example.com"]}}
-    return SmtpSender(cfg, content, [], 4, Guard.of(Settings()), Connections(4))
+    return SmtpSender(cfg, content, [], 4, Guard.of(Settings()), Connections())
 
 
 def parsed(raw: bytes) -> EmailMessage:
@@ -92,7 +92,7 @@ async def test_the_ehlo_name_is_looked_up_once_per_process(
         cfg = EmailConfig.model_validate({"host": "127.0.0.1", "port": controller.port,
                                           "from": "hub@example.com"})
         for i in range(3):
-            own = Connections(1)
+            own = Connections()
             s = SmtpSender(cfg, {"subject": "S", "message": "M"}, [], 1,
                            Guard.of(Settings(allow_private_urls=True)), own)
             result = await s.send(Recipient(delivery_id=i, attempt_id=f"a-{i}", attempt=1,
