@@ -28,6 +28,7 @@ class Received:
     subject: str
     at: float
     message: Message
+    raw: bytes = b""  # as received (a non-ASCII header is only readable here)
 
 
 @dataclass
@@ -39,7 +40,7 @@ class SmtpSink:
     delay_s: float = 0.0  # time taken to accept each message, to slow a test down
     greeted: list[Session] = field(default_factory=list)  # a connection's session per EHLO
     quits: int = 0
-    in_data: int = 0  # DATA commands begun
+    in_data: int = 0  # messages whose DATA arrived whole (counted before the reply)
 
     async def handle_EHLO(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
@@ -79,11 +80,12 @@ class SmtpSink:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         content = envelope.content or b""
-        msg = message_from_bytes(content.encode() if isinstance(content, str) else content)
+        raw = content.encode() if isinstance(content, str) else content
+        msg = message_from_bytes(raw)
         with self.lock:
             for rcpt in envelope.rcpt_tos:
                 self.received.append(Received(rcpt, msg.get("Message-ID", ""),
-                                              msg.get("Subject", ""), time.time(), msg))
+                                              msg.get("Subject", ""), time.time(), msg, raw))
         return "250 2.0.0 queued"
 
     def for_address(self, address: str) -> list[Received]:
@@ -105,14 +107,15 @@ class SmtpSink:
 
 
 def start(port: int = 0, host: str = "127.0.0.1", idle_timeout_s: float = 300.0,
-          size_limit: int = 33_554_432) -> tuple[Controller, SmtpSink]:
+          size_limit: int = 33_554_432, smtputf8: bool = True) -> tuple[Controller, SmtpSink]:
     """Start the sink in a background thread; returns the controller (with `.port`). It
     closes a connection left without a command for `idle_timeout_s` (aiosmtpd closes it
-without a reply)."""
+without a reply); `smtputf8` offers SMTPUTF8 (non-ASCII addresses)."""
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     sink = SmtpSink()
     controller = Controller(sink, hostname=host, port=port or free_port(host), ready_timeout=10,
-                            timeout=idle_timeout_s, data_size_limit=size_limit)
+                            timeout=idle_timeout_s, data_size_limit=size_limit,
+                            enable_SMTPUTF8=smtputf8)
     controller.start()
     return controller, sink
 

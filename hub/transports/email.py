@@ -235,8 +235,8 @@ _FQDN: dict[str, str] = {}
 
 async def local_hostname() -> str:
     """This host's name for EHLO (`socket.getfqdn()`, as aiosmtplib picks it), looked up
-    once per process: aiosmtplib looks it up in a thread for every connection it opens,
-    ~3 ms and a thread hop for each small session's job."""
+    once per process: aiosmtplib looks it up in a thread for every connection it opens
+    (~3 ms and a thread hop each)."""
     if "name" not in _FQDN:
         _FQDN["name"] = await asyncio.to_thread(socket.getfqdn)
     return _FQDN["name"]
@@ -346,34 +346,41 @@ class SmtpSender:
             self._shared_msg = self._common()
         return self._shared_msg
 
-    def _spliced(self, recipient: Recipient, client: aiosmtplib.SMTP) -> tuple[bytes, list[str]]:
-        """The message's bytes (its own headers, then the shared part serialised once) and
-        the MAIL options, as `send_message` would have made them for this server."""
+    def _message(self, recipient: Recipient, client: aiosmtplib.SMTP
+                 ) -> tuple[str, bytes, list[str]]:
+        """The envelope sender, the message's bytes and the MAIL options, as `send_message`
+        would have made them for this server. An ASCII message is its own headers, then the
+        shared part serialised once; one with a non-ASCII address (SMTPUTF8) is built whole."""
+        sender = extract_sender(self._shared) or ""
         eight_bit = client.supports_extension("8BITMIME")
         cte = "8bit" if eight_bit else "7bit"
-        flat = self._flat.get(cte)
-        if flat is None:
-            flat = self._flat[cte] = flatten_message(self._shared, cte_type=cte)
-        head = "".join(f"{name}: {value}\r\n" for name, value in self._own_headers(recipient))
-        return head.encode("ascii") + flat, ["BODY=8BITMIME"] if eight_bit else []
+        options = ["BODY=8BITMIME"] if eight_bit else []
+        if sender.isascii() and recipient.address.isascii():
+            flat = self._flat.get(cte)
+            if flat is None:
+                flat = self._flat[cte] = flatten_message(self._shared, cte_type=cte)
+            head = "".join(f"{name}: {value}\r\n"
+                           for name, value in self._own_headers(recipient))
+            data = head.encode("ascii") + flat
+        else:
+            if not client.supports_extension("smtputf8"):
+                raise _NeedsUtf8
+            data = flatten_message(self.build(recipient), utf8=True, cte_type=cte)
+            options.append("SMTPUTF8")
+        if client.supports_extension("size"):  # refused at MAIL when too big, as sendmail did
+            options.insert(0, f"SIZE={len(data)}")
+        return sender, data, options
 
     async def _transmit(self, client: aiosmtplib.SMTP, recipient: Recipient,
                         progress: _Progress) -> str:
         """Send one message on `client`: the server's reply to it. `progress.data_begun`
         is set once the message may have been taken (before that nothing was)."""
-        sender = extract_sender(self._shared) or ""
-        if sender.isascii() and recipient.address.isascii():
-            data, options = self._spliced(recipient, client)
-            if client.supports_extension("size"):  # refused at MAIL when too big, as sendmail did
-                options = [f"SIZE={len(data)}", *options]
-            await client.mail(sender, options=options)
-            await client.rcpt(recipient.address)
-            progress.data_begun = True
-            return (await client.data(data)).message
-        progress.data_begun = True  # send_message's steps are its own
-        _, reply = await client.send_message(self.build(recipient),
-                                             recipients=[recipient.address])
-        return reply
+        sender, data, options = self._message(recipient, client)
+        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        await client.mail(sender, options=options, encoding=encoding)
+        await client.rcpt(recipient.address, encoding=encoding)
+        progress.data_begun = True
+        return (await client.data(data)).message
 
     async def send(self, recipient: Recipient) -> Result:
         ref = f"<{recipient.attempt_id}@{MESSAGE_ID_DOMAIN}>"
@@ -386,16 +393,18 @@ class SmtpSender:
                 try:
                     client, kept = await connections.take(self._connect, fresh=fresh)
                     reply = await self._transmit(client, recipient, progress)
-                except aiosmtplib.SMTPRecipientsRefused as exc:  # send_message's refusal
-                    connections.drop(client)
-                    first = exc.recipients[0]
-                    return _classify(first.code, first.message, ref)
                 except aiosmtplib.SMTPResponseException as exc:  # a refusal (login's too)
                     connections.drop(client)
-                    if kept and exc.code == 421 and not progress.data_begun:
-                        fresh = True  # the server closes the kept connection: not the message's fault
+                    if kept and exc.code in (421, -1) and not progress.data_begun:
+                        fresh = True  # the kept connection closed or garbled: not the message's
                         continue
                     return _classify(exc.code, exc.message, ref)
+                except _NeedsUtf8:  # nothing was sent; the connection is as it was
+                    assert client is not None  # taken before the message was made
+                    connections.give(client)
+                    return Result(O_PERMANENT, retryable=False, error=(
+                        "the SMTP server does not offer SMTPUTF8, which a non-ASCII address"
+                        " needs"))
                 except BlockedURL as exc:  # nothing was sent: no provider ref
                     return Result(O_PERMANENT, retryable=False, error=f"SMTP server {exc}")
                 except smtp_pool.TROUBLE as exc:
@@ -411,6 +420,10 @@ class SmtpSender:
                 connections.give(client)
                 return Result(O_DELIVERED, delivered=True, provider_ref=ref,
                               detail={"smtpCode": 250, "smtpReply": reply})
+
+
+class _NeedsUtf8(Exception):
+    """The message has a non-ASCII address and the server does not offer SMTPUTF8."""
 
 
 @dataclass
@@ -430,7 +443,7 @@ def _attachment_part(att: Attachment) -> MIMEPart:
 def _classify(code: int, text: str, ref: str) -> Result:
     info = {"smtpCode": code, "smtpReply": text}
     error = f"SMTP {code} {text}"
-    if code < 500:  # 4xx, or aiosmtplib's -1 for a reply it could not read
+    if code == -1 or 400 <= code < 500:  # 4xx, or aiosmtplib's -1 for a reply it could not read
         return Result(O_TEMPORARY, retryable=True, provider_ref=ref, detail=info, error=error)
     return Result(O_PERMANENT, retryable=False, provider_ref=ref, detail=info, error=error)
 

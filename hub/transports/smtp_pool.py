@@ -5,20 +5,25 @@ when it was done: for many small sessions (a notification to two people each) th
 TCP connection, the greeting and EHLO (and TLS and AUTH where configured) per session, for
 the worker and for the customer's server alike. The worker's job loop
 (`hub.jobs.jobloop`) keeps one `Pools` for the process's life and hands it to its jobs
-through `KEPT` (a context variable): connections are kept per transport and config (a
-changed host or password gets new ones; each session's sender still uses at most the
-transport's `max_connections` at once, with slots of its own, so that no send waits for
-a connection after the pipeline found its claim safe to send), and each is closed (QUIT)
-once it has been unused for `IDLE_S` or once it is `MAX_AGE_S` old (credentials revoked or the host's
-address changed reach kept connections within that time), the least recently used first
-when the process keeps more than `MAX_IDLE` unused. One unused for more than
-`CHECK_AFTER_S` answers a NOOP before it carries a message (a NOOP that goes unanswered
-closes the older idle ones too: a middlebox that dropped one dropped them all), and a kept
-connection that fails before the message's DATA began (the server closed it just then, or
-answered 421) is replaced by a new one for the same message (`take(fresh=True)`), so a
-connection kept open costs no recipient an attempt. Outside a job loop (`hub demo`, a test
-calling a sender) a sender keeps its connections for its own batch and closes them at its
-end, as before.
+through `KEPT` (a context variable). Outside a job loop (`hub demo`, a test calling a
+sender) a sender keeps its connections for its own batch and closes them at its end.
+
+Kept per transport and config: a changed host or password gets new connections. Each
+session's sender still uses at most the transport's `max_connections` at once, with slots
+of its own, so that no send waits for a connection after the pipeline found its claim
+safe to send.
+
+Limits: a connection is closed (QUIT) once unused for `IDLE_S`, and once `MAX_AGE_S` old
+(checked when it is given back and when it is taken: credentials revoked or the host's
+address changed reach kept connections within that time); the longest unused first when
+the process keeps more than `MAX_IDLE` unused.
+
+Checks: one unused for more than `CHECK_AFTER_S` answers a NOOP before it carries a
+message (one that goes unanswered closes those idle since before it too: a middlebox that
+dropped one dropped them all), and a kept connection that fails before the message's DATA
+began (the server closed it just then, answered 421, or garbled its reply) is replaced by
+a new one for the same message (`take(fresh=True)`), so a connection kept open costs no
+recipient an attempt.
 """
 
 from __future__ import annotations
@@ -76,14 +81,18 @@ class Connections:
             kept = self._idle.pop()
             if not kept.client.is_connected:
                 continue
+            if self._too_old(kept.client):
+                self._quit(kept.client)
+                continue
             if time.monotonic() - kept.since > CHECK_AFTER_S:
                 try:
                     await kept.client.noop(timeout=CHECK_TIMEOUT_S)
-                except TROUBLE:  # the older ones went the same way, surely
+                except TROUBLE:  # those idle since before it went the same way, surely
                     kept.client.close()
-                    for older in self._idle:
-                        older.client.close()
-                    self._idle.clear()
+                    older = [i for i in self._idle if i.since <= kept.since]
+                    self._idle = [i for i in self._idle if i.since > kept.since]
+                    for gone in older:
+                        gone.client.close()
                     continue
                 except BaseException:  # cancelled while asking: not left half-used
                     kept.client.close()
@@ -101,25 +110,26 @@ class Connections:
         self.in_use -= 1
         if not client.is_connected:
             return
-        now = time.monotonic()
-        if self.closed or (self.keep_s is not None
-                           and now - self._born.get(client, now) >= MAX_AGE_S):
+        if self.closed or self._too_old(client):
             self._quit(client)
             return
-        self._idle.append(_Idle(client, now))
+        self._idle.append(_Idle(client, time.monotonic()))
         if self.keep_s is not None and self._sweep_at is None:
             self._sweep_at = asyncio.get_running_loop().call_later(self.keep_s, self._sweep)
 
+    def _too_old(self, client: aiosmtplib.SMTP) -> bool:
+        now = time.monotonic()
+        return self.keep_s is not None and now - self._born.get(client, now) >= MAX_AGE_S
+
     def drop(self, client: aiosmtplib.SMTP | None) -> None:
         """Back after a refusal, trouble or an interrupted send: closed, never reused (its
-        state is not known: a refused RSET, a reply half read)."""
+        state is not known: an envelope the refusal left open, a reply half read)."""
         if client is None:
             return
         self.in_use -= 1
         if client.is_connected:
             client.close()
 
-    @property
     def unused(self) -> bool:
         return self.users == 0 and self.in_use == 0 and not self._idle
 
@@ -180,7 +190,7 @@ class Pools:
         found = self._by_key.get(key)
         if found is None:
             # a transport whose config changed leaves its old entry unused: forget those
-            self._by_key = {k: v for k, v in self._by_key.items() if not v.unused}
+            self._by_key = {k: v for k, v in self._by_key.items() if not v.unused()}
             found = self._by_key[key] = Connections(IDLE_S)
         found.users += 1
         try:

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiosmtplib
 import pytest
 
 from hub.config import Settings
@@ -28,9 +29,10 @@ CONTENT = {"subject": "Hello", "message": "Body"}
 
 
 @contextlib.contextmanager
-def sink(idle_timeout_s: float = 300.0, size_limit: int = 33_554_432
+def sink(idle_timeout_s: float = 300.0, size_limit: int = 33_554_432, smtputf8: bool = True
          ) -> Iterator[tuple[int, smtp.SmtpSink]]:
-    controller, received = smtp.start(idle_timeout_s=idle_timeout_s, size_limit=size_limit)
+    controller, received = smtp.start(idle_timeout_s=idle_timeout_s, size_limit=size_limit,
+                                      smtputf8=smtputf8)
     try:
         yield controller.port, received
     finally:
@@ -64,6 +66,20 @@ def entry(pools: smtp_pool.Pools) -> smtp_pool.Connections:
 
 async def condition(check: bool) -> bool | None:
     return check or None
+
+
+def count_noops(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The NOOPs the hub asks (by when each was asked): a blackholed one never reaches the
+    sink, so they are counted at the client."""
+    asked: list[float] = []
+    real = aiosmtplib.SMTP.noop
+
+    async def noop(self: aiosmtplib.SMTP, *args: Any, **kwargs: Any) -> Any:
+        asked.append(time.monotonic())
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiosmtplib.SMTP, "noop", noop)
+    return asked
 
 
 @contextlib.asynccontextmanager
@@ -153,14 +169,20 @@ class Blackhole:
 
 async def test_a_connection_a_middlebox_dropped_is_found_out_before_a_message_goes_on_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found out by its NOOP (within CHECK_TIMEOUT_S), not by the message's own timeout
+    (20 s here)."""
     monkeypatch.setattr(smtp_pool, "CHECK_AFTER_S", 0.2)
     monkeypatch.setattr(smtp_pool, "CHECK_TIMEOUT_S", 0.5)
+    noops = count_noops(monkeypatch)
     with sink() as (port, got):
         async with Blackhole(port) as relay, kept():
-            assert await session(config(relay.port), "a@example.com") == ["delivered"]
+            cfg = config(relay.port, timeout_s=20.0)
+            assert await session(cfg, "a@example.com") == ["delivered"]
             relay.drop_all()
             await asyncio.sleep(0.3)  # idle past the check: asked NOOP, which goes nowhere
-            assert await session(config(relay.port), "b@example.com") == ["delivered"]
+            started = time.monotonic()
+            assert await session(cfg, "b@example.com") == ["delivered"]
+            assert len(noops) == 1 and time.monotonic() - started < 15
             assert got.connections() == 2
         assert [r.rcpt for r in got.received] == ["a@example.com", "b@example.com"]
 
@@ -189,16 +211,21 @@ async def test_an_idle_connection_is_quit_after_idle_s(monkeypatch: pytest.Monke
             assert got.connections() == 2
 
 
-async def test_a_connection_in_use_is_retired_once_old(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_connection_is_retired_once_old_when_given_back_or_taken(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(smtp_pool, "MAX_AGE_S", 0.2)
     with sink() as (port, got):
-        async with kept():
+        async with kept() as pools:
+            got.delay_s = 0.3  # old by the time its message is through: QUIT, not kept
             assert await session(config(port), "a@example.com") == ["delivered"]
-            await asyncio.sleep(0.3)
-            assert await session(config(port), "b@example.com") == ["delivered"]  # then QUIT
             await eventually(lambda: condition(got.quits == 1), 10, "the old connection's QUIT")
+            assert entry(pools).idle_count() == 0
+            got.delay_s = 0.0
+            assert await session(config(port), "b@example.com") == ["delivered"]
+            await asyncio.sleep(0.3)  # kept, and old by the next session: QUIT, not used
             assert await session(config(port), "c@example.com") == ["delivered"]
-        assert got.connections() == 2
+            await eventually(lambda: condition(got.quits == 2), 10, "the kept one's QUIT")
+        assert got.connections() == 3
 
 
 async def test_a_worker_keeps_at_most_max_idle_connections_across_transports(
@@ -256,6 +283,7 @@ async def test_an_unanswered_noop_closes_the_older_idle_connections_too(
     not one per connection, before the message goes on a new one."""
     monkeypatch.setattr(smtp_pool, "CHECK_AFTER_S", 0.1)
     monkeypatch.setattr(smtp_pool, "CHECK_TIMEOUT_S", 1.0)
+    noops = count_noops(monkeypatch)
     with sink() as (port, got):
         async with Blackhole(port) as relay, kept() as pools:
             many = [f"a{i}@example.com" for i in range(3)]
@@ -264,9 +292,8 @@ async def test_an_unanswered_noop_closes_the_older_idle_connections_too(
             assert kept_before >= 2
             relay.drop_all()
             await asyncio.sleep(0.2)
-            started = time.monotonic()
             assert await session(config(relay.port), "b@example.com") == ["delivered"]
-            assert time.monotonic() - started < 1.9  # one NOOP's wait, not two or more
+            assert len(noops) == 1  # one NOOP's wait, not one per dropped connection
             assert entry(pools).idle_count() == 1  # the new one
             assert got.connections() == kept_before + 1
 
@@ -296,9 +323,9 @@ async def test_a_kept_connection_failing_once_data_began_is_not_sent_again() -> 
         async with kept():
             cfg = config(port, timeout_s=1.0)
             assert await session(cfg, "a@example.com") == ["delivered"]
-            got.delay_s = 1.5  # the server sits on the message past the client's timeout
+            got.delay_s = 4.0  # the server sits on the message past the client's timeout
             assert await session(cfg, "b@example.com") == ["temporary_failure"]
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # time for a second copy to arrive, if one were sent
         assert got.in_data == 2  # a's, then b's once
 
 
@@ -324,3 +351,66 @@ async def test_sessions_at_once_never_wait_on_each_other_for_a_connection() -> N
                                             session(cfg, "b@example.com"))
         assert outcomes == [["delivered"]] * 2
         assert got.connections() == 2  # at once, one each
+
+
+async def test_a_send_cancelled_during_its_noop_closes_that_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(smtp_pool, "CHECK_AFTER_S", 0.1)
+    noops = count_noops(monkeypatch)
+    with sink() as (port, got):
+        async with Blackhole(port) as relay, kept() as pools:
+            assert await session(config(relay.port), "a@example.com") == ["delivered"]
+            [idle] = entry(pools)._idle
+            relay.drop_all()
+            await asyncio.sleep(0.2)
+            sending = asyncio.create_task(session(config(relay.port), "b@example.com"))
+            await eventually(lambda: condition(len(noops) == 1), 10, "the NOOP")
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+            assert not idle.client.is_connected  # closed, not left open and forgotten
+            assert entry(pools).in_use == 0 and entry(pools).idle_count() == 0
+
+
+async def test_an_unreadable_reply_on_a_kept_connection_goes_again_on_a_new_one() -> None:
+    """aiosmtplib's -1 (a reply it could not read) is the connection's trouble: on a kept
+    connection before DATA the message goes on a new one; on a new connection it is a
+    temporary failure. An unexpected 3xx refusal stays permanent."""
+    with sink() as (port, got):
+        async with kept():
+            assert await session(config(port), "a@example.com") == ["delivered"]
+            got.scripts["b@example.com"] = ["garbled reply"]
+            assert await session(config(port), "b@example.com") == ["delivered"]
+            assert got.connections() == 2
+            got.scripts["c@example.com"] = ["garbled reply"]
+            assert await session(config(port, max_connections=3), "c@example.com") == [
+                "temporary_failure"]
+            got.scripts["d@example.com"] = ["354 what?"]
+            assert await session(config(port, max_connections=4), "d@example.com") == [
+                "permanent_failure"]
+        assert [r.rcpt for r in got.received] == ["a@example.com", "b@example.com"]
+
+
+async def test_a_non_ascii_address_goes_with_smtputf8_and_like_any_on_a_kept_connection(
+) -> None:
+    with sink() as (port, got):
+        async with Blackhole(port) as relay, kept():
+            cfg = config(relay.port, timeout_s=1.0)
+            assert await session(cfg, "a@example.com") == ["delivered"]
+            relay.drop_all()  # reused at once: its MAIL times out, before DATA
+            assert await session(cfg, "jörg@bücher.example") == ["delivered"]
+            assert got.connections() == 2
+        [_, utf8] = got.received
+        assert utf8.rcpt == "jörg@bücher.example"
+        assert "\r\nTo: jörg@bücher.example\r\n".encode() in utf8.raw
+
+
+async def test_a_non_ascii_address_to_a_server_without_smtputf8_fails_permanently() -> None:
+    with sink(smtputf8=False) as (port, got):
+        async with kept() as pools:
+            async with EMAIL.open(config(port), CONTENT, SETTINGS, "t1") as sender:
+                result = await sender.send(recipient("jörg@bücher.example"))
+            assert result.outcome == "permanent_failure" and "SMTPUTF8" in (result.error or "")
+            assert entry(pools).idle_count() == 1  # nothing was sent on it: kept
+            assert await session(config(port), "a@example.com") == ["delivered"]
+        assert got.connections() == 1 and [r.rcpt for r in got.received] == ["a@example.com"]
