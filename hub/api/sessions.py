@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -47,59 +48,54 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 @routes.post("/v1/sessions")
 async def create_session(request: web.Request) -> web.Response:
-    """The whole submission takes one pooled connection and (with an Idempotency-Key) one
-    transaction; without a key the session and its deliveries are one statement."""
+    """The whole submission takes one pooled connection; the session, its deliveries and
+    (with an Idempotency-Key) the key's answer are one statement for a small audience."""
     st.require_json(request)  # before a key can keep this answer
-    key = _idempotency_key(request)
-    request_hash = _request_hash(await request.read()) if key is not None else b""
+    raw_key = _idempotency_key(request)
+    key = None if raw_key is None else idempotency.Key(
+        st.app_id(request), raw_key, _request_hash(await request.read()),
+        st.settings(request).idempotency_ttl_h)
     async with st.pool(request).acquire() as conn:
-        if key is None:
-            row, out = await _create(request, conn, None)
-        else:
-            replay, row, out = await _create_once(request, conn, key, request_hash)
-            if replay is not None:
-                return replay
-    await _kick_new(request, row)
+        try:
+            session = await _valid(request, conn)
+        except HubError as exc:
+            if key is None or exc.status >= 500:  # a refusal is the answer; an outage is not
+                raise
+            done = await idempotency.answer(conn, key, exc.status, exc.body())
+            if done.stored:
+                raise
+            return await _not_stored(conn, key, done)
+        out = sessions.view(session.row)
+        if out["scheduledTimestamp"] is None:
+            del out["scheduledTimestamp"]
+        done = await sessions.create(conn, session, None if key is None else (key, out))
+        if key is not None and not done.stored:
+            return await _not_stored(conn, key, done)
+    await _kick_new(request, session.row)
     return web.json_response(out, status=201)
 
 
-async def _create_once(request: web.Request, conn: asyncpg.Connection, key: str,
-                       request_hash: bytes
-                       ) -> tuple[web.Response | None, asyncpg.Record, dict[str, Any]]:
-    """Create under an idempotency key, in one transaction holding the key: (a replay of
-    the first answer, or None with the new session and its view)."""
-    refused: HubError | None = None
-    async with conn.transaction():
-        held = await idempotency.claim(conn, st.app_id(request), key, request_hash,
-                                       st.settings(request).idempotency_ttl_h)
-        if held is None:
-            raise Conflict("the first request with this Idempotency-Key is still running",
-                           error_id="idempotency-in-progress", headers={"Retry-After": "1"})
-        seen = await held.previous()
-        if seen is not None and seen.request_hash != request_hash:
-            raise Unprocessable("this Idempotency-Key was used with another request body",
-                                error_id="idempotency-key-reused")
-        if seen is not None:
-            return web.json_response(seen.body, status=seen.status,
-                                     headers={"Idempotency-Replay": "true"}), None, {}
-        try:
-            row, out = await _create(request, conn, held)
-        except HubError as exc:
-            if exc.status >= 500:  # a refusal is the answer; an outage is not
-                raise
-            await held.answer(exc.status, exc.body())  # committed, then raised below
-            refused = exc
-    if refused is not None:
-        raise refused
-    return None, row, out
+async def _not_stored(conn: asyncpg.Connection, key: idempotency.Key,
+                      done: idempotency.Outcome) -> web.Response:
+    """The answer when this request's was not kept: the first request's with this key
+    (replayed; 422 for another body), or 409 while another request holds the key."""
+    seen = done.previous
+    if seen is None and done.held:  # committed just before this request took the key
+        seen = await idempotency.previous(conn, key)
+    if seen is None:
+        raise Conflict("the first request with this Idempotency-Key is still running",
+                       error_id="idempotency-in-progress", headers={"Retry-After": "1"})
+    if seen.request_hash != key.request_hash:
+        raise Unprocessable("this Idempotency-Key was used with another request body",
+                            error_id="idempotency-key-reused")
+    return web.json_response(seen.body, status=seen.status,
+                             headers={"Idempotency-Replay": "true"})
 
 
-async def _create(request: web.Request, conn: asyncpg.Connection,
-                  held: idempotency.Claim | None) -> tuple[asyncpg.Record, dict[str, Any]]:
-    """Validate, then store the session, its deliveries and the key's answer atomically
-    (in the caller's transaction when there is one). Every query runs on `conn` (a
-    request never holds two connections)."""
-    settings, app_id = st.settings(request), st.app_id(request)
+async def _valid(request: web.Request, conn: asyncpg.Connection) -> sessions.NewSession:
+    """The session the request's instruction makes, validated (its transport looked up on
+    `conn`: a request never holds two connections)."""
+    settings = st.settings(request)
     doc = await st.read_json(request, "invalid-instruction")
     transport = await _transport_for(request, conn, doc)
     region = transport["config"].get("defaultRegion") if transport else None
@@ -111,16 +107,10 @@ async def _create(request: web.Request, conn: asyncpg.Connection,
             "POST /v1/transports", error_id="transport-not-configured",
             details=[detail(["transport", "type"], f"no {type_} transport registered")],
         )
-    row = await sessions.create(conn, app_id, transport, valid)
-    out = sessions.view(row)
-    if out["scheduledTimestamp"] is None:
-        del out["scheduledTimestamp"]
-    if held is not None:
-        await held.answer(201, out)
-    return row, out
+    return sessions.new(st.app_id(request), transport, valid)
 
 
-async def _kick_new(request: web.Request, row: asyncpg.Record) -> None:
+async def _kick_new(request: web.Request, row: Mapping[str, Any]) -> None:
     """Hand a just-created session to the workers. The session is committed: nothing here
     may turn its 201 into an error (a retry would submit it twice); if the hand-off fails,
     the reconciler does it."""

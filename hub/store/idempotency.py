@@ -1,11 +1,19 @@
 """Idempotency keys: the first answer to (app, key) is kept and replayed for `ttl_h` hours.
 
-A request with a key runs in one transaction that holds a transaction-scoped PostgreSQL
-advisory lock on (app, key) and stores its answer together with what it created. There is
-no placeholder row: a request that dies (the process killed, the connection lost) leaves
-nothing behind, because its transaction rolls back and the lock goes with it; the next
-request with that key starts afresh. Nothing outlives the transaction on the connection,
-so the pool needs no reset query when it takes the connection back.
+A request with a key is validated first; then one statement (`guarded`) takes a
+transaction-scoped PostgreSQL advisory lock on (app, key), reads an earlier answer, and
+stores this request's answer together with what it creates, which the statement's later
+parts do only when the answer was stored. A large audience's COPY follows in the same
+transaction, which holds the lock until it commits. There is no placeholder row: a
+request that dies (the process killed, the connection lost) leaves nothing behind,
+because its transaction rolls back and the lock goes with it; the next request with that
+key starts afresh. Nothing outlives the transaction on the connection, so the pool needs
+no reset query when it takes the connection back.
+
+The lock answers "still running" (409) while another request holds the key; the unique
+key (`ON CONFLICT`) is what keeps a second answer out: the statement reads earlier
+answers in the snapshot it started with, so one committed just before this request took
+the lock is found by the conflict instead, and the request reads it again (`previous`).
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from typing import Any
 
 import asyncpg
 
+GUARD_PARAMS = 7  # the parameters `guarded` takes, from its first
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -27,48 +37,80 @@ class Answer:
     body: Any
 
 
-class Claim:
-    """A key held by the running request. Work it commits goes through `conn`, in the
-    transaction that also calls `answer`."""
+@dataclass(frozen=True)
+class Key:
+    """An Idempotency-Key as one app sent it with one request body."""
 
-    def __init__(self, conn: asyncpg.Connection, app_id: uuid.UUID, key: str,
-                 request_hash: bytes, ttl_h: int) -> None:
-        self.conn = conn
-        self.app_id, self.key = app_id, key
-        self.request_hash, self.ttl_h = request_hash, ttl_h
+    app_id: uuid.UUID
+    key: str
+    request_hash: bytes
+    ttl_h: int
 
-    async def previous(self) -> Answer | None:
-        """The answer of an earlier request with this key, unless it has expired."""
-        row = await self.conn.fetchrow(
-            "SELECT request_hash, status_code, body FROM idempotency_keys"
-            " WHERE app_id = $1 AND key = $2 AND created_at >= now() - make_interval(hours => $3)",
-            self.app_id, self.key, self.ttl_h,
-        )
-        return Answer(row["request_hash"], row["status_code"], row["body"]) if row else None
+    def params(self, status: int, body: Any) -> tuple[Any, ...]:
+        """`guarded`'s parameters, storing (status, body) as this request's answer."""
+        return (_lock_id(self.app_id, self.key), self.app_id, self.key, self.request_hash,
+                self.ttl_h, status, body)
 
-    async def answer(self, status: int, body: Any) -> None:
-        """Store this request's answer (replacing an expired one). Call it inside the
-        transaction that commits the work, so both or neither are kept."""
-        await self.conn.execute(
-            "INSERT INTO idempotency_keys (app_id, key, request_hash, status_code, body)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id, key) DO UPDATE SET"
-            " request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code,"
-            " body = EXCLUDED.body, created_at = now()",
-            self.app_id, self.key, self.request_hash, status, body,
-        )
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `guarded` found: `stored` (this request's answer, and what it created, are
+    kept), else an earlier `previous` answer, else `held` False when another request holds
+    the key. None of them: an answer committed just before this request took the key
+    (read it with `previous`)."""
+
+    held: bool
+    stored: bool
+    previous: Answer | None
+
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> Outcome:
+        seen = (Answer(row["request_hash"], row["status_code"], row["body"])
+                if row["status_code"] is not None else None)
+        return cls(held=row["held"], stored=row["stored"], previous=seen)
+
+
+def guarded(first: int) -> str:
+    """The statement's opening CTEs, with parameters `$first`... (`Key.params`): `held`
+    (the advisory lock), `prev` (an unexpired earlier answer) and `k`, which has a row only
+    when this request's answer was stored (new, or replacing an expired one): what the
+    request creates selects FROM k. End the statement with `OUTCOME`."""
+    lock, app, key, hash_, ttl, status, body = (f"${first + i}" for i in range(GUARD_PARAMS))
+    fresh = f"now() - make_interval(hours => {ttl}::int)"
+    return (
+        f"WITH held AS (SELECT pg_try_advisory_xact_lock({lock}::bigint) AS ok),"
+        " prev AS (SELECT request_hash, status_code, body FROM idempotency_keys"
+        f"  WHERE app_id = {app}::uuid AND key = {key}::text AND created_at >= {fresh}),"
+        " k AS (INSERT INTO idempotency_keys (app_id, key, request_hash, status_code, body)"
+        f"  SELECT {app}::uuid, {key}::text, {hash_}::bytea, {status}::int, {body}::jsonb"
+        "  FROM held WHERE held.ok AND NOT EXISTS (SELECT 1 FROM prev)"
+        "  ON CONFLICT (app_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,"
+        "  status_code = EXCLUDED.status_code, body = EXCLUDED.body, created_at = now()"
+        f"  WHERE idempotency_keys.created_at < {fresh}"
+        "  RETURNING 1)")
+
+
+OUTCOME = (" SELECT (SELECT ok FROM held) AS held, EXISTS (SELECT 1 FROM k) AS stored,"
+           " p.request_hash, p.status_code, p.body FROM (SELECT) AS one"
+           " LEFT JOIN prev AS p ON true")
+
+
+async def answer(conn: asyncpg.Connection, key: Key, status: int, body: Any) -> Outcome:
+    """Keep (status, body) as the key's answer, creating nothing else (a refusal)."""
+    row = await conn.fetchrow(guarded(1) + OUTCOME, *key.params(status, body))
+    return Outcome.of(row)
+
+
+async def previous(conn: asyncpg.Connection, key: Key) -> Answer | None:
+    """The key's unexpired answer, read now."""
+    row = await conn.fetchrow(
+        "SELECT request_hash, status_code, body FROM idempotency_keys"
+        " WHERE app_id = $1 AND key = $2 AND created_at >= now() - make_interval(hours => $3)",
+        key.app_id, key.key, key.ttl_h,
+    )
+    return Answer(row["request_hash"], row["status_code"], row["body"]) if row else None
 
 
 def _lock_id(app_id: uuid.UUID, key: str) -> int:
     digest = hashlib.sha256(b"idempotency\0" + app_id.bytes + key.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-
-
-async def claim(conn: asyncpg.Connection, app_id: uuid.UUID, key: str, request_hash: bytes,
-                ttl_h: int) -> Claim | None:
-    """Hold (app, key) until the end of `conn`'s transaction (which must be open); None
-    when another request holds it."""
-    if not conn.is_in_transaction():
-        raise RuntimeError("an idempotency claim needs an open transaction")
-    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _lock_id(app_id, key)):
-        return None
-    return Claim(conn, app_id, key, request_hash, ttl_h)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain
 from typing import Any
 
 import asyncpg
@@ -15,7 +15,7 @@ import asyncpg
 from hub import constants as c
 from hub.instruction import ValidInstruction
 from hub.net import without_credentials
-from hub.store import outbox, pagination
+from hub.store import idempotency, outbox, pagination
 from hub.store.db import Pool
 
 # Deliveries with work left (an index lookup per status, unlike "not final").
@@ -23,18 +23,31 @@ OPEN = [st for st in c.DELIVERY_STATUSES if st not in c.FINAL_DELIVERY_STATUSES]
 # Up to this many deliveries go in with the session's own INSERT (one round trip); more
 # are streamed with COPY, which is faster per row but costs a few round trips more.
 COPY_ABOVE = 1000
-_SESSION_COLUMNS = (
-    "id, app_id, transport_id, transport_type, xref, status, trigger, instruction,"
-    " scheduled_at, retries, retry_intervals_s, webhook_url, audience_count,"
-    " duplicates_removed, created_at")
-_INSERT_SESSION = (f"INSERT INTO sessions ({_SESSION_COLUMNS})"
-                   " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) RETURNING *")
-_INSERT_WITH_DELIVERIES = (
-    f"WITH s AS ({_INSERT_SESSION}),"
+_COLUMN_TYPES = (
+    ("id", "uuid"), ("app_id", "uuid"), ("transport_id", "uuid"), ("transport_type", "text"),
+    ("xref", "text"), ("status", "text"), ("trigger", "text"), ("instruction", "jsonb"),
+    ("scheduled_at", "timestamptz"), ("retries", "int"), ("retry_intervals_s", "float8[]"),
+    ("webhook_url", "text"), ("audience_count", "int"), ("duplicates_removed", "int"),
+    ("created_at", "timestamptz"))
+_COLUMN_NAMES = [name for name, _ in _COLUMN_TYPES]
+_COLUMNS = ", ".join(_COLUMN_NAMES)
+_VALUES = ", ".join(f"${i}::{type_}" for i, (_, type_) in enumerate(_COLUMN_TYPES, 1))
+_INSERT_SESSION = f"INSERT INTO sessions ({_COLUMNS}) VALUES ({_VALUES})"
+_DELIVERIES = (
     " d AS (INSERT INTO deliveries (session_id, address, status, next_attempt_at, role)"
     "  SELECT s.id, u.address, $16, $17::timestamptz, u.role"
-    "  FROM s, unnest($18::text[], $19::text[]) AS u(address, role))"
-    " SELECT * FROM s")
+    "  FROM s, unnest($18::text[], $19::text[]) AS u(address, role))")
+_INSERT_WITH_DELIVERIES = (
+    f"WITH s AS ({_INSERT_SESSION} RETURNING id),{_DELIVERIES} SELECT 1")
+# With an idempotency key: the session (and its deliveries) only if the key's answer was
+# stored (`idempotency.guarded`, whose parameters follow the session's).
+_GUARDED_SESSION = (
+    f"{idempotency.guarded(16)}, s AS (INSERT INTO sessions ({_COLUMNS})"
+    f" SELECT {_VALUES} FROM k RETURNING id){idempotency.OUTCOME}")
+_GUARDED_WITH_DELIVERIES = (
+    f"{idempotency.guarded(20)}, s AS (INSERT INTO sessions ({_COLUMNS})"
+    f" SELECT {_VALUES} FROM k RETURNING id),{_DELIVERIES}{idempotency.OUTCOME}")
+_CREATED = idempotency.Outcome(held=True, stored=True, previous=None)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -67,11 +80,27 @@ def view(row: Any, counts: dict[str, int] | None = None) -> dict[str, Any]:
     return out
 
 
-async def create(
-    conn: asyncpg.Connection, app_id: uuid.UUID, transport: dict[str, Any], vi: ValidInstruction
-) -> asyncpg.Record:
-    """Store the session and one delivery per unique address, atomically (within the
-    caller's transaction when there is one, so it can commit more with them).
+@dataclass(frozen=True)
+class NewSession:
+    """A session about to be stored: `row` is it as stored (what `view` and the hand-off to
+    the workers read), so that its answer can be stored in the same statement."""
+
+    row: dict[str, Any]
+    addresses: list[str]  # its deliveries: the audience, then the transport's copies
+    roles: list[str]
+    due: datetime | None
+
+    @property
+    def small(self) -> bool:
+        return len(self.addresses) <= COPY_ABOVE
+
+    def args(self) -> tuple[Any, ...]:
+        """The session's INSERT parameters, $1 to $15."""
+        return tuple(self.row[name] for name in _COLUMN_NAMES)
+
+
+def new(app_id: uuid.UUID, transport: dict[str, Any], vi: ValidInstruction) -> NewSession:
+    """The session of a valid instruction and one delivery per unique address.
 
     An email's `cc`/`bcc` addresses become deliveries of the session too (role `cc`/`bcc`,
     one copy each per session); an address also in the audience stays an audience
@@ -84,27 +113,49 @@ async def create(
         "scheduled": (c.S_SCHEDULED, opts.scheduled_timestamp),
         "manual": (c.S_AWAITING, None),
     }[opts.trigger]
-    session_id = uuid.uuid4()
-    content = ins.transport.model_dump(by_alias=True, exclude_none=True)
-    args = (session_id, app_id, transport["id"], ins.transport.type, ins.xref, status,
-            opts.trigger, content, opts.scheduled_timestamp, opts.retries, vi.retry_intervals_s,
-            opts.webhook_url, len(vi.addresses), vi.duplicates_removed, now)
-    if len(vi.addresses) + len(vi.copies) <= COPY_ABOVE:
-        addresses = [*vi.addresses, *(a for a, _ in vi.copies)]
-        roles = ["to"] * len(vi.addresses) + [role for _, role in vi.copies]
-        row: asyncpg.Record = await conn.fetchrow(
-            _INSERT_WITH_DELIVERIES, *args, c.D_PENDING, due, addresses, roles)
-        return row
+    row = dict(zip(_COLUMN_NAMES, (
+        uuid.uuid4(), app_id, transport["id"], ins.transport.type, ins.xref, status,
+        opts.trigger, ins.transport.model_dump(by_alias=True, exclude_none=True),
+        opts.scheduled_timestamp, opts.retries, vi.retry_intervals_s, opts.webhook_url,
+        len(vi.addresses), vi.duplicates_removed, now), strict=True))
+    row.update(run=1, started_at=None, ended_at=None)
+    return NewSession(row, [*vi.addresses, *(a for a, _ in vi.copies)],
+                      ["to"] * len(vi.addresses) + [role for _, role in vi.copies], due)
+
+
+async def create(conn: asyncpg.Connection, session: NewSession,
+                 key: tuple[idempotency.Key, Any] | None = None) -> idempotency.Outcome:
+    """Store the session and its deliveries atomically: with `key` (the key and the answer
+    to keep with it), only if that answer is stored (`idempotency.guarded`). A small
+    audience goes in with the session in one statement; a large one by COPY in the same
+    transaction (the caller's, when it has one)."""
+    args = session.args()
+    guard: tuple[Any, ...] = ()
+    if key is not None:
+        guard = key[0].params(201, key[1])
+    if session.small:
+        if key is None:
+            await conn.execute(_INSERT_WITH_DELIVERIES, *args, c.D_PENDING, session.due,
+                               session.addresses, session.roles)
+            return _CREATED
+        row = await conn.fetchrow(_GUARDED_WITH_DELIVERIES, *args, c.D_PENDING, session.due,
+                                  session.addresses, session.roles, *guard)
+        return idempotency.Outcome.of(row)
     outer = conn.is_in_transaction()  # the caller's transaction: no savepoint needed
     async with contextlib.nullcontext() if outer else conn.transaction():
-        row = await conn.fetchrow(_INSERT_SESSION, *args)
-        await conn.copy_records_to_table(
-            "deliveries",
-            records=((session_id, a, c.D_PENDING, due, role) for a, role in chain(
-                ((a, "to") for a in vi.addresses), vi.copies)),
-            columns=["session_id", "address", "status", "next_attempt_at", "role"],
-        )
-    return row
+        if key is None:
+            await conn.execute(_INSERT_SESSION, *args)
+            done = _CREATED
+        else:
+            done = idempotency.Outcome.of(await conn.fetchrow(_GUARDED_SESSION, *args, *guard))
+        if done.stored:
+            await conn.copy_records_to_table(
+                "deliveries",
+                records=((args[0], a, c.D_PENDING, session.due, role)
+                         for a, role in zip(session.addresses, session.roles, strict=True)),
+                columns=["session_id", "address", "status", "next_attempt_at", "role"],
+            )
+    return done
 
 
 async def get(pool: Pool | asyncpg.Connection, app_id: uuid.UUID | None,

@@ -275,3 +275,56 @@ async def test_a_session_is_kept_only_together_with_its_idempotency_answer(
     status, again = await api.post("/v1/sessions", GOOD, headers=headers)
     assert status == 201 and again == created
     assert await db.fetchval("SELECT count(*) FROM sessions") == 1
+
+
+async def test_concurrent_identical_small_requests_create_one_session(
+    api: Api, email_transport: dict[str, Any], db: Any,
+) -> None:
+    """A small audience goes in with the key's answer in one statement: the same
+    guarantees as the large one's transaction."""
+    import asyncio
+
+    for round_ in range(5):
+        headers = {"Idempotency-Key": f"small-burst-{round_}"}
+        answers = await asyncio.gather(*(api.post("/v1/sessions", GOOD, headers=headers)
+                                         for _ in range(20)))
+        assert {s for s, _ in answers} <= {201, 409} and 201 in {s for s, _ in answers}
+        assert len({b["sessionId"] for s, b in answers if s == 201}) == 1
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 5
+    assert await db.fetchval("SELECT count(*) FROM deliveries") == 5
+
+
+async def test_an_answer_committed_just_before_a_request_held_its_key_is_replayed(
+    api: Api, email_transport: dict[str, Any], db: Any,
+) -> None:
+    """The request's statement reads earlier answers in the snapshot it started with; one
+    committed after that (here: while its own answer's insert is held up) is found by the
+    key's conflict, read again and replayed, and the request creates nothing."""
+    import asyncio
+    import hashlib
+    import json
+
+    app_id = await db.fetchval("SELECT app_id FROM transports WHERE id = $1",
+                               email_transport["id"])
+    request_hash = hashlib.sha256(json.dumps(GOOD, sort_keys=True,
+                                             separators=(",", ":")).encode()).digest()
+    await db.execute("""
+        CREATE FUNCTION hold_answer() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$;
+        CREATE TRIGGER hold_answer BEFORE INSERT ON idempotency_keys
+        FOR EACH ROW WHEN (NEW.body ? 'sessionId') EXECUTE FUNCTION hold_answer();
+    """)
+    try:
+        request = asyncio.create_task(
+            api.post("/v1/sessions", GOOD, headers={"Idempotency-Key": "race-1"}))
+        await asyncio.sleep(0.4)  # its statement holds the key, its answer's insert sleeps
+        await db.execute(
+            "INSERT INTO idempotency_keys (app_id, key, request_hash, status_code, body)"
+            " VALUES ($1, 'race-1', $2, 201, $3)", app_id, request_hash, {"first": True})
+        status, body = await request
+    finally:
+        await db.execute("DROP TRIGGER hold_answer ON idempotency_keys;"
+                         " DROP FUNCTION hold_answer()")
+    assert (status, body) == (201, {"first": True})
+    assert api.last_headers.get("Idempotency-Replay") == "true"
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 0
