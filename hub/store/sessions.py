@@ -108,15 +108,17 @@ def new(app_id: uuid.UUID, transport: dict[str, Any], vi: ValidInstruction) -> N
     """
     ins, opts = vi.instruction, vi.instruction.options
     now = datetime.now(UTC)
+    # in UTC, as PostgreSQL gives it back (the answer is made from this row)
+    at = opts.scheduled_timestamp.astimezone(UTC) if opts.scheduled_timestamp else None
     status, due = {
         "immediate": (c.S_QUEUED, now),
-        "scheduled": (c.S_SCHEDULED, opts.scheduled_timestamp),
+        "scheduled": (c.S_SCHEDULED, at),
         "manual": (c.S_AWAITING, None),
     }[opts.trigger]
     row = dict(zip(_COLUMN_NAMES, (
         uuid.uuid4(), app_id, transport["id"], ins.transport.type, ins.xref, status,
         opts.trigger, ins.transport.model_dump(by_alias=True, exclude_none=True),
-        opts.scheduled_timestamp, opts.retries, vi.retry_intervals_s, opts.webhook_url,
+        at, opts.retries, vi.retry_intervals_s, opts.webhook_url,
         len(vi.addresses), vi.duplicates_removed, now), strict=True))
     row.update(run=1, started_at=None, ended_at=None)
     return NewSession(row, [*vi.addresses, *(a for a, _ in vi.copies)],

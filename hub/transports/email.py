@@ -22,7 +22,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import EmailMessage, MIMEPart
 from email.utils import formatdate
 from typing import Any, Literal, cast
@@ -340,42 +340,47 @@ class SmtpSender:
             msg[name] = value
         return msg
 
-    @property
     def _shared(self) -> EmailMessage:
+        """The part every message shares, built at the first call."""
         if self._shared_msg is None:
             self._shared_msg = self._common()
         return self._shared_msg
 
     def _message(self, recipient: Recipient, client: aiosmtplib.SMTP
-                 ) -> tuple[str, bytes, list[str]]:
-        """The envelope sender, the message's bytes and the MAIL options, as `send_message`
-        would have made them for this server. An ASCII message is its own headers, then the
-        shared part serialised once; one with a non-ASCII address (SMTPUTF8) is built whole."""
-        sender = extract_sender(self._shared) or ""
+                 ) -> tuple[str, Recipient, bytes, list[str]]:
+        """The envelope sender, the recipient as addressed, the message's bytes and the MAIL
+        options, as `send_message` would have made them for this server. An ASCII message
+        is its own headers, then the shared part serialised once; one with a non-ASCII
+        address (SMTPUTF8) is built whole. A server without SMTPUTF8 gets an address whose
+        only non-ASCII part is its domain in the domain's ASCII form (IDNA)."""
+        sender = extract_sender(self._shared()) or ""
         eight_bit = client.supports_extension("8BITMIME")
         cte = "8bit" if eight_bit else "7bit"
         options = ["BODY=8BITMIME"] if eight_bit else []
+        utf8 = client.supports_extension("smtputf8")
+        if not (recipient.address.isascii() or utf8):
+            recipient = replace(recipient, address=_ascii_domain(recipient.address))
         if sender.isascii() and recipient.address.isascii():
             flat = self._flat.get(cte)
             if flat is None:
-                flat = self._flat[cte] = flatten_message(self._shared, cte_type=cte)
+                flat = self._flat[cte] = flatten_message(self._shared(), cte_type=cte)
             head = "".join(f"{name}: {value}\r\n"
                            for name, value in self._own_headers(recipient))
             data = head.encode("ascii") + flat
         else:
-            if not client.supports_extension("smtputf8"):
+            if not utf8:
                 raise _NeedsUtf8
             data = flatten_message(self.build(recipient), utf8=True, cte_type=cte)
             options.append("SMTPUTF8")
         if client.supports_extension("size"):  # refused at MAIL when too big, as sendmail did
             options.insert(0, f"SIZE={len(data)}")
-        return sender, data, options
+        return sender, recipient, data, options
 
     async def _transmit(self, client: aiosmtplib.SMTP, recipient: Recipient,
                         progress: _Progress) -> str:
         """Send one message on `client`: the server's reply to it. `progress.data_begun`
         is set once the message may have been taken (before that nothing was)."""
-        sender, data, options = self._message(recipient, client)
+        sender, recipient, data, options = self._message(recipient, client)
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         await client.mail(sender, options=options, encoding=encoding)
         await client.rcpt(recipient.address, encoding=encoding)
@@ -385,6 +390,7 @@ class SmtpSender:
     async def send(self, recipient: Recipient) -> Result:
         ref = f"<{recipient.attempt_id}@{MESSAGE_ID_DOMAIN}>"
         connections = self._connections
+        self._shared()  # built (or failing) before a connection is taken
         async with self._slots:
             fresh = False
             while True:  # at most twice: a kept connection failing before DATA, then a new one
@@ -420,6 +426,18 @@ class SmtpSender:
                 connections.give(client)
                 return Result(O_DELIVERED, delivered=True, provider_ref=ref,
                               detail={"smtpCode": 250, "smtpReply": reply})
+
+
+def _ascii_domain(address: str) -> str:
+    """`address` with its domain in ASCII (IDNA) when only the domain is not: as it was
+    when that cannot be done (the server then cannot take it)."""
+    local, at, domain = address.rpartition("@")
+    if not (at and local.isascii()):
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return address
 
 
 class _NeedsUtf8(Exception):

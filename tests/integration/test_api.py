@@ -328,3 +328,27 @@ async def test_an_answer_committed_just_before_a_request_held_its_key_is_replaye
     assert (status, body) == (201, {"first": True})
     assert api.last_headers.get("Idempotency-Replay") == "true"
     assert await db.fetchval("SELECT count(*) FROM sessions") == 0
+
+
+@pytest.mark.parametrize("key", [None, "as-stored-1"])
+async def test_the_201_answer_is_the_session_as_stored(
+    api: Api, email_transport: dict[str, Any], key: str | None,
+) -> None:
+    """The answer is made from the session before it is stored (so that an idempotency
+    key's copy goes in with it): it must read as the stored session does."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    at = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=123456)
+    body = {**variant(options__trigger="scheduled", options__retries=2,
+                      options__retryIntervalMinutes="1.5,60",
+                      options__scheduledTimestamp=at.astimezone(
+                          timezone(timedelta(hours=2))).isoformat()),
+            "xref": "as-stored"}
+    headers = {"Idempotency-Key": key} if key else {}
+    status, created = await api.post("/v1/sessions", body, headers=headers)
+    assert status == 201, created
+    status, stored = await api.get(f"/v1/sessions/{created['sessionId']}")
+    assert status == 200
+    stored.pop("counts")
+    assert created == stored
+    assert created["scheduledTimestamp"] == at.isoformat()  # in UTC, to the microsecond

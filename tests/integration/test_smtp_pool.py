@@ -414,3 +414,11 @@ async def test_a_non_ascii_address_to_a_server_without_smtputf8_fails_permanentl
             assert entry(pools).idle_count() == 1  # nothing was sent on it: kept
             assert await session(config(port), "a@example.com") == ["delivered"]
         assert got.connections() == 1 and [r.rcpt for r in got.received] == ["a@example.com"]
+
+
+async def test_a_server_without_smtputf8_gets_an_international_domain_in_ascii() -> None:
+    with sink(smtputf8=False) as (port, got):
+        assert await session(config(port), "user@bücher.example") == ["delivered"]
+        [one] = got.received
+        assert one.rcpt == "user@xn--bcher-kva.example"
+        assert one.raw.startswith(b"To: user@xn--bcher-kva.example\r\n")

@@ -46,7 +46,7 @@ def test_a_spliced_message_is_the_built_message(eight_bit: bool, role: str) -> N
     s = sender()
     who = Recipient(delivery_id=1, attempt_id="a-1", attempt=1, address="x@example.com",
                     role=role)
-    _, raw, options = s._message(who, Server(eight_bit))  # type: ignore[arg-type]
+    _, _, raw, options = s._message(who, Server(eight_bit))  # type: ignore[arg-type]
     whole = flatten_message(s.build(who), cte_type="8bit" if eight_bit else "7bit")
     assert options == (["BODY=8BITMIME"] if eight_bit else [])
     got, want = parsed(raw), parsed(whole)
@@ -67,8 +67,8 @@ def test_each_message_gets_its_own_headers_only() -> None:
     s = sender()
     one = Recipient(delivery_id=1, attempt_id="a-1", attempt=1, address="one@example.com")
     two = Recipient(delivery_id=2, attempt_id="a-2", attempt=1, address="two@example.com")
-    _, first, _ = s._message(one, Server(True))  # type: ignore[arg-type]
-    _, second, _ = s._message(two, Server(True))  # type: ignore[arg-type]
+    _, _, first, _ = s._message(one, Server(True))  # type: ignore[arg-type]
+    _, _, second, _ = s._message(two, Server(True))  # type: ignore[arg-type]
     assert b"one@example.com" not in second and b"a-1@" not in second
     assert parsed(first)["To"] == "one@example.com" and parsed(second)["To"] == "two@example.com"
     assert parsed(second)["X-Hub-Copy"] is None
