@@ -17,6 +17,7 @@ from hub.api import (
     group,
     ops,
     sessions,
+    storing,
     suppressions,
     transports,
     usage,
@@ -46,6 +47,7 @@ def create_app(settings: Settings) -> web.Application:
         app[st.KICKER] = Kicker(redis)
         aredis = async_redis(settings.redis_url, timeout_s=2, connect_timeout_s=2)
         app[st.KICKS] = st.Kicks(app[st.KICKER], aredis)
+        app[storing.BATCHES] = storing.Batches(app[st.POOL])
         app[callbacks.RECEIPTS] = ReceiptBatcher(app[st.POOL], settings.base_url,
                                                    app[st.KICKER].webhooks)
         listener = asyncio.create_task(listen(settings.database_url, app[st.LOOKUPS]))
@@ -53,6 +55,7 @@ def create_app(settings: Settings) -> web.Application:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
+        await app[storing.BATCHES].commit.drain()
         await app[st.POOL].close()
         redis.close()
         await aredis.aclose()

@@ -17,6 +17,7 @@ from hub import constants as c
 from hub import reports
 from hub.api import body
 from hub.api import state as st
+from hub.api.storing import BATCHES
 from hub.constants import MAX_PARALLEL_JOBS_PER_SESSION
 from hub.errors import BadRequest, Conflict, HubError, NotFound, Unprocessable, detail
 from hub.instruction import parse_instruction
@@ -51,8 +52,10 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 @routes.post("/v1/sessions")
 async def create_session(request: web.Request) -> web.Response:
-    """The whole submission takes one pooled connection; the session, its deliveries and
-    (with an Idempotency-Key) the key's answer are one statement for a small audience."""
+    """The session, its deliveries and (with an Idempotency-Key) the key's answer are one
+    statement for a small audience; without a key, one statement for all the small ones
+    arriving meanwhile (`hub.api.storing`). A request holds one pooled connection at a
+    time."""
     st.require_json(request)  # before a key can keep this answer
     raw_key = _idempotency_key(request)
     key = None if raw_key is None else idempotency.Key(
@@ -75,9 +78,13 @@ async def create_session(request: web.Request) -> web.Response:
         out = sessions.view(session.row)
         if out["scheduledTimestamp"] is None:
             del out["scheduledTimestamp"]
-        done = await sessions.create(conn, session, None if key is None else (key, out))
-        if key is not None and not done.stored:
-            return await _not_stored(conn, key, done)
+        batched = key is None and session.small
+        if not batched:
+            done = await sessions.create(conn, session, None if key is None else (key, out))
+            if key is not None and not done.stored:
+                return await _not_stored(conn, key, done)
+    if batched:  # with those arriving meanwhile, its connection given back first
+        await request.app[BATCHES].store(session)
     await _kick_new(request, session.row)
     return web.json_response(out, status=201)
 

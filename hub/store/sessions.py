@@ -5,6 +5,7 @@ conditional updates."""
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +49,20 @@ _GUARDED_WITH_DELIVERIES = (
     f"{idempotency.guarded(20)}, s AS (INSERT INTO sessions ({_COLUMNS})"
     f" SELECT {_VALUES} FROM k RETURNING id),{_DELIVERIES}{idempotency.OUTCOME}")
 _CREATED = idempotency.Outcome(held=True, stored=True, previous=None)
+# Many sessions from arrays, one per column ($1 to $15: jsonb and float8[] values as their
+# text, since arrays of arrays must be rectangular), then their deliveries ($16 to $20).
+_ARRAY_TYPES = {"jsonb": "text", "float8[]": "text"}
+_INSERT_MANY = (
+    f"WITH s AS (INSERT INTO sessions ({_COLUMNS})"
+    " SELECT " + ", ".join(f"{name}::{type_}" for name, type_ in _COLUMN_TYPES) +
+    " FROM unnest(" + ", ".join(f"${i}::{_ARRAY_TYPES.get(type_, type_)}[]"
+                               for i, (_, type_) in enumerate(_COLUMN_TYPES, 1)) +
+    f") AS t({_COLUMNS})),"
+    " d AS (INSERT INTO deliveries (session_id, address, status, next_attempt_at, role)"
+    "  SELECT u.sid, u.address, $16, u.due, u.role"
+    "  FROM unnest($17::uuid[], $18::text[], $19::text[], $20::timestamptz[])"
+    "  AS u(sid, address, role, due))"
+    " SELECT 1")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -158,6 +173,24 @@ async def create(conn: asyncpg.Connection, session: NewSession,
                 columns=["session_id", "address", "status", "next_attempt_at", "role"],
             )
     return done
+
+
+async def create_many(conn: asyncpg.Connection, batch: list[NewSession]) -> None:
+    """Store small sessions without a key, each with its deliveries, all in one statement
+    (one round trip and one commit for the lot): all of them or, if it fails, none."""
+    rows = [s.row for s in batch]
+    columns = [[row[name] for row in rows] for name in _COLUMN_NAMES]
+    at = _COLUMN_NAMES.index
+    columns[at("instruction")] = [json.dumps(v) for v in columns[at("instruction")]]
+    columns[at("retry_intervals_s")] = [
+        "{" + ",".join(repr(float(x)) for x in v) + "}" for v in columns[at("retry_intervals_s")]]
+    ids, addresses, roles, due = [], [], [], []
+    for s in batch:
+        ids += [s.row["id"]] * len(s.addresses)
+        addresses += s.addresses
+        roles += s.roles
+        due += [s.due] * len(s.addresses)
+    await conn.execute(_INSERT_MANY, *columns, c.D_PENDING, ids, addresses, roles, due)
 
 
 async def get(pool: Pool | asyncpg.Connection, app_id: uuid.UUID | None,

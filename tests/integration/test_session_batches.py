@@ -1,0 +1,125 @@
+"""Small submissions without a key stored together (`hub.api.storing`,
+`sessions.create_many`) against the real PostgreSQL: what a batch stores is what one at a
+time stores, and one session's fault fails only that session."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+
+from hub.api.storing import Batches
+from hub.config import Settings
+from hub.instruction import parse_instruction
+from hub.store import sessions
+from tests.helpers import Api
+
+SETTINGS = Settings(allow_private_urls=True)
+SOON = (datetime.now(UTC) + timedelta(days=1)).astimezone(timezone(timedelta(hours=-5)))
+DOCS: list[dict[str, Any]] = [
+    {"transport": {"type": "email", "subject": "S", "message": "M",
+                   "extras": {"cc": ["c@example.com"], "bcc": ["b@example.com", "A@example.com"]}},
+     "audience": ["a@example.com", "z@example.com", "a@example.com"]},
+    {"transport": {"type": "email", "subject": "S2", "message": "M2"},
+     "audience": ["s@example.com"],
+     "options": {"trigger": "scheduled", "scheduledTimestamp": SOON.isoformat(), "retries": 3,
+                 "retryIntervalMinutes": "1.5,60,240"}},
+    {"transport": {"type": "email", "subject": "S3", "message": "M3"}, "xref": "x-3",
+     "audience": ["m@example.com", "n@example.com"],
+     "options": {"trigger": "manual", "webhookUrl": "http://127.0.0.1:9/hook"}},
+]
+
+
+def made(transport: dict[str, Any], app_id: uuid.UUID) -> list[sessions.NewSession]:
+    return [sessions.new(app_id, transport, parse_instruction(doc, SETTINGS)) for doc in DOCS]
+
+
+def renamed(session: sessions.NewSession) -> sessions.NewSession:
+    """The same session under another id (so both ways can store it)."""
+    return replace(session, row={**session.row, "id": uuid.uuid4()})
+
+
+async def stored(db: asyncpg.Pool, session_id: uuid.UUID) -> tuple[dict[str, Any], list[Any]]:
+    row = dict(await db.fetchrow("SELECT * FROM sessions WHERE id = $1", session_id))
+    del row["id"]
+    deliveries = await db.fetch(
+        "SELECT address, status, attempts, next_attempt_at, role FROM deliveries"
+        " WHERE session_id = $1 ORDER BY address", session_id)
+    return row, [tuple(d) for d in deliveries]
+
+
+async def app_of(db: asyncpg.Pool, transport: dict[str, Any]) -> uuid.UUID:
+    found: uuid.UUID = await db.fetchval("SELECT app_id FROM transports WHERE id = $1",
+                                         uuid.UUID(transport["id"]))
+    return found
+
+
+async def test_a_batch_stores_what_one_at_a_time_stores(
+    api: Api, email_transport: dict[str, Any], db: asyncpg.Pool,
+) -> None:
+    alone = made(email_transport, await app_of(db, email_transport))
+    together = [renamed(s) for s in alone]
+    async with db.acquire() as conn:
+        for one in alone:
+            await sessions.create(conn, one)
+        await sessions.create_many(conn, together)
+    for one, other in zip(alone, together, strict=True):
+        first, second = await stored(db, one.row["id"]), await stored(db, other.row["id"])
+        assert first == second
+        assert len(second[1]) == len(one.addresses)  # the audience and the copies
+    assert await db.fetchval("SELECT count(*) FROM deliveries") == 2 * (4 + 1 + 2)
+
+
+async def test_one_session_s_fault_fails_only_that_session(
+    api: Api, email_transport: dict[str, Any], db: asyncpg.Pool,
+) -> None:
+    good = made(email_transport, await app_of(db, email_transport))
+    gone = replace(good[1], row={**renamed(good[1]).row, "transport_id": uuid.uuid4()})
+    batches = Batches(db)
+    outcomes = await asyncio.gather(*(batches.store(s) for s in (good[0], gone, good[2])),
+                                    return_exceptions=True)
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], asyncpg.ForeignKeyViolationError)
+    ids = {r["id"] for r in await db.fetch("SELECT id FROM sessions")}
+    assert ids == {good[0].row["id"], good[2].row["id"]}
+
+
+async def test_submissions_at_once_are_each_stored_as_answered(
+    api: Api, email_transport: dict[str, Any], db: asyncpg.Pool,
+) -> None:
+    """Through `hub api`: many at once (stored in batches), each answer is its session as
+    stored, with its own audience."""
+    docs = [{**DOCS[i % 3], "xref": f"at-once-{i}",
+             "audience": [f"u{i}-{j}@example.com" for j in range(1 + i % 3)]}
+            for i in range(60)]
+    # the first one's statement is held up, so the others arrive while it is written
+    await db.execute("""
+        CREATE FUNCTION hold_first() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;
+        CREATE TRIGGER hold_first BEFORE INSERT ON sessions
+        FOR EACH ROW WHEN (NEW.xref = 'at-once-0') EXECUTE FUNCTION hold_first();
+    """)
+    try:
+        first = asyncio.create_task(api.post("/v1/sessions", docs[0]))
+        await asyncio.sleep(0.1)
+        answers = [await first,
+                   *await asyncio.gather(*(api.post("/v1/sessions", d) for d in docs[1:]))]
+    finally:
+        await db.execute("DROP TRIGGER hold_first ON sessions; DROP FUNCTION hold_first()")
+    assert {status for status, _ in answers} == {201}
+    # stored together: far fewer transactions than sessions
+    assert await db.fetchval("SELECT count(DISTINCT xmin::text) FROM sessions") < 30
+    for doc, (_, created) in zip(docs, answers, strict=True):
+        status, got = await api.get(f"/v1/sessions/{created['sessionId']}")
+        got.pop("counts")
+        if "scheduledTimestamp" not in created:  # the 201 leaves out an unscheduled one's
+            assert got.pop("scheduledTimestamp") is None
+        assert status == 200 and got == created and got["xref"] == doc["xref"]
+        addresses = {r["address"] for r in await db.fetch(
+            "SELECT address FROM deliveries WHERE session_id = $1 AND role = 'to'",
+            uuid.UUID(created["sessionId"]))}
+        assert addresses == set(doc["audience"])
