@@ -53,8 +53,8 @@ def _idempotency_key(request: web.Request) -> str | None:
 @routes.post("/v1/sessions")
 async def create_session(request: web.Request) -> web.Response:
     """The session, its deliveries and (with an Idempotency-Key) the key's answer are one
-    statement for a small audience; without a key, one statement for all the small ones
-    arriving meanwhile (`hub.api.storing`). A request holds one pooled connection at a
+    statement for all the small audiences arriving meanwhile (`hub.api.storing`); a large
+    one is COPYed in its own transaction. A request holds one pooled connection at a
     time."""
     st.require_json(request)  # before a key can keep this answer
     raw_key = _idempotency_key(request)
@@ -71,30 +71,31 @@ async def create_session(request: web.Request) -> web.Response:
         except HubError as exc:
             if key is None or exc.status >= 500:  # a refusal is the answer; an outage is not
                 raise
-            done = await idempotency.answer(conn, key, exc.status, exc.body())
-            if done.stored:
+            refused = await idempotency.answer(conn, key, exc.status, exc.body())
+            if refused.stored:
                 raise
-            return await _not_stored(conn, key, done)
+            return await _not_stored(conn, key, refused)
         out = sessions.view(session.row)
         if out["scheduledTimestamp"] is None:
             del out["scheduledTimestamp"]
-        batched = key is None and session.small
-        if not batched:
-            done = await sessions.create(conn, session, None if key is None else (key, out))
-            if key is not None and not done.stored:
-                return await _not_stored(conn, key, done)
-    if batched:  # with those arriving meanwhile, its connection given back first
-        await request.app[BATCHES].store(session)
+        keyed = None if key is None else (key, out)
+        if not session.small:
+            done = await sessions.create(conn, session, keyed)
+    if session.small:  # with those arriving meanwhile, its connection given back first
+        done = await request.app[BATCHES].store(session, keyed)
+    if not done.stored:
+        assert key is not None
+        return await _not_stored(st.pool(request), key, done)
     await _kick_new(request, session.row)
     return web.json_response(out, status=201)
 
 
-async def _not_stored(conn: asyncpg.Connection, key: idempotency.Key,
+async def _not_stored(db: asyncpg.Connection | asyncpg.Pool, key: idempotency.Key,
                       done: idempotency.Outcome) -> web.Response:
     """The answer when this request's was not kept: the first stored with this key
     (replayed; 422 for another body), or 409 while another request holds the key."""
     # None found: committed just after the statement's snapshot, or not at all yet
-    seen = done.previous or await idempotency.previous(conn, key)
+    seen = done.previous or await idempotency.previous(db, key)
     if seen is None:
         raise Conflict("the first request with this Idempotency-Key is still running",
                        error_id="idempotency-in-progress", headers={"Retry-After": "1"})

@@ -46,10 +46,14 @@ class Key:
     request_hash: bytes
     ttl_h: int
 
+    @property
+    def lock_id(self) -> int:
+        return _lock_id(self.app_id, self.key)
+
     def params(self, status: int, body: Any) -> tuple[Any, ...]:
         """`guarded`'s parameters, storing (status, body) as this request's answer."""
-        return (_lock_id(self.app_id, self.key), self.app_id, self.key, self.request_hash,
-                self.ttl_h, status, body)
+        return (self.lock_id, self.app_id, self.key, self.request_hash, self.ttl_h, status,
+                body)
 
 
 @dataclass(frozen=True)
@@ -95,13 +99,53 @@ OUTCOME = (" SELECT (SELECT ok FROM held) AS held, EXISTS (SELECT 1 FROM k) AS s
            " LEFT JOIN prev AS p ON true")
 
 
+def guarded_many(first: int) -> str:
+    """`guarded` for many requests at once (one key each), with parameters `$first`...:
+    arrays of the sessions' ids, lock ids, app ids, keys, request hashes, answers' status
+    codes and bodies (JSON text), then the keys' lifetime in hours. `ki` lists the keyed
+    sessions and `stored` those whose answer was stored: what a request creates is
+    selected where its session is not keyed or was stored (`kept`). End with `OUTCOMES`."""
+    sid, lock, app, key, hash_, status, body, ttl = (f"${first + i}" for i in range(8))
+    fresh = f"now() - make_interval(hours => {ttl}::int)"
+    return (
+        f"WITH ki AS (SELECT * FROM unnest({sid}::uuid[], {lock}::bigint[], {app}::uuid[],"
+        f"  {key}::text[], {hash_}::bytea[], {status}::int[], {body}::text[])"
+        "  AS t(sid, lock, app_id, key, request_hash, status_code, body)),"
+        " held AS (SELECT sid, pg_try_advisory_xact_lock(lock) AS ok FROM ki),"
+        " prev AS (SELECT ki.sid, p.request_hash, p.status_code, p.body"
+        "  FROM ki JOIN idempotency_keys AS p ON p.app_id = ki.app_id AND p.key = ki.key"
+        f"  AND p.created_at >= {fresh}),"
+        " k AS (INSERT INTO idempotency_keys (app_id, key, request_hash, status_code, body)"
+        "  SELECT ki.app_id, ki.key, ki.request_hash, ki.status_code, ki.body::jsonb"
+        "  FROM ki JOIN held USING (sid)"
+        "  WHERE held.ok AND NOT EXISTS (SELECT 1 FROM prev WHERE prev.sid = ki.sid)"
+        "  ON CONFLICT (app_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,"
+        "  status_code = EXCLUDED.status_code, body = EXCLUDED.body, created_at = now()"
+        f"  WHERE idempotency_keys.created_at < {fresh}"
+        "  RETURNING app_id, key),"
+        " stored AS (SELECT ki.sid FROM ki JOIN k USING (app_id, key))")
+
+
+def kept(session_id: str) -> str:
+    """In `guarded_many`'s statement: the session `session_id` (an SQL expression) is to be
+    created (it has no key, or its answer was stored)."""
+    return (f"({session_id} NOT IN (SELECT sid FROM ki)"
+            f" OR {session_id} IN (SELECT sid FROM stored))")
+
+
+OUTCOMES = (" SELECT ki.sid, held.ok AS held,"
+            " EXISTS (SELECT 1 FROM stored WHERE stored.sid = ki.sid) AS stored,"
+            " prev.request_hash, prev.status_code, prev.body"
+            " FROM ki JOIN held USING (sid) LEFT JOIN prev USING (sid)")
+
+
 async def answer(conn: asyncpg.Connection, key: Key, status: int, body: Any) -> Outcome:
     """Keep (status, body) as the key's answer, creating nothing else (a refusal)."""
     row = await conn.fetchrow(guarded(1) + OUTCOME, *key.params(status, body))
     return Outcome.of(row)
 
 
-async def previous(conn: asyncpg.Connection, key: Key) -> Answer | None:
+async def previous(conn: asyncpg.Connection | asyncpg.Pool, key: Key) -> Answer | None:
     """The key's unexpired answer, read now."""
     row = await conn.fetchrow(
         "SELECT request_hash, status_code, body FROM idempotency_keys"

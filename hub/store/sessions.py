@@ -50,19 +50,20 @@ _GUARDED_WITH_DELIVERIES = (
     f" SELECT {_VALUES} FROM k RETURNING id),{_DELIVERIES}{idempotency.OUTCOME}")
 _CREATED = idempotency.Outcome(held=True, stored=True, previous=None)
 # Many sessions from arrays, one per column ($1 to $15: jsonb and float8[] values as their
-# text, since arrays of arrays must be rectangular), then their deliveries ($16 to $20).
+# text, since arrays of arrays must be rectangular), then their deliveries ($16 to $20),
+# then the keys of those that have one (`idempotency.guarded_many`, $21 to $28).
 _ARRAY_TYPES = {"jsonb": "text", "float8[]": "text"}
 _INSERT_MANY = (
-    f"WITH s AS (INSERT INTO sessions ({_COLUMNS})"
+    f"{idempotency.guarded_many(21)}, s AS (INSERT INTO sessions ({_COLUMNS})"
     " SELECT " + ", ".join(f"{name}::{type_}" for name, type_ in _COLUMN_TYPES) +
     " FROM unnest(" + ", ".join(f"${i}::{_ARRAY_TYPES.get(type_, type_)}[]"
                                for i, (_, type_) in enumerate(_COLUMN_TYPES, 1)) +
-    f") AS t({_COLUMNS})),"
+    f") AS t({_COLUMNS}) WHERE {idempotency.kept('t.id')}),"
     " d AS (INSERT INTO deliveries (session_id, address, status, next_attempt_at, role)"
     "  SELECT u.sid, u.address, $16, u.due, u.role"
     "  FROM unnest($17::uuid[], $18::text[], $19::text[], $20::timestamptz[])"
-    "  AS u(sid, address, role, due))"
-    " SELECT 1")
+    f"  AS u(sid, address, role, due) WHERE {idempotency.kept('u.sid')})"
+    f"{idempotency.OUTCOMES}")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -175,22 +176,41 @@ async def create(conn: asyncpg.Connection, session: NewSession,
     return done
 
 
-async def create_many(conn: asyncpg.Connection, batch: list[NewSession]) -> None:
-    """Store small sessions without a key, each with its deliveries, all in one statement
-    (one round trip and one commit for the lot): all of them or, if it fails, none."""
-    rows = [s.row for s in batch]
+Keyed = tuple[idempotency.Key, Any]  # a key and the answer to keep with it
+
+
+async def create_many(conn: asyncpg.Connection,
+                      batch: list[tuple[NewSession, Keyed | None]]) -> list[idempotency.Outcome]:
+    """Store small sessions, each with its deliveries and (with a key) only if its key's
+    answer is stored, all in one statement (one round trip and one commit for the lot);
+    if it fails, none. At most one session per key (a second would find the first's lock
+    its own). The outcome of each, in order."""
+    rows = [s.row for s, _ in batch]
     columns = [[row[name] for row in rows] for name in _COLUMN_NAMES]
     at = _COLUMN_NAMES.index
     columns[at("instruction")] = [json.dumps(v) for v in columns[at("instruction")]]
     columns[at("retry_intervals_s")] = [
         "{" + ",".join(repr(float(x)) for x in v) + "}" for v in columns[at("retry_intervals_s")]]
     ids, addresses, roles, due = [], [], [], []
-    for s in batch:
+    for s, _ in batch:
         ids += [s.row["id"]] * len(s.addresses)
         addresses += s.addresses
         roles += s.roles
         due += [s.due] * len(s.addresses)
-    await conn.execute(_INSERT_MANY, *columns, c.D_PENDING, ids, addresses, roles, due)
+    keys: list[list[Any]] = [[], [], [], [], [], [], []]
+    ttl = 0  # the same for every key (the process's setting)
+    for s, pair in batch:
+        if pair is not None:
+            key, answer = pair
+            for column, value in zip(keys, (s.row["id"], key.lock_id, key.app_id, key.key,
+                                            key.request_hash, 201, json.dumps(answer)),
+                                     strict=True):
+                column.append(value)
+            ttl = key.ttl_h
+    found = await conn.fetch(_INSERT_MANY, *columns, c.D_PENDING, ids, addresses, roles, due,
+                             *keys, ttl)
+    by_id = {row["sid"]: idempotency.Outcome.of(row) for row in found}
+    return [by_id.get(s.row["id"], _CREATED) for s, _ in batch]
 
 
 async def get(pool: Pool | asyncpg.Connection, app_id: uuid.UUID | None,

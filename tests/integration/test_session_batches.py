@@ -16,6 +16,7 @@ from hub.api.storing import Batches
 from hub.config import Settings
 from hub.instruction import parse_instruction
 from hub.store import sessions
+from hub.store.idempotency import Key
 from tests.helpers import Api
 
 SETTINGS = Settings(allow_private_urls=True)
@@ -66,7 +67,8 @@ async def test_a_batch_stores_what_one_at_a_time_stores(
     async with db.acquire() as conn:
         for one in alone:
             await sessions.create(conn, one)
-        await sessions.create_many(conn, together)
+        outcomes = await sessions.create_many(conn, [(s, None) for s in together])
+    assert all(done.stored for done in outcomes)
     for one, other in zip(alone, together, strict=True):
         first, second = await stored(db, one.row["id"]), await stored(db, other.row["id"])
         assert first == second
@@ -82,7 +84,7 @@ async def test_one_session_s_fault_fails_only_that_session(
     batches = Batches(db)
     outcomes = await asyncio.gather(*(batches.store(s) for s in (good[0], gone, good[2])),
                                     return_exceptions=True)
-    assert outcomes[0] is None and outcomes[2] is None
+    assert outcomes[0].stored and outcomes[2].stored  # type: ignore[union-attr]
     assert isinstance(outcomes[1], asyncpg.ForeignKeyViolationError)
     ids = {r["id"] for r in await db.fetch("SELECT id FROM sessions")}
     assert ids == {good[0].row["id"], good[2].row["id"]}
@@ -123,3 +125,43 @@ async def test_submissions_at_once_are_each_stored_as_answered(
             "SELECT address FROM deliveries WHERE session_id = $1 AND role = 'to'",
             uuid.UUID(created["sessionId"]))}
         assert addresses == set(doc["audience"])
+
+
+async def test_keyed_sessions_in_one_batch_each_get_their_key_s_answer(
+    api: Api, email_transport: dict[str, Any], db: asyncpg.Pool,
+) -> None:
+    """New keys are stored with their sessions; a key answered before, or twice in the
+    batch, creates nothing and finds the first answer; an expired one is replaced."""
+    app_id = await app_of(db, email_transport)
+    first, again, answered, plain, expired = (
+        renamed(made(email_transport, app_id)[i % 3]) for i in range(5))
+
+    def key(name: str) -> Key:
+        return Key(app_id, name, b"hash-" + name.encode(), 24)
+
+    for name, age_h in (("answered", 1), ("expired", 25)):
+        await db.execute(
+            "INSERT INTO idempotency_keys (app_id, key, request_hash, status_code, body,"
+            " created_at) VALUES ($1, $2, $3, 201, $4, now() - make_interval(hours => $5))",
+            app_id, name, b"hash-" + name.encode(), {"before": name}, age_h)
+    batches = Batches(db)
+    outcomes = await asyncio.gather(
+        batches.store(first, (key("new"), {"sessionId": "first"})),
+        batches.store(again, (key("new"), {"sessionId": "again"})),
+        batches.store(answered, (key("answered"), {"sessionId": "answered"})),
+        batches.store(plain),
+        batches.store(expired, (key("expired"), {"sessionId": "expired"})))
+    assert [done.stored for done in outcomes] == [True, False, False, True, True]
+    assert outcomes[1].previous is not None and outcomes[1].previous.body == {
+        "sessionId": "first"}
+    assert outcomes[2].previous is not None and outcomes[2].previous.body == {
+        "before": "answered"}
+    ids = {r["id"] for r in await db.fetch("SELECT id FROM sessions")}
+    assert ids == {first.row["id"], plain.row["id"], expired.row["id"]}
+    assert await db.fetchval("SELECT count(DISTINCT xmin::text) FROM sessions") == 1
+    bodies = {r["key"]: r["body"] for r in await db.fetch(
+        "SELECT key, body FROM idempotency_keys")}
+    assert bodies == {"new": {"sessionId": "first"}, "answered": {"before": "answered"},
+                      "expired": {"sessionId": "expired"}}
+    delivered = await db.fetchval("SELECT count(DISTINCT session_id) FROM deliveries")
+    assert delivered == 3
