@@ -1,7 +1,7 @@
 """Group commit: items that arrive together are written in one round, and each caller
 waits for its own item's answer (written after its batch has committed). The API's
-provider callbacks, the voice controller's ended calls and its carrier channels given
-back use it."""
+submissions and provider callbacks, the voice controller's ended calls and its carrier
+channels given back use it."""
 
 from __future__ import annotations
 

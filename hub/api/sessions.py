@@ -15,9 +15,8 @@ from redis.exceptions import RedisError
 
 from hub import constants as c
 from hub import reports
-from hub.api import body
+from hub.api import body, storing
 from hub.api import state as st
-from hub.api.storing import BATCHES
 from hub.constants import MAX_PARALLEL_JOBS_PER_SESSION
 from hub.errors import BadRequest, Conflict, HubError, NotFound, Unprocessable, detail
 from hub.instruction import parse_instruction
@@ -53,9 +52,9 @@ def _idempotency_key(request: web.Request) -> str | None:
 @routes.post("/v1/sessions")
 async def create_session(request: web.Request) -> web.Response:
     """The session, its deliveries and (with an Idempotency-Key) the key's answer are one
-    statement for all the small audiences arriving meanwhile (`hub.api.storing`); a large
-    one is COPYed in its own transaction. A request holds one pooled connection at a
-    time."""
+    statement for all the small audiences arriving meanwhile (`hub.api.storing`); a larger
+    one has a statement of its own (COPY in a transaction above `COPY_ABOVE`). A request
+    holds one pooled connection at a time."""
     st.require_json(request)  # before a key can keep this answer
     raw_key = _idempotency_key(request)
     key = None if raw_key is None else idempotency.Key(
@@ -79,10 +78,11 @@ async def create_session(request: web.Request) -> web.Response:
         if out["scheduledTimestamp"] is None:
             del out["scheduledTimestamp"]
         keyed = None if key is None else (key, out)
-        if not session.small:
+        batched = storing.takes(session)
+        if not batched:
             done = await sessions.create(conn, session, keyed)
-    if session.small:  # with those arriving meanwhile, its connection given back first
-        done = await request.app[BATCHES].store(session, keyed)
+    if batched:  # with those arriving meanwhile, its connection given back first
+        done = await request.app[storing.BATCHES].store(session, keyed)
     if not done.stored:
         assert key is not None
         return await _not_stored(st.pool(request), key, done)

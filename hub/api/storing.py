@@ -21,7 +21,11 @@ from aiohttp import web
 from hub.batching import GroupCommit
 from hub.store import idempotency, sessions
 
-BATCH_MAX = 100  # sessions a statement stores (each with at most COPY_ABOVE deliveries)
+BATCH_MAX = 100  # sessions a statement stores
+# Sessions with more deliveries go alone (one statement each, concurrently, on the
+# requests' own connections): a batch is at most BATCH_MAX x MAX_DELIVERIES rows, so a
+# few large submissions never hold up every small one behind a 100,000-row statement.
+MAX_DELIVERIES = 50
 ITEM_FAULTS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 
 Item = tuple[sessions.NewSession, sessions.Keyed | None]
@@ -39,11 +43,13 @@ class Batches:
         """Once `session` and its deliveries are committed, or its key answered before
         (raises what stopped it)."""
         done = await self.commit.submit((session, keyed))
-        if isinstance(done, BaseException):
-            raise done
+        if isinstance(done, BaseException):  # maybe shared by the batch's items
+            raise done.with_traceback(None)
         return done
 
     async def _write(self, batch: list[Item]) -> list[Done]:
+        """Each item's outcome, or the exception that stopped it. Never raised for the
+        whole batch once something may have been committed: an error is only its items'."""
         first, after = _one_per_key(batch)
         outcomes: list[Done | None] = [None] * len(batch)
         async with self.pool.acquire() as conn:
@@ -51,17 +57,26 @@ class Batches:
                 for at, done in zip(first, await sessions.create_many(
                         conn, [batch[i] for i in first]), strict=True):
                     outcomes[at] = done
-            except ITEM_FAULTS:
-                if len(batch) == 1:
-                    raise
-                after = list(range(len(batch)))  # whose was it: each alone
+            except ITEM_FAULTS as exc:  # nothing was stored
+                if len(first) == 1:
+                    outcomes[first[0]] = exc
+                else:
+                    after = sorted(first + after)  # whose was it: each alone
+            except Exception as exc:  # the statement's items, and only they
+                for at in first:
+                    outcomes[at] = exc
             for at in after:
                 try:
                     outcomes[at] = await sessions.create(conn, *batch[at])
-                except ITEM_FAULTS as exc:
+                except Exception as exc:
                     outcomes[at] = exc
         assert all(done is not None for done in outcomes)
         return cast(list[Done], outcomes)
+
+
+def takes(session: sessions.NewSession) -> bool:
+    """Whether `session` is stored in a batch (else alone, on its request's connection)."""
+    return len(session.addresses) <= MAX_DELIVERIES
 
 
 def _one_per_key(batch: list[Item]) -> tuple[list[int], list[int]]:

@@ -1,6 +1,7 @@
 """Idempotency keys: the first answer to (app, key) is kept and replayed for `ttl_h` hours.
 
-A request with a key is validated first; then one statement (`guarded`) takes a
+A request with a key is validated first; then one statement (`guarded`, or
+`guarded_many` for a batch of requests, one key each) takes a
 transaction-scoped PostgreSQL advisory lock on (app, key), reads an earlier answer, and
 stores this request's answer together with what it creates, which the statement's later
 parts do only when the answer was stored. A large audience's COPY follows in the same
@@ -129,8 +130,8 @@ def guarded_many(first: int) -> str:
 def kept(session_id: str) -> str:
     """In `guarded_many`'s statement: the session `session_id` (an SQL expression) is to be
     created (it has no key, or its answer was stored)."""
-    return (f"({session_id} NOT IN (SELECT sid FROM ki)"
-            f" OR {session_id} IN (SELECT sid FROM stored))")
+    return (f"(NOT EXISTS (SELECT 1 FROM ki WHERE ki.sid = {session_id})"
+            f" OR EXISTS (SELECT 1 FROM stored WHERE stored.sid = {session_id}))")
 
 
 OUTCOMES = (" SELECT ki.sid, held.ok AS held,"

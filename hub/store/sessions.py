@@ -21,8 +21,9 @@ from hub.store.db import Pool
 
 # Deliveries with work left (an index lookup per status, unlike "not final").
 OPEN = [st for st in c.DELIVERY_STATUSES if st not in c.FINAL_DELIVERY_STATUSES]
-# Up to this many deliveries go in with the session's own INSERT (one round trip); more
-# are streamed with COPY, which is faster per row but costs a few round trips more.
+# Up to this many deliveries go in with their session's INSERT (one round trip, with
+# others' in `create_many`); more are streamed with COPY, which is faster per row but
+# costs a few round trips more.
 COPY_ABOVE = 1000
 _COLUMN_TYPES = (
     ("id", "uuid"), ("app_id", "uuid"), ("transport_id", "uuid"), ("transport_type", "text"),
@@ -179,12 +180,18 @@ async def create(conn: asyncpg.Connection, session: NewSession,
 Keyed = tuple[idempotency.Key, Any]  # a key and the answer to keep with it
 
 
+def _keyed(batch: list[tuple[NewSession, Keyed | None]]) -> list[tuple[NewSession, Keyed]]:
+    return [(s, pair) for s, pair in batch if pair is not None]
+
+
 async def create_many(conn: asyncpg.Connection,
                       batch: list[tuple[NewSession, Keyed | None]]) -> list[idempotency.Outcome]:
     """Store small sessions, each with its deliveries and (with a key) only if its key's
     answer is stored, all in one statement (one round trip and one commit for the lot);
-    if it fails, none. At most one session per key (a second would find the first's lock
-    its own). The outcome of each, in order."""
+    if it fails, none. At most one session per key (the lock is the transaction's: a
+    second would take it again and conflict with the first's answer). The outcome of
+    each, in order."""
+    assert len({(k.app_id, k.key) for _, (k, _) in _keyed(batch)}) == len(_keyed(batch))
     rows = [s.row for s, _ in batch]
     columns = [[row[name] for row in rows] for name in _COLUMN_NAMES]
     at = _COLUMN_NAMES.index
@@ -210,7 +217,7 @@ async def create_many(conn: asyncpg.Connection,
     found = await conn.fetch(_INSERT_MANY, *columns, c.D_PENDING, ids, addresses, roles, due,
                              *keys, ttl)
     by_id = {row["sid"]: idempotency.Outcome.of(row) for row in found}
-    return [by_id.get(s.row["id"], _CREATED) for s, _ in batch]
+    return [_CREATED if pair is None else by_id[s.row["id"]] for s, pair in batch]
 
 
 async def get(pool: Pool | asyncpg.Connection, app_id: uuid.UUID | None,

@@ -5,14 +5,16 @@ time stores, and one session's fault fails only that session."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
 
-from hub.api.storing import Batches
+from hub.api.storing import MAX_DELIVERIES, Batches
 from hub.config import Settings
 from hub.instruction import parse_instruction
 from hub.store import sessions
@@ -51,6 +53,22 @@ async def stored(db: asyncpg.Pool, session_id: uuid.UUID) -> tuple[dict[str, Any
         "SELECT address, status, attempts, next_attempt_at, role FROM deliveries"
         " WHERE session_id = $1 ORDER BY address", session_id)
     return row, [tuple(d) for d in deliveries]
+
+
+@contextlib.asynccontextmanager
+async def held_up(db: asyncpg.Pool, xref: str) -> AsyncIterator[None]:
+    """Within the block, the statement storing the session with `xref` takes 0.5 s longer
+    (injected in PostgreSQL)."""
+    await db.execute(f"""
+        CREATE FUNCTION hold_first() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;
+        CREATE TRIGGER hold_first BEFORE INSERT ON sessions
+        FOR EACH ROW WHEN (NEW.xref = '{xref}') EXECUTE FUNCTION hold_first();
+    """)
+    try:
+        yield
+    finally:
+        await db.execute("DROP TRIGGER hold_first ON sessions; DROP FUNCTION hold_first()")
 
 
 async def app_of(db: asyncpg.Pool, transport: dict[str, Any]) -> uuid.UUID:
@@ -99,19 +117,11 @@ async def test_submissions_at_once_are_each_stored_as_answered(
              "audience": [f"u{i}-{j}@example.com" for j in range(1 + i % 3)]}
             for i in range(60)]
     # the first one's statement is held up, so the others arrive while it is written
-    await db.execute("""
-        CREATE FUNCTION hold_first() RETURNS trigger LANGUAGE plpgsql AS
-        $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;
-        CREATE TRIGGER hold_first BEFORE INSERT ON sessions
-        FOR EACH ROW WHEN (NEW.xref = 'at-once-0') EXECUTE FUNCTION hold_first();
-    """)
-    try:
+    async with held_up(db, "at-once-0"):
         first = asyncio.create_task(api.post("/v1/sessions", docs[0]))
         await asyncio.sleep(0.1)
         answers = [await first,
                    *await asyncio.gather(*(api.post("/v1/sessions", d) for d in docs[1:]))]
-    finally:
-        await db.execute("DROP TRIGGER hold_first ON sessions; DROP FUNCTION hold_first()")
     assert {status for status, _ in answers} == {201}
     # stored together: far fewer transactions than sessions
     assert await db.fetchval("SELECT count(DISTINCT xmin::text) FROM sessions") < 30
@@ -165,3 +175,51 @@ async def test_keyed_sessions_in_one_batch_each_get_their_key_s_answer(
                       "expired": {"sessionId": "expired"}}
     delivered = await db.fetchval("SELECT count(DISTINCT session_id) FROM deliveries")
     assert delivered == 3
+
+
+async def test_an_error_after_sessions_were_stored_is_only_its_own_session_s(
+    api: Api, email_transport: dict[str, Any], db: asyncpg.Pool,
+) -> None:
+    """The batch's statement fails (one session's transport is gone), so each is stored
+    alone; another's own statement then fails otherwise (a trigger's error, injected in
+    PostgreSQL only for a statement of one): the one stored before it is still answered
+    as stored, not with that error."""
+    good = made(email_transport, await app_of(db, email_transport))
+    gone = replace(good[1], row={**renamed(good[1]).row, "transport_id": uuid.uuid4()})
+    boom = replace(good[0], row={**renamed(good[0]).row, "xref": "boom"})
+    await db.execute("""
+        CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+          IF current_query() NOT LIKE '%$28%' THEN RAISE EXCEPTION 'injected'; END IF;
+          RETURN NEW; END $$;
+        CREATE TRIGGER boom BEFORE INSERT ON sessions
+        FOR EACH ROW WHEN (NEW.xref = 'boom') EXECUTE FUNCTION boom();
+    """)
+    try:
+        batches = Batches(db)
+        outcomes = await asyncio.gather(*(batches.store(s) for s in (good[0], gone, boom)),
+                                        return_exceptions=True)
+    finally:
+        await db.execute("DROP TRIGGER boom ON sessions; DROP FUNCTION boom()")
+    assert outcomes[0].stored  # type: ignore[union-attr]
+    assert isinstance(outcomes[1], asyncpg.ForeignKeyViolationError)
+    assert isinstance(outcomes[2], asyncpg.RaiseError)
+    assert {r["id"] for r in await db.fetch("SELECT id FROM sessions")} == {good[0].row["id"]}
+
+
+async def test_a_session_of_more_than_max_deliveries_is_stored_alone(
+    api: Api, email_transport: dict[str, Any], db: asyncpg.Pool,
+) -> None:
+    small = {**DOCS[2], "xref": "small"}
+    large = {**DOCS[2], "xref": "large",
+             "audience": [f"l{i}@example.com" for i in range(MAX_DELIVERIES + 1)]}
+    async with held_up(db, "first"):
+        first = asyncio.create_task(api.post("/v1/sessions", {**small, "xref": "first"}))
+        await asyncio.sleep(0.1)  # the first batch is being written: the rest queue
+        answers = await asyncio.gather(*(api.post("/v1/sessions", d)
+                                         for d in (small, large, small)))
+        assert (await first)[0] == 201
+    assert [status for status, _ in answers] == [201] * 3
+    xmins = {r["xref"]: r["x"] for r in await db.fetch(
+        "SELECT xref, xmin::text AS x FROM sessions WHERE xref IN ('small', 'large')")}
+    smalls = await db.fetch("SELECT DISTINCT xmin::text FROM sessions WHERE xref = 'small'")
+    assert len(smalls) == 1 and xmins["large"] != smalls[0][0]  # the small two together
